@@ -1,0 +1,288 @@
+"""Where a stage's step script runs: a Docker container (default) or directly on the host.
+
+A step is a bash script plus mounts. Scripts never hard-code paths: each mount is exposed as an environment
+variable (e.g. `$SRC`, `$OUT`), set to the container path under Docker and to the host path on the host, so the
+same script runs under both executors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hurdxen.errors import HurdxenError
+from hurdxen.monitor import Monitor, NullMonitor
+
+# The uid a step runs as when the invoking user is root: compile steps never run as root.
+FALLBACK_BUILD_UID = 65534
+LOG_TAIL_LINES = 25
+
+
+@dataclass(frozen=True)
+class Mount:
+    host: Path
+    env: str  # environment variable through which the script finds this mount
+    target: str  # path inside the container
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # task name, for logs and messages (e.g. "gnumach:xen-pae")
+    script: str  # bash, run with `set -euo pipefail`
+    image: str  # builder image tag; the host executor ignores it
+    mounts: tuple[Mount, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    network: bool = False  # only steps that must download (apt) get a network
+    as_root: bool = False  # only image preparation runs as root; compile steps never do
+    workdir_env: str | None = None  # start in this mount's directory
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    exit_code: int
+    seconds: float
+    log: Path
+    command: str
+    executor: str
+    image: str | None = None
+    image_id: str | None = None
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+
+class Executor(Protocol):
+    kind: str
+
+    def run(self, step: Step, log_path: Path, monitor: Monitor | None = None) -> StepResult: ...
+
+    def image_id(self, image: str) -> str | None: ...
+
+
+def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(deque(f, maxlen=n))
+    except OSError:
+        return ""
+
+
+def step_failed(step: Step, code: int, log_path: Path, command: str) -> HurdxenError:
+    tail = _tail(log_path).rstrip()
+    indented = "\n".join("    " + line for line in tail.splitlines())
+    return HurdxenError(
+        f"{step.name}: `{command}` exited with {code}; last lines of {log_path}:\n{indented}\n",
+        hint=f"the whole log is {log_path}",
+    )
+
+
+def build_user() -> tuple[int, int]:
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:
+        return FALLBACK_BUILD_UID, FALLBACK_BUILD_UID
+    return uid, gid
+
+
+def _prepare_writable(step: Step) -> None:
+    """Writable mounts must be writable by the build user; when we are root that user is someone else."""
+    if step.as_root or os.getuid() != 0:
+        return
+    uid, gid = build_user()
+    for m in step.mounts:
+        if m.writable:
+            m.host.mkdir(parents=True, exist_ok=True)
+            for p in _walk(m.host):
+                os.lchown(p, uid, gid)
+
+
+def _restore_owner(step: Step) -> None:
+    """Outputs end up owned by the invoking user."""
+    if step.as_root and os.getuid() != 0:
+        return
+    uid, gid = os.getuid(), os.getgid()
+    for m in step.mounts:
+        if m.writable and m.host.exists():
+            for p in _walk(m.host):
+                with contextlib.suppress(FileNotFoundError):
+                    os.lchown(p, uid, gid)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    yield root
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            yield Path(dirpath, n)
+
+
+def _script(step: Step) -> str:
+    return "set -euo pipefail\n" + step.script
+
+
+class DockerExecutor:
+    """Runs steps through the Docker engine's low-level API so output streams as it comes."""
+
+    kind = "docker"
+
+    def __init__(self, client: Any | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = connect_docker()
+        return self._client
+
+    def image_id(self, image: str) -> str | None:
+        import docker.errors
+
+        try:
+            return str(self.client.inspect_image(image)["Id"])
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.DockerException as e:
+            raise engine_error(e) from e
+
+    def run(self, step: Step, log_path: Path, monitor: Monitor | None = None) -> StepResult:
+        import docker.errors
+
+        mon = monitor or NullMonitor()
+        client = self.client
+        env = {m.env: m.target for m in step.mounts}
+        env.update(dict(step.env))
+        binds = {str(m.host.resolve()): {"bind": m.target, "mode": "rw" if m.writable else "ro"} for m in step.mounts}
+        user = "0:0" if step.as_root else "{}:{}".format(*build_user())
+        workdir = env.get(step.workdir_env) if step.workdir_env else None
+        command = ["bash", "-c", _script(step)]
+        shown = f"docker run --network {'host' if step.network else 'none'} --user {user} {step.image} bash -c <script>"
+        _prepare_writable(step)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        container = None
+        try:
+            host_config = client.create_host_config(
+                binds=binds, network_mode="host" if step.network else "none", init=True
+            )
+            container = client.create_container(
+                step.image,
+                command=command,
+                user=user,
+                environment=env,
+                working_dir=workdir,
+                host_config=host_config,
+                network_disabled=not step.network,
+                labels={"hurdxen.step": step.name},
+            )
+            cid = container["Id"]
+            client.start(cid)
+            with open(log_path, "wb") as log:
+                log.write(f"# {shown}\n".encode())
+                for chunk in client.logs(cid, stream=True, follow=True, stdout=True, stderr=True):
+                    log.write(chunk)
+                    log.flush()
+                    mon.output(step.name, chunk)
+            code = int(client.wait(cid)["StatusCode"])
+        except docker.errors.ImageNotFound as e:
+            raise HurdxenError(
+                f"{step.name}: image {step.image} is not in the Docker engine",
+                hint="run `doit build` so the image tasks build it first",
+            ) from e
+        except (docker.errors.DockerException, OSError) as e:
+            raise engine_error(e, step.name) from e
+        finally:
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    client.remove_container(container["Id"], force=True)
+            _restore_owner(step)
+        seconds = time.monotonic() - start
+        if code != 0:
+            raise step_failed(step, code, log_path, shown)
+        return StepResult(step.name, code, seconds, log_path, shown, self.kind, step.image, self.image_id(step.image))
+
+
+class HostExecutor:
+    """Runs the same scripts directly on the host, for machines that already have the tools."""
+
+    kind = "host"
+
+    def image_id(self, image: str) -> str | None:
+        return None
+
+    def run(self, step: Step, log_path: Path, monitor: Monitor | None = None) -> StepResult:
+        mon = monitor or NullMonitor()
+        env = dict(os.environ)
+        env.update({m.env: str(m.host.resolve()) for m in step.mounts})
+        env.update(dict(step.env))
+        cwd = env.get(step.workdir_env) if step.workdir_env else None
+        for m in step.mounts:
+            if m.writable:
+                m.host.mkdir(parents=True, exist_ok=True)
+        if not shutil.which("bash"):
+            raise HurdxenError("the host executor needs bash", hint="install bash or use the docker executor")
+        shown = "bash -c <script> (host executor)"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        with open(log_path, "wb") as log:
+            log.write(f"# {shown}\n".encode())
+            proc = subprocess.Popen(
+                ["bash", "-c", _script(step)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                mon.output(step.name, line)
+            code = proc.wait()
+        seconds = time.monotonic() - start
+        if code != 0:
+            raise step_failed(step, code, log_path, shown)
+        return StepResult(step.name, code, seconds, log_path, shown, self.kind)
+
+
+def engine_error(e: BaseException, where: str | None = None) -> HurdxenError:
+    prefix = f"{where}: " if where else ""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return HurdxenError(
+        f"{prefix}the Docker engine stopped answering ({text})",
+        hint="start it (`dockerd --bridge=none &` or `scripts/setup.sh`), or use HURDXEN_EXECUTOR=host",
+    )
+
+
+def connect_docker() -> Any:
+    """A low-level API client; DOCKER_HOST (ssh:// or tcp:// with TLS) selects a remote engine."""
+    try:
+        import docker
+    except ImportError as e:  # pragma: no cover - dependency is pinned
+        raise HurdxenError("the docker Python package is missing", hint="run scripts/setup.sh") from e
+    try:
+        client = docker.APIClient(version="auto", timeout=600, **_docker_kwargs())
+        client.ping()
+        return client
+    except docker.errors.DockerException as e:
+        raise HurdxenError(
+            f"no Docker engine answers at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}",
+            hint="start one with `scripts/setup.sh` (it runs `dockerd --bridge=none`), or set HURDXEN_EXECUTOR=host",
+        ) from e
+
+
+def _docker_kwargs() -> Mapping[str, Any]:
+    import docker.utils
+
+    kwargs: Mapping[str, Any] = docker.utils.kwargs_from_env()
+    return kwargs
+
+
+def make_executor(kind: str | None = None) -> Executor:
+    kind = kind or os.environ.get("HURDXEN_EXECUTOR", "docker")
+    if kind == "docker":
+        return DockerExecutor()
+    if kind == "host":
+        return HostExecutor()
+    raise HurdxenError(f"unknown executor {kind!r}", hint="HURDXEN_EXECUTOR must be `docker` or `host`")
