@@ -110,3 +110,14 @@ def sweep_tmp(root: Path) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path, name: str) -> Iterator[Path]:
+    """A working directory for one step, removed afterwards whatever happens."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + name.replace(":", "-") + ".", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,3 @@
+from hurdxen.cli import main
+
+raise SystemExit(main())

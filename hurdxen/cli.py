@@ -1,0 +1,58 @@
+"""`hurdxen` command: tools users run on files outside a build (inspect a kernel, dump a ramdisk, check recipes).
+The build itself is `doit`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hurdxen.errors import HurdxenError
+
+# subcommand -> (module, function, one-line help); each takes the remaining argv and returns an exit code.
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "recipes": ("hurdxen.cli", "recipes_cli", "validate the recipes (and overlay) and print them"),
+}
+
+
+def recipes_cli(argv: list[str]) -> int:
+    from hurdxen import recipes
+
+    p = argparse.ArgumentParser(prog="hurdxen recipes", description=SUBCOMMANDS["recipes"][2])
+    p.add_argument("--root", type=Path, default=Path.cwd(), help="project directory (default: .)")
+    args = p.parse_args(argv)
+    r = recipes.load(args.root, overrides={})
+    for name, shown in sorted(r.files.items()):
+        print(f"{shown}: ok")
+    return 0
+
+
+def register(name: str, module: str, func: str, help_text: str) -> None:
+    SUBCOMMANDS[name] = (module, func, help_text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: hurdxen COMMAND [ARGS]\n\ncommands:")
+        for name, (_, _, text) in sorted(SUBCOMMANDS.items()):
+            print(f"  {name:16} {text}")
+        print("\nThe build itself runs with `doit` (see `doit list`).")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown command {name!r} (hint: `hurdxen --help` lists them)", file=sys.stderr)
+        return 2
+    module, func, _ = SUBCOMMANDS[name]
+    fn: Callable[[list[str]], int] = getattr(importlib.import_module(module), func)
+    try:
+        return fn(rest)
+    except HurdxenError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""What every stage needs besides its own spec: where things go, the cache, the executor, the monitor."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hurdxen.containers import BaseSpec, ImageSpec
+from hurdxen.executors import Executor, make_executor
+from hurdxen.monitor import Monitor, default_monitor
+from hurdxen.recipes import Recipes
+from hurdxen.sources import Cache, Network
+
+
+@dataclass(frozen=True)
+class Context:
+    root: Path
+    artifacts: Path
+    cache: Cache
+    executor_kind: str
+    source_date_epoch: int
+    base: BaseSpec
+    images: tuple[tuple[str, ImageSpec], ...]
+
+    def executor(self) -> Executor:
+        return make_executor(self.executor_kind)
+
+    def monitor(self) -> Monitor:
+        return default_monitor()
+
+    def log(self, task: str) -> Path:
+        return self.artifacts / "logs" / (task.replace(":", "-") + ".log")
+
+    def image(self, name: str) -> ImageSpec:
+        for n, spec in self.images:
+            if n == name:
+                return spec
+        from hurdxen.errors import HurdxenError
+
+        raise HurdxenError(
+            f"no builder image named {name!r}", hint="add it to recipes/images.toml and containers/<name>/Dockerfile"
+        )
+
+    def image_tag(self, name: str) -> str:
+        """Steps run on the image tag; the host executor has no images, so its identity is the host itself."""
+        return self.image(name).tag if self.executor_kind == "docker" else "host"
+
+
+def make_context(recipes: Recipes) -> Context:
+    settings: dict[str, Any] = dict(recipes.settings)
+    network = Network(
+        proxy=settings.get("proxy") or os.environ.get("HURDXEN_PROXY") or None,
+        timeout=int(settings.get("timeout", 60)),
+        offline=bool(settings.get("offline", False)) or os.environ.get("HURDXEN_OFFLINE") == "1",
+    )
+    cache_dir = settings.get("cache") or os.environ.get("HURDXEN_CACHE")
+    cache = Cache(Path(cache_dir), network) if cache_dir else Cache(recipes.root / "cache", network)
+    b = recipes["base"]["base"]
+    base = BaseSpec(
+        suite=b["suite"],
+        mirror=b["mirror"],
+        variant=b.get("variant", "minbase"),
+        components=tuple(b.get("components", ["main"])),
+        include=tuple(b.get("include", [])),
+        source_date_epoch=int(b["source_date_epoch"]),
+        proxy=network.proxy,
+    )
+    images = tuple(
+        (name, ImageSpec(name, recipes.root / "containers" / name, base)) for name in sorted(recipes["images"]["image"])
+    )
+    artifacts = Path(os.environ.get("HURDXEN_ARTIFACTS", recipes.root / "artifacts"))
+    return Context(
+        root=recipes.root,
+        artifacts=artifacts,
+        cache=cache,
+        executor_kind=settings.get("executor") or os.environ.get("HURDXEN_EXECUTOR", "docker"),
+        source_date_epoch=base.source_date_epoch,
+        base=base,
+        images=images,
+    )

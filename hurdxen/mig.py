@@ -1,0 +1,173 @@
+"""Stage: MIG, the Mach Interface Generator, cross-built for i686-gnu and x86_64-gnu.
+
+From Debian's orig tarball with Debian's patch series applied, configured `--target=<triplet>` against the Mach
+headers of a pinned gnumach-dev package, in the builder image with no network and as a non-root user.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hurdxen import fsutil, manifest
+from hurdxen.context import Context
+from hurdxen.executors import Mount, Step
+from hurdxen.recipes import Recipes
+from hurdxen.sources import DebPin, TarballPin, extract_deb, fetch_deb, fetch_tarball
+
+STAGE = "mig"
+
+# MIG's configure insists on a compiler named `<target>-gcc`; the wrapper also serves as MIG's default cpp, so the
+# built mig works on its own. make and make install run separately: `make -j2 all install` races.
+SCRIPT = r"""
+mkdir -p "$WORK/src" "$WORK/build" "$WORK/bin"
+tar -xJf "$ORIG" -C "$WORK/src" --strip-components=1
+tar -xJf "$DEBIAN" -C "$WORK/src" debian/patches
+cd "$WORK/src"
+grep -v '^[[:space:]]*\(#\|$\)' debian/patches/series | while read -r patch _; do
+  echo "applying $patch"
+  patch -p1 --no-backup-if-mismatch -s < "debian/patches/$patch"
+done
+printf '#!/bin/sh\nexec %s "$@"\n' "$COMPILER" > "$WORK/bin/$TARGET-gcc"
+chmod 755 "$WORK/bin/$TARGET-gcc"
+export PATH="$WORK/bin:$PATH"
+cd "$WORK/build"
+"$WORK/src/configure" --target="$TARGET" --prefix=/usr --libexecdir=/usr/lib/mig \
+  TARGET_CPPFLAGS="-I$HEADERS/$INCLUDE_SUBDIR" CFLAGS="-O2 -g0"
+make -j"$(nproc)"
+make install DESTDIR="$WORK/dest"
+mkdir -p "$OUT/bin" "$OUT/lib/mig"
+cp "$WORK/dest/usr/bin/$TARGET-mig" "$OUT/bin/"
+cp "$WORK/dest/usr/lib/mig/$TARGET-migcom" "$OUT/lib/mig/"
+cp "$WORK/bin/$TARGET-gcc" "$OUT/bin/"
+"$OUT/bin/$TARGET-mig" --version | head -n 1
+"""
+
+
+@dataclass(frozen=True)
+class MigSpec:
+    target: str
+    compiler: str
+    include_subdir: str
+    source: TarballPin
+    patches: TarballPin
+    headers: DebPin
+    image: str
+
+    def identity(self, image_tag: str) -> str:
+        return fsutil.identity(STAGE, self.__dict__, image_tag, SCRIPT)
+
+    @property
+    def task(self) -> str:
+        return f"{STAGE}:{self.target}"
+
+
+@dataclass(frozen=True)
+class MigResult:
+    target: str
+    out_dir: Path
+    mig: Path
+    migcom: Path
+    seconds: float
+
+
+def debpin(d: Mapping[str, Any], key: str) -> DebPin:
+    return DebPin(
+        package=d["package"],
+        version=d["version"],
+        arch=d["arch"],
+        suite=d["suite"],
+        archive=d["archive"],
+        component=d.get("component", "main"),
+        keyring=d.get("keyring", DebPin.keyring),
+        sha256=d.get("sha256"),
+        key=key,
+    )
+
+
+def specs(recipes: Recipes) -> list[MigSpec]:
+    r = recipes["mig"]
+    source = TarballPin("mig orig tarball", r["source"]["url"], r["source"]["sha256"], "mig.source.url")
+    patches = TarballPin("mig debian.tar.xz", r["patches"]["url"], r["patches"]["sha256"], "mig.patches.url")
+    out = []
+    for target, t in sorted(r["targets"].items()):
+        out.append(
+            MigSpec(
+                target=target,
+                compiler=t["compiler"],
+                include_subdir=t.get("include_subdir", "usr/include"),
+                source=source,
+                patches=patches,
+                headers=debpin(t["headers"], f"mig.targets.{target}.headers"),
+                image=r.get("image", "builder"),
+            )
+        )
+    return out
+
+
+def out_dir(ctx: Context, target: str) -> Path:
+    return ctx.artifacts / STAGE / target
+
+
+def outputs(ctx: Context, target: str) -> list[Path]:
+    d = out_dir(ctx, target)
+    return [d / "bin" / f"{target}-mig", d / "lib" / "mig" / f"{target}-migcom", d / manifest.MANIFEST]
+
+
+def fetch_inputs(spec: MigSpec, ctx: Context) -> tuple[Path, Path, Path]:
+    orig = fetch_tarball(spec.source, ctx.cache)
+    deb = fetch_tarball(spec.patches, ctx.cache)
+    headers = extract_deb(fetch_deb(spec.headers, ctx.cache), ctx.cache)
+    return orig, deb, headers
+
+
+def build(spec: MigSpec, ctx: Context) -> MigResult:
+    """Entry point: build MIG for one target into artifacts/mig/<target>/ (atomically)."""
+    start = time.monotonic()
+    orig, debian_tar, headers = fetch_inputs(spec, ctx)
+    image_tag = ctx.image_tag(spec.image)
+    final = out_dir(ctx, spec.target)
+    with fsutil.atomic_dir(final) as out, fsutil.scratch_dir(ctx.artifacts / "work", spec.task) as work:
+        step = Step(
+            name=spec.task,
+            script=SCRIPT,
+            image=image_tag,
+            mounts=(
+                Mount(orig, "ORIG", "/in/mig.orig.tar.xz"),
+                Mount(debian_tar, "DEBIAN", "/in/mig.debian.tar.xz"),
+                Mount(headers, "HEADERS", "/in/headers"),
+                Mount(work, "WORK", "/work", writable=True),
+                Mount(out, "OUT", "/out", writable=True),
+            ),
+            env=(("TARGET", spec.target), ("COMPILER", spec.compiler), ("INCLUDE_SUBDIR", spec.include_subdir)),
+        )
+        result = ctx.executor().run(step, ctx.log(spec.task), ctx.monitor())
+        manifest.write_stage_manifest(
+            out,
+            stage=STAGE,
+            variant=spec.target,
+            identity=spec.identity(image_tag),
+            inputs={
+                "source": {"url": spec.source.url, "sha256": spec.source.sha256},
+                "patches": {"url": spec.patches.url, "sha256": spec.patches.sha256},
+                "headers": {
+                    "package": spec.headers.package,
+                    "version": spec.headers.version,
+                    "arch": spec.headers.arch,
+                    "sha256": fsutil.sha256_file(fetch_deb(spec.headers, ctx.cache)),
+                },
+                "configure": f"--target={spec.target} TARGET_CC={shlex.quote(spec.compiler)}",
+            },
+            step=result,
+        )
+    return MigResult(
+        spec.target,
+        final,
+        final / "bin" / f"{spec.target}-mig",
+        final / "lib" / "mig" / f"{spec.target}-migcom",
+        time.monotonic() - start,
+    )

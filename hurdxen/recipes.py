@@ -1,0 +1,247 @@
+"""Recipes: the pipeline's data. `recipes/<name>.toml`, each validated against `hurdxen/schemas/<name>.schema.json`
+(JSON Schema, unknown keys rejected) after the local overlay (`hurdxen.local.toml`) and command-line overrides
+(`doit build mig.source.url=…`) are merged in. Every recipe is validated before any task runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+import jsonschema
+
+from hurdxen.errors import HurdxenError
+
+LOCAL_OVERLAY = "hurdxen.local.toml"
+# Keys of the overlay that are not recipes: how bytes are fetched and where steps run.
+SETTINGS_SCHEMA = "settings"
+
+
+@dataclass(frozen=True)
+class Recipes:
+    root: Path  # the project directory
+    data: Mapping[str, Mapping[str, Any]]  # recipe name -> validated content
+    files: Mapping[str, str]  # recipe name -> file name for messages (relative)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # [network] etc. from the overlay
+
+    def __getitem__(self, name: str) -> Mapping[str, Any]:
+        try:
+            return self.data[name]
+        except KeyError:
+            raise HurdxenError(
+                f"recipes/{name}.toml is missing", hint=f"add it; see README's recipe reference for `{name}`"
+            ) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.data
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    try:
+        text = resources.files("hurdxen").joinpath("schemas", f"{name}.schema.json").read_text()
+    except FileNotFoundError:
+        raise KeyError(name) from None
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def known_recipes() -> list[str]:
+    names = []
+    for entry in resources.files("hurdxen").joinpath("schemas").iterdir():
+        n = entry.name
+        if n.endswith(".schema.json") and n != f"{SETTINGS_SCHEMA}.schema.json":
+            names.append(n.removesuffix(".schema.json"))
+    return sorted(names)
+
+
+def read_toml(path: Path, shown: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise HurdxenError(f"{shown}: not valid TOML: {e}", hint="fix the syntax at the line named") from e
+    except OSError as e:
+        raise HurdxenError(f"{shown}: cannot read ({e.strerror})", hint="check the file's permissions") from e
+
+
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _key_path(path: Iterable[Any]) -> str:
+    parts: list[str] = []
+    for p in path:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def _type_name(v: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(v), type(v).__name__)
+
+
+def describe_error(err: jsonschema.ValidationError) -> tuple[str, str, str | None]:
+    """(key path, what is wrong, hint) in words a user can act on."""
+    path = list(err.absolute_path)
+    s = err.schema if isinstance(err.schema, dict) else {}
+    v = err.validator
+    if v == "additionalProperties":
+        allowed = sorted(s.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        key = _key_path([*path, extra[0]]) if extra else _key_path(path)
+        return key, "unknown key", f"allowed here: {', '.join(allowed)}" if allowed else None
+    if v == "required":
+        missing = str(err.message).split("'")[1] if "'" in err.message else "?"
+        prop = s.get("properties", {}).get(missing, {})
+        return _key_path([*path, missing]), "missing", prop.get("description") or "add it"
+    if v == "pattern" or v == "format":
+        expect = s.get("x-expect") or f"a value matching {s.get('pattern')}"
+        return _key_path(path), f"expected {expect}, got {err.instance!r}", s.get("x-hint")
+    if v == "type":
+        want = err.validator_value
+        want_s = " or ".join(want) if isinstance(want, list) else str(want)
+        return _key_path(path), f"expected {want_s}, got {_type_name(err.instance)}", s.get("x-hint")
+    if v == "enum" and "propertyNames" in err.schema_path:
+        opts = ", ".join(repr(o) for o in cast(list[Any], err.validator_value))
+        return _key_path([*path, err.instance]), f"unknown name (expected one of {opts})", s.get("x-hint")
+    if v == "enum":
+        opts = ", ".join(repr(o) for o in cast(list[Any], err.validator_value))
+        return _key_path(path), f"expected one of {opts}, got {err.instance!r}", s.get("x-hint")
+    if v == "const":
+        return _key_path(path), f"expected {err.validator_value!r}, got {err.instance!r}", s.get("x-hint")
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return _key_path(path), f"{err.instance!r} is out of range ({v} {err.validator_value})", s.get("x-hint")
+    if v == "minItems":
+        return _key_path(path), f"needs at least {err.validator_value} entries", s.get("x-hint")
+    if v == "uniqueItems":
+        return _key_path(path), "has duplicate entries", "list each entry once"
+    if v == "minLength":
+        return _key_path(path), "must not be empty", s.get("x-hint")
+    return _key_path(path), err.message, s.get("x-hint")
+
+
+def validate(data: Mapping[str, Any], schema_name: str, shown: str, origin: Mapping[str, str] | None = None) -> None:
+    """Raise one clear line for the first problem (the rest are counted)."""
+    validator = jsonschema.Draft202012Validator(schema(schema_name))
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if not errors:
+        return
+    key, what, hint = describe_error(errors[0])
+    where = shown
+    if origin:
+        # Name the file the offending value came from when an overlay or the command line set it.
+        for prefix, src in origin.items():
+            if key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + "["):
+                where = src
+                key = f"{schema_name}.{key}" if src != shown else key
+                break
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise HurdxenError(f"{where}: {key}: {what}{more}", hint=hint)
+
+
+def cli_overrides() -> dict[str, str]:
+    """`name.key=value` words given to doit (`doit build base.mirror=http://…`)."""
+    from doit import doit_cmd
+
+    raw = getattr(doit_cmd, "_CMDLINE_VARS", None) or {}
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _parse_value(text: str) -> Any:
+    """Command-line values are TOML values when they parse as one (numbers, booleans, arrays), else strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+    for k, v in d.items():
+        p = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, Mapping):
+            yield from _flatten(v, p)
+        else:
+            yield p
+
+
+def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path | None = None) -> Recipes:
+    """Read, merge and validate every recipe. Raises HurdxenError naming file and key path."""
+    recipe_dir = root / "recipes"
+    if not recipe_dir.is_dir():
+        raise HurdxenError(f"{recipe_dir} does not exist", hint="run doit from the project directory")
+    names = known_recipes()
+    raw: dict[str, dict[str, Any]] = {}
+    files: dict[str, str] = {}
+    for path in sorted(recipe_dir.glob("*.toml")):
+        name = path.stem
+        shown = f"recipes/{path.name}"
+        if name not in names:
+            raise HurdxenError(f"{shown}: no recipe kind named {name!r}", hint=f"known recipes: {', '.join(names)}")
+        raw[name] = read_toml(path, shown)
+        files[name] = shown
+    origin: dict[str, dict[str, str]] = {n: {} for n in raw}
+    settings: dict[str, Any] = {}
+    overlay_path = overlay or Path(os.environ.get("HURDXEN_LOCAL", root / LOCAL_OVERLAY))
+    if overlay_path.is_file():
+        shown = overlay_path.name if overlay_path.parent == root else str(overlay_path)
+        over = read_toml(overlay_path, shown)
+        for name, table in over.items():
+            if name == "settings":
+                settings = dict(table) if isinstance(table, dict) else {}
+                validate(settings, SETTINGS_SCHEMA, shown)
+                continue
+            if name not in raw:
+                known = ", ".join(["settings", *sorted(raw)])
+                raise HurdxenError(f"{shown}: {name}: no such recipe to override", hint=f"top-level tables: {known}")
+            if not isinstance(table, dict):
+                raise HurdxenError(f"{shown}: {name}: expected a table", hint=f"write it as [{name}]")
+            raw[name] = deep_merge(raw[name], table)
+            for p in _flatten(table):
+                origin[name][p] = shown
+    for word, value in (overrides if overrides is not None else cli_overrides()).items():
+        name, _, keypath = word.partition(".")
+        if name == "settings" and keypath:
+            settings = deep_merge(settings, _nest(keypath.split("."), _parse_value(value)))
+            validate(settings, SETTINGS_SCHEMA, "the command line")
+            continue
+        if name not in raw or not keypath:
+            raise HurdxenError(
+                f"the command line: {word}: no such recipe key",
+                hint=f"write RECIPE.KEY=VALUE with RECIPE one of {', '.join(sorted(raw))} or settings",
+            )
+        raw[name] = deep_merge(raw[name], _nest(keypath.split("."), _parse_value(value)))
+        origin[name][keypath] = "the command line"
+    for name, data in raw.items():
+        validate(data, name, files[name], origin[name])
+    return Recipes(root=root, data=raw, files=files, settings=settings)
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {keys[-1]: value}
+    for k in reversed(keys[:-1]):
+        out = {k: out}
+    return out

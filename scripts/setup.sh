@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up everything hurdxen needs on a fresh Debian 12 machine; safe to run again.
+# Host packages (as root, or through sudo), a Python virtual environment with pinned dependencies, and a running
+# Docker engine (Debian's docker.io, started with --bridge=none when nothing answers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+HOST_PACKAGES=(
+  docker.io mmdebstrap debian-archive-keyring gnupg gpgv dpkg-dev python3-venv git
+  qemu-system-x86 e2fsprogs cpio xz-utils gcc gcc-multilib grub-common
+)
+missing=()
+for p in "${HOST_PACKAGES[@]}"; do
+  dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! cmp -s requirements.txt .venv/.requirements.installed 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  cp requirements.txt .venv/.requirements.installed
+fi
+
+if [ "${HURDXEN_EXECUTOR:-docker}" = docker ] && [ -z "${DOCKER_HOST:-}" ]; then
+  if ! $SUDO docker version >/dev/null 2>&1 && ! .venv/bin/python -c 'import docker; docker.APIClient(version="auto").ping()' 2>/dev/null; then
+    echo "setup: starting dockerd --bridge=none (log: /var/log/hurdxen-dockerd.log)"
+    $SUDO sh -c 'nohup dockerd --bridge=none --iptables=false >/var/log/hurdxen-dockerd.log 2>&1 &'
+    for _ in $(seq 60); do
+      .venv/bin/python -c 'import docker; docker.APIClient(version="auto").ping()' 2>/dev/null && break
+      sleep 0.5
+    done
+    .venv/bin/python -c 'import docker; docker.APIClient(version="auto").ping()' \
+      || { echo "setup: dockerd did not start; see /var/log/hurdxen-dockerd.log" >&2; exit 1; }
+  fi
+fi
+echo "setup: ready"
