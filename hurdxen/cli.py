@@ -24,7 +24,7 @@ def recipes_cli(argv: list[str]) -> int:
     p.add_argument("--root", type=Path, default=Path.cwd(), help="project directory (default: .)")
     args = p.parse_args(argv)
     r = recipes.load(args.root, overrides={})
-    for name, shown in sorted(r.files.items()):
+    for shown in sorted(r.files.values()):
         print(f"{shown}: ok")
     return 0
 
