@@ -1,0 +1,221 @@
+"""Verifying a Debian archive's indices: InRelease signature, Packages checksums, a package's pinned file.
+
+Pure functions, bytes in and data out; downloading and caching live in `hurdxen.sources`.
+The chain of trust is apt's: keyring → InRelease (clearsigned) → SHA256 of the Packages index → SHA256 of the .deb.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from debian import deb822
+
+from hurdxen.errors import HurdxenError
+
+_BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"
+_SIG_BEGIN = b"-----BEGIN PGP SIGNATURE-----"
+_SIG_END = b"-----END PGP SIGNATURE-----"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Release:
+    suite: str
+    codename: str
+    date: str
+    architectures: tuple[str, ...]
+    components: tuple[str, ...]
+    sha256: Mapping[str, IndexEntry]
+
+
+class PackageRef(NamedTuple):
+    filename: str  # relative to the archive root, e.g. pool/main/h/hurd/hurd_…_hurd-i386.deb
+    sha256: str
+    size: int
+
+
+def _check_clearsigned_shape(data: bytes, where: str) -> None:
+    # As apt does: exactly one signed message and nothing outside it, so no unsigned text can ride along.
+    body = data.strip()
+    if not body.startswith(_BEGIN):
+        raise HurdxenError(
+            f"{where} is not clearsigned (does not start with {_BEGIN.decode()})",
+            hint="the mirror served an unsigned or damaged InRelease",
+        )
+    if body.count(_BEGIN) != 1 or body.count(_SIG_BEGIN) != 1 or not body.endswith(_SIG_END):
+        raise HurdxenError(f"{where} holds more than one signed message or text outside it")
+
+
+def verify_inrelease(inrelease: bytes, keyring_path: Path, where: str = "InRelease") -> str:
+    """The signed Release text of `inrelease`, if a key of `keyring_path` made a good signature; else raise."""
+    _check_clearsigned_shape(inrelease, where)
+    if not keyring_path.is_file():
+        raise HurdxenError(f"keyring {keyring_path} does not exist", hint="give the archive's binary keyring file")
+    # A private empty homedir: gpgv must neither read nor create the user's ~/.gnupg.
+    with tempfile.TemporaryDirectory(prefix="hurdxen-gpgv-") as home:
+        try:
+            p = subprocess.run(
+                [
+                    "gpgv",
+                    "--homedir",
+                    home,
+                    "--status-fd",
+                    "2",
+                    "--keyring",
+                    str(keyring_path.resolve()),
+                    "--output",
+                    "-",
+                    "-",
+                ],
+                input=inrelease,
+                capture_output=True,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise HurdxenError("gpgv not found", hint="install gpgv") from None
+    status = p.stderr.decode(errors="replace")
+    good = any(line.startswith("[GNUPG:] VALIDSIG ") for line in status.splitlines())
+    if p.returncode != 0 or not good:
+        reason = _signature_problem(status)
+        raise HurdxenError(
+            f"{where}: signature check failed: {reason}",
+            hint=f"the archive is not signed by a key in {keyring_path}, or the file was altered",
+        )
+    try:
+        return p.stdout.decode()
+    except UnicodeDecodeError:
+        raise HurdxenError(f"{where}: signed text is not UTF-8") from None
+
+
+def _signature_problem(status: str) -> str:
+    for token, text in (
+        ("BADSIG", "bad signature (the signed text was altered)"),
+        ("NO_PUBKEY", "signed by a key that is not in the keyring"),
+        ("EXPKEYSIG", "signed by an expired key"),
+        ("REVKEYSIG", "signed by a revoked key"),
+        ("ERRSIG", "the signature could not be checked"),
+        ("NODATA", "no signature found"),
+    ):
+        for line in status.splitlines():
+            if line.startswith(f"[GNUPG:] {token}"):
+                return f"{text} [{line.removeprefix('[GNUPG:] ').strip()}]"
+    return "no valid signature"
+
+
+def parse_release(release_text: str, where: str = "Release") -> Release:
+    rel = deb822.Release(release_text)
+    entries: dict[str, IndexEntry] = {}
+    for item in rel.get("SHA256", []):
+        try:
+            entries[item["name"]] = IndexEntry(item["sha256"].lower(), int(item["size"]))
+        except (KeyError, ValueError):
+            raise HurdxenError(f"{where}: malformed SHA256 line {item!r}") from None
+    if not entries:
+        raise HurdxenError(f"{where} has no SHA256 list", hint="archives with only MD5Sum/SHA1 are refused")
+    return Release(
+        suite=rel.get("Suite", ""),
+        codename=rel.get("Codename", ""),
+        date=rel.get("Date", ""),
+        architectures=tuple(rel.get("Architectures", "").split()),
+        components=tuple(rel.get("Components", "").split()),
+        sha256=entries,
+    )
+
+
+def _decompress(path: str, data: bytes) -> bytes:
+    try:
+        if path.endswith(".xz"):
+            return lzma.decompress(data)
+        if path.endswith(".gz"):
+            return gzip.decompress(data)
+        if path.endswith(".bz2"):
+            return bz2.decompress(data)
+    except (lzma.LZMAError, OSError, EOFError, ValueError) as e:
+        raise HurdxenError(f"{path}: cannot decompress ({e})") from None
+    return data
+
+
+def verify_index(release_text: str, index_path: str, data: bytes) -> str:
+    """The text of index `index_path` (relative to dists/<suite>/, e.g. `main/binary-hurd-i386/Packages.xz`),
+    after checking `data` against the Release's SHA256 list. Compressed indices are decompressed."""
+    release = parse_release(release_text)
+    entry = release.sha256.get(index_path)
+    if entry is None:
+        raise HurdxenError(
+            f"{index_path} is not listed in the Release file of suite {release.suite or release.codename or '?'}",
+            hint="check the suite, component and architecture",
+        )
+    got = hashlib.sha256(data).hexdigest()
+    if len(data) != entry.size or got != entry.sha256:
+        raise HurdxenError(
+            f"{index_path}: sha256 {got} ({len(data)} bytes), Release says {entry.sha256} ({entry.size} bytes)",
+            hint="the index does not match its signed Release (mirror out of sync or tampered); fetch again",
+        )
+    try:
+        return _decompress(index_path, data).decode()
+    except UnicodeDecodeError:
+        raise HurdxenError(f"{index_path} is not UTF-8") from None
+
+
+def find_package(packages_text: str, name: str, version: str, arch: str) -> PackageRef:
+    """Filename, sha256 and size of `name` `version` for `arch` (or `all`) in a Packages index."""
+    matches: set[PackageRef] = set()
+    versions: set[str] = set()
+    for para in deb822.Packages.iter_paragraphs(packages_text.splitlines(keepends=True), use_apt_pkg=False):
+        if para.get("Package") != name or para.get("Architecture") not in (arch, "all"):
+            continue
+        versions.add(para.get("Version", "?"))
+        if para.get("Version") != version:
+            continue
+        try:
+            matches.add(PackageRef(para["Filename"], para["SHA256"].lower(), int(para["Size"])))
+        except (KeyError, ValueError):
+            raise HurdxenError(
+                f"{name} {version} ({arch}): index entry lacks Filename, SHA256 or Size",
+                hint="archives without SHA256 per package are refused",
+            ) from None
+    if not matches:
+        have = ", ".join(sorted(versions)) or "none"
+        raise HurdxenError(
+            f"package {name} {version} for {arch} is not in the index (versions there: {have})",
+            hint="update the pinned version or the suite",
+        )
+    if len(matches) > 1:
+        raise HurdxenError(f"package {name} {version} for {arch} has {len(matches)} different entries in the index")
+    return matches.pop()
+
+
+def verify_deb(data: bytes, ref: PackageRef, where: str | None = None) -> None:
+    """Refuse a downloaded package whose size or sha256 differs from its index entry."""
+    got = hashlib.sha256(data).hexdigest()
+    if len(data) != ref.size or got != ref.sha256:
+        raise HurdxenError(
+            f"{where or ref.filename}: sha256 {got} ({len(data)} bytes), index says {ref.sha256} ({ref.size} bytes)",
+            hint="the download is damaged or the mirror was tampered with; delete it and fetch again",
+        )
+
+
+__all__ = [
+    "IndexEntry",
+    "PackageRef",
+    "Release",
+    "find_package",
+    "parse_release",
+    "verify_deb",
+    "verify_index",
+    "verify_inrelease",
+]
