@@ -158,6 +158,13 @@ def _fail(message: str, hint: str | None = None) -> HurdxenError:
     return HurdxenError(message, hint=hint or "this is not a hurd-modules ramdisk, or it is damaged; rebuild it")
 
 
+def _no_terminator(where: str, i: int, off: int, data_floor: int) -> HurdxenError:
+    return _fail(
+        f"{where}: record table has no terminator: record {i} at offset {off} runs into data at "
+        f"offset {data_floor} (a record whose mod_start is 0 must end the table)"
+    )
+
+
 def parse_ramdisk(data: bytes, where: str = "ramdisk") -> Ramdisk:
     """Read and strictly validate a ramdisk. Errors name the record index and byte offset."""
     size = len(data)
@@ -168,6 +175,8 @@ def parse_ramdisk(data: bytes, where: str = "ramdisk") -> Ramdisk:
     while True:
         off = i * RECORD.size
         if off + RECORD.size > size:
+            if data_floor < size:
+                raise _no_terminator(where, i, off, data_floor)
             if off == size:
                 raise _fail(f"{where}: record table has no terminator: file ends after {i} records at offset {off}")
             raise _fail(
@@ -178,10 +187,7 @@ def parse_ramdisk(data: bytes, where: str = "ramdisk") -> Ramdisk:
         if rec[0] == 0:
             break
         if off + RECORD.size > data_floor:
-            raise _fail(
-                f"{where}: record table has no terminator: record {i} at offset {off} runs into data at "
-                f"offset {data_floor} (a record whose mod_start is 0 must end the table)"
-            )
+            raise _no_terminator(where, i, off, data_floor)
         raw.append(rec)
         data_floor = min(data_floor, rec[0], rec[2])
         i += 1
@@ -548,7 +554,7 @@ def read_from_image(image: Path, path: str) -> bytes:
     """A file from an ext2/3/4 image via debugfs, following symlinks at the image's root."""
     if '"' in path or "\n" in path:
         raise HurdxenError(f"cannot look up {path!r} with debugfs (quote or newline in the path)")
-    cur = posixpath.normpath("/" + path)
+    cur = "/" + posixpath.normpath(path).lstrip("/")
     with tempfile.TemporaryDirectory(prefix=TMP_PREFIX + "debugfs-") as tmp:
         out = Path(tmp) / "out"
         for _ in range(MAX_SYMLINK_HOPS):
