@@ -24,6 +24,7 @@ from hurdxen.errors import HurdxenError
 _BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"
 _SIG_BEGIN = b"-----BEGIN PGP SIGNATURE-----"
 _SIG_END = b"-----END PGP SIGNATURE-----"
+_BAD_STATUS = frozenset({"BADSIG", "EXPKEYSIG", "REVKEYSIG", "ERRSIG", "NO_PUBKEY", "NODATA", "EXPSIG"})
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,10 @@ def _check_clearsigned_shape(data: bytes, where: str) -> None:
             hint="the mirror served an unsigned or damaged InRelease",
         )
     if body.count(_BEGIN) != 1 or body.count(_SIG_BEGIN) != 1 or not body.endswith(_SIG_END):
-        raise HurdxenError(f"{where} holds more than one signed message or text outside it")
+        raise HurdxenError(
+            f"{where} holds more than one signed message or text outside it",
+            hint="refused as apt does: unsigned text could ride along; check the mirror",
+        )
 
 
 def verify_inrelease(inrelease: bytes, keyring_path: Path, where: str = "InRelease") -> str:
@@ -88,7 +92,10 @@ def verify_inrelease(inrelease: bytes, keyring_path: Path, where: str = "InRelea
         except FileNotFoundError:
             raise HurdxenError("gpgv not found", hint="install gpgv") from None
     status = p.stderr.decode(errors="replace")
-    good = any(line.startswith("[GNUPG:] VALIDSIG ") for line in status.splitlines())
+    tokens = {line.split()[1] for line in status.splitlines() if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
+    # gpgv exits 0 and reports VALIDSIG even for an expired or revoked key: like apt, require GOODSIG and no
+    # bad news.
+    good = {"GOODSIG", "VALIDSIG"} <= tokens and not tokens & _BAD_STATUS
     if p.returncode != 0 or not good:
         reason = _signature_problem(status)
         raise HurdxenError(
@@ -98,7 +105,7 @@ def verify_inrelease(inrelease: bytes, keyring_path: Path, where: str = "InRelea
     try:
         return p.stdout.decode()
     except UnicodeDecodeError:
-        raise HurdxenError(f"{where}: signed text is not UTF-8") from None
+        raise HurdxenError(f"{where}: signed text is not UTF-8", hint="not a Debian Release file?") from None
 
 
 def _signature_problem(status: str) -> str:
@@ -107,6 +114,7 @@ def _signature_problem(status: str) -> str:
         ("NO_PUBKEY", "signed by a key that is not in the keyring"),
         ("EXPKEYSIG", "signed by an expired key"),
         ("REVKEYSIG", "signed by a revoked key"),
+        ("EXPSIG", "the signature has expired"),
         ("ERRSIG", "the signature could not be checked"),
         ("NODATA", "no signature found"),
     ):
@@ -123,7 +131,7 @@ def parse_release(release_text: str, where: str = "Release") -> Release:
         try:
             entries[item["name"]] = IndexEntry(item["sha256"].lower(), int(item["size"]))
         except (KeyError, ValueError):
-            raise HurdxenError(f"{where}: malformed SHA256 line {item!r}") from None
+            raise HurdxenError(f"{where}: malformed SHA256 line {item!r}", hint="not a Debian Release file?") from None
     if not entries:
         raise HurdxenError(f"{where} has no SHA256 list", hint="archives with only MD5Sum/SHA1 are refused")
     return Release(
@@ -168,7 +176,7 @@ def verify_index(release_text: str, index_path: str, data: bytes) -> str:
     try:
         return _decompress(index_path, data).decode()
     except UnicodeDecodeError:
-        raise HurdxenError(f"{index_path} is not UTF-8") from None
+        raise HurdxenError(f"{index_path} is not UTF-8", hint="not a Debian Packages index?") from None
 
 
 def find_package(packages_text: str, name: str, version: str, arch: str) -> PackageRef:

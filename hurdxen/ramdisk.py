@@ -143,7 +143,10 @@ def build_ramdisk(modules: Sequence[Module]) -> bytes:
         starts.append(pos)
         pos += len(m.data)
     if pos > MAX_SIZE:
-        raise HurdxenError(f"ramdisk would be {pos} bytes, beyond the 32-bit offsets of the record table")
+        raise HurdxenError(
+            f"ramdisk would be {pos} bytes, beyond the 32-bit offsets of the record table",
+            hint="the modules are far too large; check their paths",
+        )
     out = bytearray(pos)
     for i, m in enumerate(modules):
         # An empty module at offset 0 is impossible (the table is there), so mod_start is never 0 here.
@@ -409,7 +412,7 @@ def resolve_in_root(root: Path, rel: str) -> Path:
         if stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > MAX_SYMLINK_HOPS:
-                raise HurdxenError(f"{rel} in {root}: too many levels of symbolic links")
+                raise HurdxenError(f"{rel} in {root}: too many levels of symbolic links", hint="fix the symlink loop")
             target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
@@ -427,7 +430,9 @@ def _read_module(ms: ModuleSpec, inputs: Inputs) -> tuple[bytes, str]:
         try:
             data = pinned.path.read_bytes()
         except OSError as e:
-            raise HurdxenError(f"cannot read module {ms.name!r} from {pinned.path}: {e.strerror}") from None
+            raise HurdxenError(
+                f"cannot read module {ms.name!r} from {pinned.path}: {e.strerror}", hint="check the pinned path"
+            ) from None
         got = sha256_bytes(data)
         if got != pinned.sha256.lower():
             raise HurdxenError(
@@ -502,7 +507,7 @@ def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise HurdxenError(f"cannot read {path}: {e.strerror}") from None
+        raise HurdxenError(f"cannot read {path}: {e.strerror}", hint="check the path and its permissions") from None
 
 
 def dump(path: Path) -> str:
@@ -546,7 +551,10 @@ def _debugfs(image: Path, request: str) -> tuple[str, str]:
     # debugfs exits 0 even when the lookup fails: its stderr says what went wrong.
     errors = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
     if p.returncode != 0 or errors:
-        raise HurdxenError(f"debugfs {request!r} on {image}: {'; '.join(errors) or f'exit {p.returncode}'}")
+        raise HurdxenError(
+            f"debugfs {request!r} on {image}: {'; '.join(errors) or f'exit {p.returncode}'}",
+            hint="give an ext2/3/4 image (not partitioned) of a Hurd root with libc0.3 installed",
+        )
     return p.stdout, p.stderr
 
 
@@ -562,7 +570,10 @@ def read_from_image(image: Path, path: str) -> bytes:
             kind = re.search(r"Type: (\S+)", st)
             size = re.search(r"\bSize: (\d+)", st)
             if kind is None or size is None:
-                raise HurdxenError(f"cannot read the inode of {cur} in {image} (unexpected debugfs output)")
+                raise HurdxenError(
+                    f"cannot read the inode of {cur} in {image} (unexpected debugfs output)",
+                    hint="check that debugfs (e2fsprogs) works on this image",
+                )
             if kind.group(1) == "symlink":
                 fast = re.search(r'Fast link dest: "(.*)"', st)
                 if fast:
@@ -574,13 +585,18 @@ def read_from_image(image: Path, path: str) -> bytes:
                 cur = posixpath.normpath(posixpath.join(posixpath.dirname(cur), target))
                 continue
             if kind.group(1) != "regular":
-                raise HurdxenError(f"{cur} in {image} is a {kind.group(1)}, not a regular file")
+                raise HurdxenError(
+                    f"{cur} in {image} is a {kind.group(1)}, not a regular file", hint="is libc0.3 installed?"
+                )
             _debugfs(image, f'dump "{cur}" "{out}"')
             data = out.read_bytes()
             if len(data) != int(size.group(1)):
-                raise HurdxenError(f"debugfs read {len(data)} of {size.group(1)} bytes of {cur} from {image}")
+                raise HurdxenError(
+                    f"debugfs read {len(data)} of {size.group(1)} bytes of {cur} from {image}",
+                    hint="the image may be damaged; run e2fsck -n on it",
+                )
             return data
-    raise HurdxenError(f"{path} in {image}: too many levels of symbolic links")
+    raise HurdxenError(f"{path} in {image}: too many levels of symbolic links", hint="fix the symlink loop")
 
 
 def check_against(ramdisk_path: Path, root_or_image: Path) -> str:
@@ -592,7 +608,7 @@ def check_against(ramdisk_path: Path, root_or_image: Path) -> str:
     if root_or_image.is_dir():
         installed = resolve_in_root(root_or_image, rel)
         if not installed.is_file():
-            raise HurdxenError(f"/{rel} in {root_or_image} is not a regular file")
+            raise HurdxenError(f"/{rel} in {root_or_image} is not a regular file", hint="is libc0.3 installed there?")
         theirs = installed.read_bytes()
     elif root_or_image.is_file():
         theirs = read_from_image(root_or_image, "/" + rel)

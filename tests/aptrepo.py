@@ -45,22 +45,30 @@ class GpgKey:
     home: Path
     fingerprint: str
     keyring_path: Path
+    faked_time: str | None = None  # gpg runs as if it were then: how an already expired key is made
 
     @classmethod
-    def generate(cls, keyring_dir: Path, uid: str = "hurdxen test archive <test@invalid>") -> GpgKey:
+    def generate(
+        cls, keyring_dir: Path, uid: str = "hurdxen test archive <test@invalid>", *, expired: bool = False
+    ) -> GpgKey:
+        """A fresh key; `expired=True` makes one that was created in 2020 and expired a day later."""
         home = Path(tempfile.mkdtemp(prefix="hx-gpg-", dir="/tmp"))
         os.chmod(home, 0o700)
+        faked = "20200101T000000!" if expired else None
         gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
-        _run([*gpg, "--quick-gen-key", uid, "ed25519", "sign", "never"])
+        if faked:
+            gpg.append(f"--faked-system-time={faked}")
+        _run([*gpg, "--quick-gen-key", uid, "ed25519", "sign", "1d" if expired else "never"])
         out = _run([*gpg, "--with-colons", "--list-secret-keys"]).decode()
         fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
         keyring_dir.mkdir(parents=True, exist_ok=True)
         keyring = keyring_dir / f"keyring-{fpr[-8:]}.gpg"
         keyring.write_bytes(_run([*gpg, "--export", fpr]))  # binary, as gpgv --keyring wants
-        return cls(home, fpr, keyring)
+        return cls(home, fpr, keyring, faked)
 
     def _gpg(self) -> list[str]:
-        return ["gpg", "--homedir", str(self.home), "--batch", "--yes", "--pinentry-mode", "loopback"]
+        cmd = ["gpg", "--homedir", str(self.home), "--batch", "--yes", "--pinentry-mode", "loopback"]
+        return [*cmd, f"--faked-system-time={self.faked_time}"] if self.faked_time else cmd
 
     def clearsign(self, data: bytes) -> bytes:
         cmd = [*self._gpg(), "--local-user", self.fingerprint, "--digest-algo", "SHA512", "--clearsign"]
@@ -112,10 +120,12 @@ class AptRepo:
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._extra_keys: list[GpgKey] = []
+        self._keyring: Path | None = None
 
     @property
     def keyring_path(self) -> Path:
-        return self.key.keyring_path
+        """The binary keyring a client should trust (the repo key, plus any key a helper added)."""
+        return self._keyring or self.key.keyring_path
 
     # -- building ---------------------------------------------------------------------------------------------
 
@@ -229,6 +239,16 @@ class AptRepo:
         self._extra_keys.append(other)
         self.sign(other)
         return other
+
+    def resign_with_expired_key(self) -> GpgKey:
+        """Sign Release with an expired key that *is* in `keyring_path` (gpgv alone exits 0 for it)."""
+        old = GpgKey.generate(self.root / "keys", expired=True)
+        self._extra_keys.append(old)
+        combined = self.root / "keys" / "keyring-with-expired.gpg"
+        combined.write_bytes(self.key.keyring_path.read_bytes() + old.keyring_path.read_bytes())
+        self._keyring = combined
+        self.sign(old)
+        return old
 
     def tamper_inrelease(self) -> None:
         """Change the signed text of InRelease after signing: a bad signature."""

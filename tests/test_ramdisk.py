@@ -506,3 +506,20 @@ def test_e2e_refusals_write_nothing(tmp_path: Path, hurd_repo: AptRepo, breakage
     assert message in ei.value.message
     assert not out.exists()
     assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+
+
+def test_check_against_not_an_image(tmp_path: Path, ramdisk_file: Path) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\x00" * 65536)
+    if shutil.which("debugfs") is None:
+        pytest.skip("e2fsprogs not installed")
+    with pytest.raises(HurdxenError) as ei:
+        check_against(ramdisk_file, junk)
+    assert str(junk) in ei.value.message and ei.value.hint and "ext2" in ei.value.hint
+
+
+def test_check_against_ramdisk_without_ldso(tmp_path: Path, elves: ElfFactory) -> None:
+    path = tmp_path / "only-ext2fs"
+    path.write_bytes(build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.static(32))]))
+    with pytest.raises(HurdxenError, match=re.escape("holds no ld.so")):
+        check_against(path, tmp_path)
