@@ -318,6 +318,11 @@ def check_module(name: str, role: Role, data: bytes, variant: Variant, libc_vers
             hint="use the .static build, e.g. hurd/ext2fs.static",
         )
     if role == "ld.so":
+        if info.elf_type != "ET_DYN" or info.interp is not None:
+            raise HurdxenError(
+                f"module {name!r} is {info.summary()}, not a dynamic loader (a shared object without interpreter)",
+                hint=f"use /lib/{variant.ldso} from libc0.3",
+            )
         if info.ldso_version is None:
             raise HurdxenError(
                 f"module {name!r} has no 'ld.so (Debian GLIBC <version>)' banner",
@@ -373,7 +378,8 @@ class PinnedFile:
 @dataclass(frozen=True)
 class ModuleResult:
     name: str
-    source: str
+    path: str  # the spec's path inside the package trees
+    source: str  # the file actually read
     cmdline: str
     size: int
     sha256: str
@@ -407,8 +413,11 @@ def resolve_in_root(root: Path, rel: str) -> Path:
         candidate = root.joinpath(*resolved, part)
         try:
             st = candidate.lstat()
-        except FileNotFoundError:
-            raise HurdxenError(f"{rel} not found in {root} (no {'/'.join([*resolved, part])})") from None
+        except OSError:  # missing, or a path component that is not a directory
+            missing = "/".join([*resolved, part])
+            raise HurdxenError(
+                f"{rel} not found in {root} (no {missing})", hint="check the path and the tree"
+            ) from None
         if stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > MAX_SYMLINK_HOPS:
@@ -476,7 +485,7 @@ def build_hurd_modules(spec: RamdiskSpec, inputs: Inputs, out_dir: Path) -> Ramd
     # Read back what we wrote: the writer and the reader must agree before anything is published.
     parsed = parse_ramdisk(image, "built ramdisk")
     results = tuple(
-        ModuleResult(ms.name, source, ms.cmdline, len(data), sha256_bytes(data), rec.mod_start)
+        ModuleResult(ms.name, ms.path, source, ms.cmdline, len(data), sha256_bytes(data), rec.mod_start)
         for (ms, data, source), rec in zip(loaded, parsed.records, strict=True)
     )
     digest = sha256_bytes(image)
@@ -487,7 +496,15 @@ def build_hurd_modules(spec: RamdiskSpec, inputs: Inputs, out_dir: Path) -> Ramd
         "libc_version": spec.libc_version,
         "ramdisk": {"file": RAMDISK_NAME, "sha256": digest, "size": len(image)},
         "modules": [
-            {"name": r.name, "cmdline": r.cmdline, "sha256": r.sha256, "size": r.size, "offset": r.offset}
+            # No host paths here: the manifest must be the same on every machine.
+            {
+                "name": r.name,
+                "path": r.path,
+                "cmdline": r.cmdline,
+                "sha256": r.sha256,
+                "size": r.size,
+                "offset": r.offset,
+            }
             for r in results
         ],
     }

@@ -271,8 +271,11 @@ def test_not_elf_and_no_banner(elves: ElfFactory) -> None:
         check_module("x", "elf", b"#!/bin/sh\n", VARIANTS[32], "2.41-6")
     with pytest.raises(HurdxenError, match="damaged ELF"):
         check_module("x", "elf", b"\x7fELF\x01\x01\x01" + b"\xff" * 9, VARIANTS[32], "2.41-6")
-    with pytest.raises(HurdxenError, match=re.escape("no 'ld.so (Debian GLIBC <version>)' banner")):
+    with pytest.raises(HurdxenError, match="not a dynamic loader"):
         check_module("ld.so.1", "ld.so", elves.static(32), VARIANTS[32], "2.41-6")
+    no_banner = elves.ldso(32).replace(b"(Debian GLIBC ", b"(Ubuntu GLIBC ")
+    with pytest.raises(HurdxenError, match=re.escape("no 'ld.so (Debian GLIBC <version>)' banner")):
+        check_module("ld.so.1", "ld.so", no_banner, VARIANTS[32], "2.41-6")
 
 
 # -- the stage ---------------------------------------------------------------------------------------------------
@@ -305,6 +308,8 @@ def test_stage_is_reproducible_and_writes_manifest(tmp_path: Path, elves: ElfFac
     assert [m["name"] for m in man["modules"]] == ["ext2fs.static", VARIANTS[bits].ldso]
     assert man["modules"][1]["sha256"] == sha256_bytes(elves.ldso(bits))
     assert man["modules"][0]["cmdline"] == EXT2FS_CMDLINE
+    assert man["modules"][0]["path"] == "hurd/ext2fs.static"
+    assert str(tmp_path) not in a.manifest_path.read_text()
     rd = parse_ramdisk(a.path.read_bytes())
     assert [m.data for m in rd.modules] == [elves.static(bits), elves.ldso(bits)]
 
@@ -523,3 +528,12 @@ def test_check_against_ramdisk_without_ldso(tmp_path: Path, elves: ElfFactory) -
     path.write_bytes(build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.static(32))]))
     with pytest.raises(HurdxenError, match=re.escape("holds no ld.so")):
         check_against(path, tmp_path)
+
+
+def test_stage_path_through_a_file(tmp_path: Path, elves: ElfFactory) -> None:
+    hurd, _ = _tree(tmp_path / "in", elves)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "lib").write_bytes(b"not a directory")
+    with pytest.raises(HurdxenError, match=re.escape("lib/ld.so.1 is in none of the package trees")):
+        build_hurd_modules(default_spec(32, "2.41-6"), [hurd, odd], tmp_path / "out")
