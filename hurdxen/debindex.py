@@ -1,6 +1,6 @@
-"""Verifying a Debian archive's indices: InRelease signature, Packages checksums, a package's pinned file.
+"""Debian archive indexes: verify a suite's signed InRelease, then find a package's pinned version in it.
 
-Pure functions, bytes in and data out; downloading and caching live in `hurdxen.sources`.
+Pure functions (bytes in, data out); downloading and caching live in `hurdxen.sources`.
 The chain of trust is apt's: keyring → InRelease (clearsigned) → SHA256 of the Packages index → SHA256 of the .deb.
 """
 
@@ -15,13 +15,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from debian import deb822
 
 from hurdxen.errors import HurdxenError
 
 _BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
 _SIG_BEGIN = b"-----BEGIN PGP SIGNATURE-----"
 _SIG_END = b"-----END PGP SIGNATURE-----"
 _BAD_STATUS = frozenset({"BADSIG", "EXPKEYSIG", "REVKEYSIG", "ERRSIG", "NO_PUBKEY", "NODATA", "EXPSIG"})
@@ -43,7 +44,11 @@ class Release:
     sha256: Mapping[str, IndexEntry]
 
 
-class PackageRef(NamedTuple):
+@dataclass(frozen=True)
+class PackageEntry:
+    package: str
+    version: str
+    architecture: str  # the entry's own: the requested one, or "all"
     filename: str  # relative to the archive root, e.g. pool/main/h/hurd/hurd_…_hurd-i386.deb
     sha256: str
     size: int
@@ -64,11 +69,14 @@ def _check_clearsigned_shape(data: bytes, where: str) -> None:
         )
 
 
-def verify_inrelease(inrelease: bytes, keyring_path: Path, where: str = "InRelease") -> str:
-    """The signed Release text of `inrelease`, if a key of `keyring_path` made a good signature; else raise."""
+def verify_inrelease(inrelease: bytes, keyring: Path, where: str = "InRelease") -> str:
+    """The signed Release text of `inrelease`, if a key of `keyring` made a good signature; else raise."""
+    if not keyring.is_file():
+        raise HurdxenError(
+            f"{where}: keyring {keyring} does not exist",
+            hint="install debian-archive-keyring, or set the recipe's `keyring` to the archive's binary keyring",
+        )
     _check_clearsigned_shape(inrelease, where)
-    if not keyring_path.is_file():
-        raise HurdxenError(f"keyring {keyring_path} does not exist", hint="give the archive's binary keyring file")
     # A private empty homedir: gpgv must neither read nor create the user's ~/.gnupg.
     with tempfile.TemporaryDirectory(prefix="hurdxen-gpgv-") as home:
         try:
@@ -80,7 +88,7 @@ def verify_inrelease(inrelease: bytes, keyring_path: Path, where: str = "InRelea
                     "--status-fd",
                     "2",
                     "--keyring",
-                    str(keyring_path.resolve()),
+                    str(keyring.resolve()),
                     "--output",
                     "-",
                     "-",
@@ -100,7 +108,8 @@ def verify_inrelease(inrelease: bytes, keyring_path: Path, where: str = "InRelea
         reason = _signature_problem(status)
         raise HurdxenError(
             f"{where}: signature check failed: {reason}",
-            hint=f"the archive is not signed by a key in {keyring_path}, or the file was altered",
+            hint=f"the index is not signed by a valid key in {keyring}, or was altered; check the archive URL "
+            "and the recipe's keyring",
         )
     try:
         return p.stdout.decode()
@@ -144,7 +153,8 @@ def parse_release(release_text: str, where: str = "Release") -> Release:
     )
 
 
-def _decompress(path: str, data: bytes) -> bytes:
+def decompress(path: str, data: bytes) -> bytes:
+    """`data` of an index file, uncompressed according to its name (.xz, .gz, .bz2, or none)."""
     try:
         if path.endswith(".xz"):
             return lzma.decompress(data)
@@ -157,31 +167,37 @@ def _decompress(path: str, data: bytes) -> bytes:
     return data
 
 
-def verify_index(release_text: str, index_path: str, data: bytes) -> str:
-    """The text of index `index_path` (relative to dists/<suite>/, e.g. `main/binary-hurd-i386/Packages.xz`),
-    after checking `data` against the Release's SHA256 list. Compressed indices are decompressed."""
-    release = parse_release(release_text)
-    entry = release.sha256.get(index_path)
+def release_checksum(release_text: str, path: str, where: str = "Release") -> tuple[str, int]:
+    """sha256 and size the signed Release lists for an index file such as `main/binary-amd64/Packages.xz`."""
+    release = parse_release(release_text, where)
+    entry = release.sha256.get(path)
     if entry is None:
         raise HurdxenError(
-            f"{index_path} is not listed in the Release file of suite {release.suite or release.codename or '?'}",
-            hint="check the suite, component and architecture",
+            f"{where}: the signed Release (suite {release.suite or release.codename or '?'}) lists no {path}",
+            hint="check the suite, component and arch",
         )
+    return entry.sha256, entry.size
+
+
+def verify_index(release_text: str, index_path: str, data: bytes, where: str = "Release") -> str:
+    """The text of index `index_path` (relative to dists/<suite>/, e.g. `main/binary-hurd-i386/Packages.xz`),
+    after checking `data` against the Release's SHA256 list. Compressed indices are decompressed."""
+    sha256, size = release_checksum(release_text, index_path, where)
     got = hashlib.sha256(data).hexdigest()
-    if len(data) != entry.size or got != entry.sha256:
+    if len(data) != size or got != sha256:
         raise HurdxenError(
-            f"{index_path}: sha256 {got} ({len(data)} bytes), Release says {entry.sha256} ({entry.size} bytes)",
+            f"{index_path}: sha256 {got} ({len(data)} bytes), Release says {sha256} ({size} bytes)",
             hint="the index does not match its signed Release (mirror out of sync or tampered); fetch again",
         )
     try:
-        return _decompress(index_path, data).decode()
+        return decompress(index_path, data).decode()
     except UnicodeDecodeError:
         raise HurdxenError(f"{index_path} is not UTF-8", hint="not a Debian Packages index?") from None
 
 
-def find_package(packages_text: str, name: str, version: str, arch: str) -> PackageRef:
-    """Filename, sha256 and size of `name` `version` for `arch` (or `all`) in a Packages index."""
-    matches: set[PackageRef] = set()
+def find_package(packages_text: str, name: str, version: str, arch: str, where: str = "Packages") -> PackageEntry:
+    """The index entry (filename, sha256, size) of `name` `version` for `arch` (or `all`) in a Packages index."""
+    matches: set[PackageEntry] = set()
     versions: set[str] = set()
     for para in deb822.Packages.iter_paragraphs(packages_text.splitlines(keepends=True), use_apt_pkg=False):
         if para.get("Package") != name or para.get("Architecture") not in (arch, "all"):
@@ -190,24 +206,30 @@ def find_package(packages_text: str, name: str, version: str, arch: str) -> Pack
         if para.get("Version") != version:
             continue
         try:
-            matches.add(PackageRef(para["Filename"], para["SHA256"].lower(), int(para["Size"])))
+            entry = PackageEntry(
+                name, version, para["Architecture"], para["Filename"], para["SHA256"].lower(), int(para["Size"])
+            )
         except (KeyError, ValueError):
             raise HurdxenError(
-                f"{name} {version} ({arch}): index entry lacks Filename, SHA256 or Size",
+                f"{where}: {name} {version} ({arch}): index entry lacks Filename, SHA256 or Size",
                 hint="archives without SHA256 per package are refused",
             ) from None
+        matches.add(entry)
     if not matches:
         have = ", ".join(sorted(versions)) or "none"
         raise HurdxenError(
-            f"package {name} {version} for {arch} is not in the index (versions there: {have})",
-            hint="update the pinned version or the suite",
+            f"{where}: package {name} {version} for {arch} is not in the index (versions there: {have})",
+            hint="update the pinned version, or point the archive at a snapshot that still carries it",
         )
     if len(matches) > 1:
-        raise HurdxenError(f"package {name} {version} for {arch} has {len(matches)} different entries in the index")
+        raise HurdxenError(
+            f"{where}: package {name} {version} for {arch} has {len(matches)} different entries in the index",
+            hint="the index is inconsistent; use another mirror or snapshot",
+        )
     return matches.pop()
 
 
-def verify_deb(data: bytes, ref: PackageRef, where: str | None = None) -> None:
+def verify_deb(data: bytes, ref: PackageEntry, where: str | None = None) -> None:
     """Refuse a downloaded package whose size or sha256 differs from its index entry."""
     got = hashlib.sha256(data).hexdigest()
     if len(data) != ref.size or got != ref.sha256:
@@ -218,11 +240,14 @@ def verify_deb(data: bytes, ref: PackageRef, where: str | None = None) -> None:
 
 
 __all__ = [
+    "DEBIAN_KEYRING",
     "IndexEntry",
-    "PackageRef",
+    "PackageEntry",
     "Release",
+    "decompress",
     "find_package",
     "parse_release",
+    "release_checksum",
     "verify_deb",
     "verify_index",
     "verify_inrelease",

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from aptrepo import AptRepo
 
-from hurdxen.debindex import PackageRef, find_package, parse_release, verify_deb, verify_index, verify_inrelease
+from hurdxen.debindex import (
+    PackageEntry,
+    find_package,
+    parse_release,
+    release_checksum,
+    verify_deb,
+    verify_index,
+    verify_inrelease,
+)
 from hurdxen.errors import HurdxenError
 
 
@@ -77,8 +85,10 @@ def test_index_checked_against_release(repo: AptRepo, compressed: bool) -> None:
     repo.tamper_packages()
     with pytest.raises(HurdxenError, match=re.escape(f"{path}: sha256 ")):
         verify_index(release, path, (repo.dists / path).read_bytes())
-    with pytest.raises(HurdxenError, match="is not listed in the Release file"):
+    with pytest.raises(HurdxenError, match=re.escape("lists no main/binary-hurd-amd64/Packages.xz")):
         verify_index(release, "main/binary-hurd-amd64/Packages.xz", b"")
+    data = (repo.dists / path).read_bytes()
+    assert release_checksum(release, path) != (hashlib.sha256(data).hexdigest(), len(data))  # tampered
 
 
 def test_release_without_sha256_refused() -> None:
@@ -90,11 +100,17 @@ def test_find_package(repo: AptRepo) -> None:
     packages = (repo.dists / repo.index_path(False)).read_text()
     ref = find_package(packages, "libc0.3", "2.41-6", "hurd-i386")
     deb = (repo.archive / ref.filename).read_bytes()
-    assert ref == PackageRef(
-        "pool/main/libc/libc0.3/libc0.3_2.41-6_hurd-i386.deb", hashlib.sha256(deb).hexdigest(), len(deb)
+    assert ref == PackageEntry(
+        "libc0.3",
+        "2.41-6",
+        "hurd-i386",
+        "pool/main/libc/libc0.3/libc0.3_2.41-6_hurd-i386.deb",
+        hashlib.sha256(deb).hexdigest(),
+        len(deb),
     )
     verify_deb(deb, ref)
-    assert find_package(packages, "hurd-doc", "1:0.9.git20250801-1", "hurd-i386").filename.endswith("_all.deb")
+    doc = find_package(packages, "hurd-doc", "1:0.9.git20250801-1", "hurd-i386")
+    assert doc.architecture == "all" and doc.filename.endswith("_all.deb")
     with pytest.raises(
         HurdxenError, match=re.escape("libc0.3 2.41-7 for hurd-i386 is not in the index (versions there: 2.41-6)")
     ):
