@@ -861,7 +861,8 @@ def _check(elf: _Elf, actual: XenParams, fixed: XenParams | None, exp: KernelExp
                 f"the .note.Xen notes are owned by {', '.join(repr(o) for o in misowned)} instead of 'Xen' "
                 "(gnumach's ELFNOTE macro quotes its parameter), so Xen ignores them and reads "
                 f"__xen_guest{covered}",
-                "`readelf -n` shows 'Unknown note type'; Xen logs the __xen_guest string instead of `ELF: note:` lines",
+                "`readelf -n` lists the notes under owner 'name'; Xen skips them and its verbose log shows "
+                '`ELF: __xen_guest: "…"` instead of `ELF: note:` lines',
                 f"apply {PATCH}",
             )
         )
