@@ -716,14 +716,16 @@ def _problems(elf: _Elf, p: XenParams, exp: KernelExpectation, path: str) -> lis
     # Ordered like the domain builder: guest type (compat check), then allocation, then the rest.
     if elf.bits == 32:
         if p.pae is PaeMode.NO:
-            if p.source == "notes" and p.pae_text:
+            # A note that starts with "yes" was meant as PAE: that is the note bug, not a non-PAE build.
+            if p.source == "notes" and p.pae_text.startswith("yes"):
                 cause = (
                     f"the PAE_MODE note is {p.pae_text!r}; Xen's loader accepts only exactly 'yes' (or a value "
                     "containing 'bimodal') there and reads anything else as no PAE"
                 )
                 hint = f'write PAE_MODE "yes" ({PATCH})'
             else:
-                cause = f"{p.source} says PAE={p.pae_text or '(absent)'}"
+                where = "the PAE_MODE note" if p.source == "notes" else p.source
+                cause = f"{where} says PAE={p.pae_text or '(absent)'}"
                 hint = "use the xen-pae variant (configure --enable-pae)"
             on_xen = f"domU: `{DOMU_NOT_PAE}`; dom0: `{DOM0_MISMATCH}`; 32-bit pv-grub2: `{GRUB_NOT_PAE}`"
             if exp.pae is True:
