@@ -851,11 +851,12 @@ def _check(elf: _Elf, actual: XenParams, fixed: XenParams | None, exp: KernelExp
             )
         )
 
-    findings.extend(_problems(elf, actual, exp, path))
+    actual_problems = _problems(elf, actual, exp, path)
+    findings.extend(actual_problems)
     misowned = sorted({n.owner for sec in elf.note_sections + elf.note_segments for n in sec if n.misowned})
     if misowned and fixed is not None:
         lenient = Severity.ERROR if exp.strict else Severity.WARNING
-        covered = "" if actual.libelf_error is None and not findings else " (and the fallback has problems, above)"
+        covered = " (and the fallback has problems, above)" if actual_problems else ""
         findings.append(
             Finding(
                 lenient,
