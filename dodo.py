@@ -4,6 +4,7 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     DOIT_CONFIG,
     task_base,
     task_build,
+    task_gnumach,
     task_image,
     task_mig,
     task_sources,

@@ -17,7 +17,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from hurdxen import containers, fsutil, lock, mig, recipes
+from hurdxen import containers, fsutil, gnumach, lock, mig, recipes
 from hurdxen.context import Context, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import (
@@ -42,7 +42,8 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
     def _write_failure(self, result: dict[str, Any], write_exception: bool = True) -> None:
         msg = str(result["exception"].message)
         if msg.startswith("error: "):
-            self.write(f"{result['task'].name}: {msg}\n")
+            name = result["task"].name
+            self.write(msg + "\n" if name in msg else f"{name}: {msg}\n")
         else:
             super()._write_failure(result, write_exception)
 
@@ -54,6 +55,8 @@ DOIT_CONFIG: dict[str, Any] = {
     "verbosity": 2,
     "reporter": Reporter,
     "sort": "definition",
+    # One unreachable input should not hide what else fails: build all that can be built, then report.
+    "continue": True,
 }
 
 
@@ -179,6 +182,10 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     pins: list[TarballPin | GitPin | DebPin] = []
     for s in mig.specs(r):
         pins += [s.source, s.patches, s.headers]
+    if "gnumach" in r:
+        src = gnumach.source_spec(r)
+        pins += [p for p in (src.git, src.tarball) if p is not None]
+        pins += [p.deb for p in gnumach.prebuilt_specs(r)]
     unique: dict[str, TarballPin | GitPin | DebPin] = {}
     for p in pins:
         unique.setdefault(pin_task_name(p), p)
@@ -218,9 +225,76 @@ def task_mig() -> Iterator[TaskDict]:
         }
 
 
+def act_gnumach_source(spec: gnumach.SourceSpec, ctx: Context) -> TaskFailed | None:
+    return guarded(gnumach.prepare, spec, ctx)
+
+
+def act_gnumach(spec: gnumach.VariantSpec, ctx: Context) -> TaskFailed | None:
+    return guarded(gnumach.build, spec, ctx)
+
+
+def act_gnumach_prebuilt(spec: gnumach.PrebuiltSpec, ctx: Context) -> TaskFailed | None:
+    return guarded(gnumach.fetch_prebuilt, spec, ctx)
+
+
+def task_gnumach() -> Iterator[TaskDict]:
+    """gnumach: GNU Mach for Xen per variant (xen-pae, xen-nopae, xen-amd64), verified; plus prebuilt kernels"""
+    r, ctx = load()
+    yield {"basename": "gnumach", "name": None, "doc": task_gnumach.__doc__}
+    if "gnumach" not in r:
+        return
+    src = gnumach.source_spec(r)
+    src_pin = src.git or src.tarball
+    assert src_pin is not None
+    yield {
+        "name": "source",
+        "doc": "the patched, configure-ready GNU Mach source tree",
+        "actions": [(act_gnumach_source, [src, ctx])],
+        "task_dep": [*image_deps(ctx, src.image), pin_task_name(src_pin)],
+        "file_dep": [str(p.path) for p in src.patches],
+        "targets": [str(gnumach.source_dir(ctx) / ".hurdxen-source.json")],
+        "uptodate": [config_changed(src.identity(ctx.image_tag(src.image)))],
+        "clean": [(remove_dir, [str(gnumach.source_dir(ctx))])],
+    }
+    migs = {s.target: s for s in mig.specs(r)}
+    for spec in gnumach.variant_specs(r):
+        if spec.mig_target not in migs:
+            raise_recipe_error(
+                r,
+                "gnumach",
+                f"variants.{spec.name}.mig: no MIG target {spec.mig_target!r}",
+                "add it to recipes/mig.toml [targets]",
+            )
+        mig_id = migs[spec.mig_target].identity(ctx.image_tag(migs[spec.mig_target].image))
+        yield {
+            "name": spec.name,
+            "doc": spec.configure_line(),
+            "actions": [(act_gnumach, [spec, ctx])],
+            "task_dep": [*image_deps(ctx, spec.image), "gnumach:source", f"mig:{spec.mig_target}"],
+            "targets": [str(p) for p in gnumach.outputs(ctx, spec)],
+            "uptodate": [config_changed(spec.identity(ctx.image_tag(spec.image), mig_id))],
+            "clean": [(remove_dir, [str(gnumach.out_dir(ctx, spec.name))])],
+        }
+    for pre in gnumach.prebuilt_specs(r):
+        yield {
+            "name": pre.name,
+            "doc": f"prebuilt kernel {pre.deb.package} {pre.deb.version} ({pre.deb.arch}), verified",
+            "actions": [(act_gnumach_prebuilt, [pre, ctx])],
+            "task_dep": [pin_task_name(pre.deb)],
+            "targets": [str(gnumach.out_dir(ctx, pre.name) / "manifest.json")],
+            "uptodate": [config_changed(pre.identity())],
+            "clean": [(remove_dir, [str(gnumach.out_dir(ctx, pre.name))])],
+        }
+
+
+def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:
+    sys.stderr.write(HurdxenError(f"{r.files.get(name, name)}: {what}", hint=hint).render() + "\n")
+    raise SystemExit(2)
+
+
 def task_build() -> TaskDict:
     """build: everything the default recipes describe"""
-    return {"actions": None, "task_dep": ["mig"]}
+    return {"actions": None, "task_dep": ["mig", "gnumach"]}
 
 
 def environment_summary() -> str:
