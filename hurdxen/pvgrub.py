@@ -286,7 +286,7 @@ def incompatible_message(platform: str, arch: int, what: str) -> tuple[str, str]
     """The refusal for a kernel GRUB's Xen loader would not boot, and its hint."""
     p = PLATFORMS[platform]
     msg = (
-        f"{what} cannot be booted by a {platform} pv-grub2: GRUB's {platform} Xen loader accepts only "
+        f"{what} cannot be booted by an {platform} pv-grub2: GRUB's {platform} Xen loader accepts only "
         f"{p.describe} and would stop at boot with `error: incompatible architecture: {arch}.`"
     )
     if arch == XEN_ARCH_I386:
@@ -543,7 +543,9 @@ def build_memdisk(files: Mapping[str, bytes], source_date_epoch: int) -> tuple[b
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
                 listing.append(MemdiskEntry(name, 0o644, len(data), hashlib.sha256(data).hexdigest()))
-    return buf.getvalue(), tuple(listing)
+        end = tar.offset
+    # End-of-archive is two zero blocks; tarfile's padding to a 10 KiB record would only add bytes to the image.
+    return buf.getvalue()[: end + 2 * tarfile.BLOCKSIZE], tuple(listing)
 
 
 def memdisk_listing(tar_bytes: bytes) -> tuple[MemdiskEntry, ...]:
@@ -744,10 +746,13 @@ def _standalone_files(
     arch = facts.xen_arch
     if facts.bits != platform.bits or (arch is not None and arch not in platform.accepts):
         shown_arch = arch if arch is not None else (XEN_ARCH_X86_64 if facts.bits == 64 else XEN_ARCH_I386)
-        msg, hint = incompatible_message(
+        msg, _ = incompatible_message(
             spec.platform, shown_arch, f"kernel {kpath.name} (given for {variant}) is a {facts.bits}-bit ELF and"
         )
-        raise HurdxenError(f"{where}: {msg}", hint=hint)
+        raise HurdxenError(
+            f"{where}: {msg}",
+            hint=f"the file given for {variant} must be {VARIANTS[variant].describe} (kernel_inputs[{variant!r}])",
+        )
     raw = kpath.read_bytes()
     kernel = raw if facts.gzipped else gzip.compress(raw, compresslevel=9, mtime=0)
     files = {STANDALONE_KERNEL: kernel}
