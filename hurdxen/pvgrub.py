@@ -611,8 +611,10 @@ def _parse_notes(data: bytes, little: bool = True) -> list[tuple[str, int, bytes
         name_end = off + namesz
         desc_off = off + ((namesz + 3) & ~3)
         desc_end = desc_off + descsz
-        if namesz > 64 or desc_end > len(data):
+        if namesz > 64 or desc_off > len(data):
             break
+        # grub-mkimage 2.06's i386-xen image ends inside its last note (PAE_MODE declares 12 bytes, the file holds
+        # "yes\0"): keep a truncated last descriptor rather than dropping it.
         out.append((data[off:name_end].rstrip(b"\0").decode(errors="replace"), ntype, data[desc_off:desc_end]))
         off = desc_off + ((descsz + 3) & ~3)
     return out
@@ -947,6 +949,8 @@ def _check_outputs(
             f"{where}: the image lacks GRUB's Xen notes (GUEST_OS={guest_os!r}, XEN_VERSION={xen_version!r})",
             hint="Xen would refuse it as a PV kernel; is the grub tree a Xen port?",
         )
+    if facts.xen_arch not in (None, *platform.accepts):
+        raise HurdxenError(f"{where}: the image's own Xen notes say architecture {facts.xen_arch}")
     checks.append("Xen notes GUEST_OS=GRUB XEN_VERSION=xen-3.0")
 
     objs = read_image_objects(work / "image.bin")
