@@ -400,6 +400,7 @@ def test_build_each_image(
     facts = pvgrub.elf_facts(res.image)
     assert facts.bits == platform.bits and facts.machine == platform.machine
     assert facts.xen_notes[pvgrub.XEN_ELFNOTE_GUEST_OS].rstrip(b"\0") == b"GRUB"
+    assert facts.xen_arch in platform.accepts
     assert len(res.modules) <= spec.module_limit
 
     # the memdisk inside the image holds what the recipe said
@@ -484,6 +485,13 @@ def test_kernel_file_of_wrong_architecture_refused(
             spec, grub_tree, kernels, tmp_path, executor, "unused", tmp_path, SDE, module_inputs=_modules(fake_inputs)
         )
     assert f"error: incompatible architecture: {arch}." in str(e.value)
+
+
+@pytest.mark.docker
+def test_kernel_facts(fake_inputs: Path) -> None:
+    arch = {v: pvgrub.elf_facts(p).xen_arch for v, p in _kernels(fake_inputs).items()}
+    assert arch == {"xen-pae": 2, "xen-nopae": 1, "xen-amd64": 4}
+    assert pvgrub.elf_facts(_kernels(fake_inputs)["xen-pae"]).gzipped
 
 
 @pytest.mark.docker
