@@ -33,9 +33,9 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hurdxen import fsutil
+from hurdxen import fsutil, xenverify
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import Executor, Mount, Step
 from hurdxen.monitor import Monitor
@@ -138,6 +138,25 @@ class DebPinSpec:
     suite: str
     archive: str
     component: str = "main"
+    keyring: str | None = None
+    sha256: str | None = None
+
+    def deb_pin(self, key: str = "pvgrub2.grub") -> Any:
+        """The hurdxen.sources.DebPin to fetch (and verify) the package with."""
+        from hurdxen.sources import DebPin
+
+        extra = {"keyring": self.keyring} if self.keyring else {}
+        return DebPin(
+            self.package,
+            self.version,
+            self.arch,
+            self.suite,
+            self.archive,
+            key,
+            self.component,
+            sha256=self.sha256,
+            **extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -241,7 +260,16 @@ def spec_from_recipe(data: Mapping[str, Any], shown: str = "recipes/pvgrub2.toml
                 hint=f"pv-grub2 runs on Xen's plain-text PV console: {opt} only add megabytes; set it to false",
             )
     g = data["grub"]
-    pin = DebPinSpec(g["package"], g["version"], g["arch"], g["suite"], g["archive"], g.get("component", "main"))
+    pin = DebPinSpec(
+        g["package"],
+        g["version"],
+        g["arch"],
+        g["suite"],
+        g["archive"],
+        g.get("component", "main"),
+        g.get("keyring"),
+        g.get("sha256"),
+    )
     images = []
     seen: set[str] = set()
     for n, img in enumerate(data["images"]):
@@ -272,6 +300,14 @@ def spec_from_recipe(data: Mapping[str, Any], shown: str = "recipes/pvgrub2.toml
         check_kernel_variants(spec, where)
         images.append(spec)
     return PvGrubRecipe(str(data.get("image", "builder")), pin, tuple(images))
+
+
+def fetch_grub_tree(recipe: PvGrubRecipe, cache: Any) -> Path:
+    """The extracted grub-xen-bin package (verified against the suite's signed index), from `cache`
+    (a hurdxen.sources.Cache); pass it as `grub_tree`."""
+    from hurdxen import sources
+
+    return sources.extract_deb(sources.fetch_deb(recipe.grub.deb_pin(), cache), cache)
 
 
 def load_recipe(path: Path) -> PvGrubRecipe:
@@ -736,8 +772,20 @@ ls -l image.bin image.bin.gz
 """
 
 
+def variant_bits(variant: str) -> Literal[32, 64]:
+    return 64 if VARIANTS[variant].bits == 64 else 32
+
+
+def _pae(variant: str) -> bool | None:
+    return {"xen-pae": True, "xen-nopae": False}.get(variant)
+
+
 def _standalone_files(
-    spec: PvGrubImageSpec, kernel_inputs: Mapping[str, Path], module_inputs: Mapping[str, Path], where: str
+    spec: PvGrubImageSpec,
+    kernel_inputs: Mapping[str, Path],
+    module_inputs: Mapping[str, Path],
+    where: str,
+    notes: list[str],
 ) -> tuple[dict[str, bytes], str]:
     """The memdisk's files for a standalone image (config aside) and the kernel's name among them."""
     variant = spec.kernels[0]
@@ -759,6 +807,13 @@ def _standalone_files(
             f"{where}: {msg}",
             hint=f"the file given for {variant} must be {VARIANTS[variant].describe} (kernel_inputs[{variant!r}])",
         )
+    # Then Xen's own view of the kernel (notes, __xen_guest, address window): errors refuse, warnings are recorded.
+    report = xenverify.inspect_kernel(kpath, xenverify.KernelExpectation(bits=variant_bits(variant), pae=_pae(variant)))
+    try:
+        warnings = xenverify.check_report(report)
+    except HurdxenError as e:
+        raise HurdxenError(f"{where}: {e.message}", hint=e.hint) from e
+    notes.append(f"xenverify {report.verdict}" + (f" ({', '.join(w.code for w in warnings)})" if warnings else ""))
     kname = STANDALONE_KERNEL_GZ if facts.gzipped else STANDALONE_KERNEL_RAW
     files = {kname: kpath.read_bytes()}
     for m in spec.boot_modules:
@@ -806,9 +861,10 @@ def build_pvgrub_image(
     pdir = grub_platform_dir(Path(grub_tree), spec.platform)
 
     files: dict[str, bytes] = {}
+    kernel_notes: list[str] = []
     kname = STANDALONE_KERNEL_GZ
     if spec.flavour == "standalone":
-        files, kname = _standalone_files(spec, kernel_inputs, module_inputs or {}, where)
+        files, kname = _standalone_files(spec, kernel_inputs, module_inputs or {}, where, kernel_notes)
     config = render_config(spec, kname)
     modules = module_closure(image_modules(spec), pdir, where)
     if len(modules) > spec.module_limit:
@@ -849,7 +905,7 @@ def build_pvgrub_image(
         )
         log_path = log_dir / f"pvgrub-{spec.name}.log"
         executor.run(step, log_path, monitor)
-        checks = _check_outputs(spec, work, config, memdisk, modules, platform, where, log_path)
+        checks = (*kernel_notes, *_check_outputs(spec, work, config, memdisk, modules, platform, where, log_path))
 
         image_bytes = (work / "image.bin").read_bytes()
         gz_bytes = (work / "image.bin.gz").read_bytes()

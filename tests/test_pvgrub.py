@@ -7,11 +7,9 @@ import gzip
 import hashlib
 import io
 import os
-import subprocess
 import tarfile
 import time
 import tomllib
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,22 +22,6 @@ from hurdxen.errors import HurdxenError
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "pvgrub2.toml"
 SDE = 1700000000
-DEBIAN = "http://deb.debian.org/debian"
-# Pinned by the sha256 that bookworm's signed index gives for them.
-GRUB_XEN_BIN = (
-    "pool/main/g/grub2/grub-xen-bin_2.06-13+deb12u2_amd64.deb",
-    "b9671bff7cbe6e637fc7ddb8726ddbc45a92173ebc9c8347f63d994039f9614f",
-)
-GNUMACH_XEN_I386 = (
-    "pool/main/g/gnumach/gnumach-image-1.8-xen-486_1.8+git20221224-2_i386.deb",
-    "0d31a0bae1a8c99254150fc7b7bb061671e2ad5ab636d041ca01cda20a09ddc0",
-)
-# bookworm's amd64 package of the same name holds an x86-64 kernel (field notes)
-GNUMACH_XEN_AMD64 = (
-    "pool/main/g/gnumach/gnumach-image-1.8-xen-486_1.8+git20221224-2_amd64.deb",
-    "078fbcb8e2b13f40a4226ec02fc0e544fc84d6d6a99174b5fe183d0f8d01739a",
-)
-
 HURD_MODULE_LINE = (
     "module /hurd/ext2fs.static ext2fs '--multiboot-command-line=${kernel-command-line}' "
     "'--host-priv-port=${host-port}' '--device-master-port=${device-port}' '--exec-server-task=${exec-task}' "
@@ -217,43 +199,17 @@ def test_memdisk_refuses_bad_paths() -> None:
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def _cache_dir() -> Path:
-    d = Path(os.environ.get("HURDXEN_TEST_CACHE", Path.home() / ".cache" / "hurdxen-tests"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _fetch_pool_deb(pool_path: str, sha256: str) -> Path:
-    """A Debian pool file, pinned by sha256 (fetched once into the test cache)."""
-    dest = _cache_dir() / Path(pool_path).name
-    if dest.exists() and hashlib.sha256(dest.read_bytes()).hexdigest() == sha256:
-        return dest
-    try:
-        with urllib.request.urlopen(f"{DEBIAN}/{pool_path}", timeout=60) as r:
-            data = r.read()
-    except OSError as e:
-        pytest.skip(f"cannot download {pool_path}: {e}")
-    assert hashlib.sha256(data).hexdigest() == sha256, f"{pool_path}: sha256 mismatch"
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-    return dest
-
-
-def _extract(deb: Path) -> Path:
-    root = _cache_dir() / (deb.stem + ".x")
-    if not root.exists():
-        tmp = root.with_suffix(".tmp")
-        subprocess.run(["rm", "-rf", str(tmp)], check=True)
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
-        tmp.replace(root)
-    return root
-
-
 @pytest.fixture(scope="session")
 def grub_tree() -> Path:
-    # TODO: hurdxen.sources.fetch_deb/extract_deb once they are on main.
-    return _extract(_fetch_pool_deb(*GRUB_XEN_BIN))
+    """grub-xen-bin as the recipe pins it, through hurdxen.sources (signed InRelease, Packages, .deb hash)."""
+    from hurdxen.sources import Cache
+
+    try:
+        return pvgrub.fetch_grub_tree(pvgrub.spec_from_recipe(recipe_data()), Cache.default())
+    except HurdxenError as e:
+        if "cannot fetch" in str(e) or "offline" in str(e):
+            pytest.skip(str(e))
+        raise
 
 
 def test_module_closure_and_commands(grub_tree: Path) -> None:
@@ -514,32 +470,51 @@ def test_module_limit(tmp_path: Path, grub_tree: Path, fake_inputs: Path, execut
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "deb"), [("i386-xen-standalone", GNUMACH_XEN_I386), ("x86_64-xen-standalone", GNUMACH_XEN_AMD64)]
+    ("name", "key", "refused"),
+    [
+        ("i386-xen-standalone", "i386-486", None),
+        ("x86_64-xen-standalone", "amd64-486", None),
+        # trixie's 64-bit kernel: __xen_guest says VIRT_BASE=0x40000000, the ELF is linked at 0xffffffff80000000
+        ("x86_64-xen-standalone", "amd64", "VIRT_BASE 0x40000000"),
+    ],
 )
 def test_debian_gnumach_standalone(
     name: str,
-    deb: tuple[str, str],
+    key: str,
+    refused: str | None,
     tmp_path: Path,
     grub_tree: Path,
     fake_inputs: Path,
     executor: Any,
     builder_tag: str,
 ) -> None:
-    """Debian's real gnumach Xen kernels pass GRUB's own check (grub-file) for their platform."""
-    kernel = next((_extract(_fetch_pool_deb(*deb)) / "boot").glob("gnumach-*-xen-*.gz"))
+    """Debian's real gnumach Xen kernels: GRUB's own check (grub-file) and xenverify decide."""
+    from debian_kernels import fetch_kernel
+
+    kernel = fetch_kernel(key)
     spec = image(name)
-    res = pvgrub.build_pvgrub_image(
-        spec,
-        grub_tree,
-        {spec.kernels[0]: kernel},
-        tmp_path,
-        executor,
-        builder_tag,
-        tmp_path / "logs",
-        SDE,
-        module_inputs=_modules(fake_inputs),
-    )
-    assert any("kernel" in c for c in res.checks)
+
+    def build() -> pvgrub.PvGrubResult:
+        return pvgrub.build_pvgrub_image(
+            spec,
+            grub_tree,
+            {spec.kernels[0]: kernel},
+            tmp_path,
+            executor,
+            builder_tag,
+            tmp_path / "logs",
+            SDE,
+            module_inputs=_modules(fake_inputs),
+        )
+
+    if refused:
+        with pytest.raises(HurdxenError, match=refused):
+            build()
+        assert not list(tmp_path.glob("*.bin"))
+        return
+    res = build()
+    assert any(c.startswith("grub-file") and c.endswith("kernel") for c in res.checks)
+    assert any(c.startswith("xenverify OK") for c in res.checks)
     with tarfile.open(res.memdisk_path) as t:
         assert t.extractfile("boot/gnumach.gz").read() == kernel.read_bytes()  # type: ignore[union-attr]
 
