@@ -387,7 +387,8 @@ def _verify_outputs(out: Path, name: str, expect: xenverify.KernelExpectation, t
     reports = {}
     warnings: list[str] = []
     for fname in (name, f"{name}.gz"):
-        report = xenverify.inspect_kernel(out / fname, expect)
+        # Labelled by file name: the temporary directory's path means nothing once published.
+        report = xenverify.inspect_kernel_bytes((out / fname).read_bytes(), expect, fname)
         try:
             found = xenverify.check_report(report)
         except HurdxenError as e:
@@ -395,7 +396,8 @@ def _verify_outputs(out: Path, name: str, expect: xenverify.KernelExpectation, t
         warnings += [f.message for f in found]
         reports[fname] = report.to_json()
     fsutil.write_json_atomic(out / "verify.json", reports)
-    fsutil.write_atomic(out / "verify.txt", xenverify.render_report(xenverify.inspect_kernel(out / name, expect)))
+    report = xenverify.inspect_kernel_bytes((out / name).read_bytes(), expect, name)
+    fsutil.write_atomic(out / "verify.txt", xenverify.render_report(report))
     return tuple(dict.fromkeys(warnings))
 
 
@@ -447,7 +449,7 @@ def fetch_prebuilt(spec: PrebuiltSpec, ctx: Context) -> KernelResult:
 
             data = gzip.compress(data, 9, mtime=0)
         fsutil.write_atomic(gz, data)
-        report = xenverify.inspect_kernel(gz, expect)
+        report = xenverify.inspect_kernel_bytes(data, expect, gz.name)
         try:
             found = xenverify.check_report(report)
         except HurdxenError as e:
