@@ -5,7 +5,9 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     task_base,
     task_build,
     task_gnumach,
+    task_hurd_modules,
     task_image,
     task_mig,
+    task_pvgrub2,
     task_sources,
 )
