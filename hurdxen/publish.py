@@ -209,7 +209,7 @@ def verify(
         elif target.is_dir():
             d = target
             sig = signature or (d / SIGNATURE if (d / SIGNATURE).is_file() else None)
-            published = d / f"{d.name}.tar.gz"
+            published = d / f"{d.resolve().name}.tar.gz"  # `latest` is a symlink to the release
             tarball = published if published.is_file() else None
         else:
             return VerifyReport(str(target), None, (f"{target} does not exist",), (), (), None)
@@ -491,6 +491,7 @@ def publish_oci(bundle: BundleResult | Path, ref: str, *, insecure: bool = False
         "io.github.hurdxen.signed": "true" if b.signature else "false",
     }
     reg = _registry(insecure)
+    _ping(reg, target, insecure)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # oras-py prints "Successfully pushed"
             resp = reg.push(target=target, files=files, disable_path_validation=True, manifest_annotations=annotations)
@@ -506,12 +507,33 @@ def publish_oci(bundle: BundleResult | Path, ref: str, *, insecure: bool = False
 def pull_oci(ref: str, dest: Path, *, insecure: bool = False) -> list[Path]:
     """Fetch a published release's files into dest (then `verify(dest/<release>.tar.gz)`)."""
     reg = _registry(insecure)
+    _ping(reg, ref, insecure)
     dest.mkdir(parents=True, exist_ok=True)
     try:
         got = reg.pull(target=ref, outdir=str(dest))
     except Exception as e:
         raise HurdxenError(f"pull: {ref} failed: {_one_line(e)}", hint="check the reference and registry") from e
     return sorted(Path(p) for p in got)
+
+
+def _ping(reg: Any, ref: str, insecure: bool) -> None:
+    """One quick request to the registry first: oras-py retries a dead address with backoff for minutes."""
+    import requests
+
+    try:
+        host = reg.get_container(ref).registry
+    except Exception as e:
+        raise HurdxenError(
+            f"OCI reference {ref!r} is not valid: {_one_line(e)}", hint="write HOST[:PORT]/REPO[:TAG]"
+        ) from e
+    url = f"{'http' if insecure else 'https'}://{host}/v2/"
+    try:
+        requests.get(url, timeout=10)  # 200 or 401 (auth needed) both mean "a registry is there"
+    except requests.RequestException as e:
+        raise HurdxenError(
+            f"OCI registry {host} is not reachable ({type(e).__name__})",
+            hint="check the address; a registry without TLS needs insecure=true (release.publish.insecure)",
+        ) from e
 
 
 def _one_line(e: BaseException) -> str:
