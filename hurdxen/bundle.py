@@ -589,8 +589,8 @@ def make_readme(
         ]
     lines += [
         "",
-        "With hurdxen: `python -m hurdxen verify DIR-OR-TARBALL [--keyring KEY.asc]` also checks manifest.json and "
-        "the kernels' Xen notes.",
+        "With hurdxen: `python -m hurdxen verify-release DIR-OR-TARBALL [--keyring KEY.asc]` also checks "
+        "manifest.json and the kernels' Xen notes.",
         "",
         "## Boot check",
         "",

@@ -319,6 +319,30 @@ def _verify_tree(
     return release, signed_by
 
 
+def verify_cli(argv: list[str]) -> int:
+    """`hurdxen verify-release DIR-OR-TARBALL [--keyring KEY.asc] [--fingerprint FPR]`: exit 0 only when OK."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="hurdxen verify-release", description=verify_cli.__doc__)
+    p.add_argument("target", type=Path, help="a bundle directory, a published one, or the .tar.gz")
+    p.add_argument("--keyring", type=Path, help="the publisher's public key (armoured or binary) or a GNUPGHOME")
+    p.add_argument("--signature", type=Path, help="SHA256SUMS.asc, when not beside the tarball")
+    p.add_argument("--fingerprint", help="the signing key's fingerprint you expect")
+    p.add_argument("--require-signature", action="store_true", help="fail on an unsigned release")
+    p.add_argument("--no-kernel-check", action="store_true", help="skip the kernels' Xen-notes check")
+    a = p.parse_args(argv)
+    report = verify(
+        a.target,
+        keyring=a.keyring,
+        signature=a.signature,
+        fingerprint=a.fingerprint,
+        require_signature=a.require_signature,
+        kernel_check=None if a.no_kernel_check else xen_kernel_check,
+    )
+    print(report.render(), end="")
+    return 0 if report.ok else 1
+
+
 def _compare_tarball(c: _Checks, d: Path, tarball: Path) -> None:
     """A published directory carries its tarball: it must hold the same files."""
     with tempfile.TemporaryDirectory(prefix="hurdxen-verify-") as tmp:

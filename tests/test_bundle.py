@@ -729,3 +729,12 @@ def test_reproduce_fails_with_diffoscope_report(tmp_path: Path) -> None:
     if shutil.which("diffoscope"):
         assert d.report_html is not None and d.report_html.is_file()
         assert "when[]" in d.report_text.read_text()
+
+
+def test_verify_cli(built: B.BundleResult, capsys: pytest.CaptureFixture[str]) -> None:
+    from hurdxen.cli import main
+
+    assert main(["verify-release", str(built.tarball)]) == 0
+    assert "OK (hurdxen-1.2.0)" in capsys.readouterr().out
+    assert main(["verify-release", "--require-signature", str(built.directory)]) == 1
+    assert "SHA256SUMS.asc is missing and a signature was required" in capsys.readouterr().out
