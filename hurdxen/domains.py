@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -176,8 +177,7 @@ def direct_config(
     elif kernel.bits == 32:
         kernel_c += [
             "32-bit PV guests need a hypervisor built with CONFIG_PV32=y (Debian's is not: 'Found 32-bit PV kernel,",
-            "but CONFIG_PV32 missing'). A non-PAE hypervisor refuses this PAE kernel ('Mismatch between Xen and",
-            "DOM0 kernel' / 'incompatible').",
+            "but CONFIG_PV32 missing'). On an old non-PAE hypervisor use the xen-nopae kernel.",
         ]
     else:
         kernel_c += ["64-bit GNU Mach on Xen is experimental: expect a page fault early in pmap_bootstrap_xen."]
@@ -243,8 +243,7 @@ def pvgrub_config(release: str, image: PvGrubInput, s: DomainSettings, name: str
     if s.extra:
         entries.append(("extra", s.extra, [PVGRUB_EXTRA.get(image.flavour, "")]))
     else:
-        extra_c = PVGRUB_EXTRA.get(image.flavour, "")
-        entries[-1][2].append(f"extra= not set. {extra_c}")
+        entries[-1][2].extend(["extra= is not set.", *textwrap.wrap(PVGRUB_EXTRA.get(image.flavour, ""), 110)])
     entries += [
         ("memory", s.memory, mem_c),
         ("vcpus", s.vcpus, []),

@@ -442,7 +442,10 @@ def publish_dir(bundle: BundleResult | Path, dest: Path) -> PublishResult:
     with _locked(dest):
         # Only the lock holder may sweep: another publisher's temp dir is not ours to remove otherwise.
         for p in dest.glob(fsutil.TMP_PREFIX + "*"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
         final = dest / b.release
         unchanged = False
         if final.exists():
