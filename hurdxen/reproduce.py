@@ -208,6 +208,10 @@ def reproduce(
             build(rebuild)
         if report_dir.exists():
             shutil.rmtree(report_dir)
+        # The work and report directories may sit inside the reference artifacts dir: they are not artefacts.
+        for inner in (work, report_dir):
+            with contextlib.suppress(ValueError):
+                exclude = (*exclude, f"{inner.resolve().relative_to(reference.resolve())}/*")
         result = compare_trees(reference, rebuild, report_dir, exclude)
         if not result.compared and not result.differences:
             raise HurdxenError("reproduce: the builds produced no files to compare", hint="check the build callable")

@@ -738,3 +738,17 @@ def test_verify_cli(built: B.BundleResult, capsys: pytest.CaptureFixture[str]) -
     assert "OK (hurdxen-1.2.0)" in capsys.readouterr().out
     assert main(["verify-release", "--require-signature", str(built.directory)]) == 1
     assert "SHA256SUMS.asc is missing and a signature was required" in capsys.readouterr().out
+
+
+def test_reproduce_against_a_reference_with_work_inside(tmp_path: Path, pae_kernel: Path) -> None:
+    root = make_project(tmp_path / "proj")
+
+    def build(artifacts: Path) -> None:
+        make_stages(artifacts, pae_kernel)
+        do_bundle(root, artifacts)
+
+    reference = tmp_path / "artifacts"
+    reference.mkdir()
+    build(reference)
+    res = R.reproduce(build, reference / "reproduce-work", reference=reference)
+    assert res.ok and not any(c.startswith("reproduce-") for c in res.compared)
