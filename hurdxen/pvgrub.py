@@ -847,7 +847,7 @@ def build_pvgrub_image(
     module_inputs: Mapping[str, Path] | None = None,
     monitor: Monitor | None = None,
 ) -> PvGrubResult:
-    """Build one pv-grub2 image into `out_dir` (<name>.bin, .bin.gz, .grub.cfg, .memdisk.tar, .json).
+    """Build one pv-grub2 image into its own `out_dir` (pv-grub-<name>, .gz, .grub.cfg, .memdisk.tar, manifest.json).
 
     `grub_tree` is the extracted grub-xen-bin package (or its usr/lib/grub/<platform>); `kernel_inputs` maps a
     kernel variant to its file (standalone only); `module_inputs` maps a boot module's path (/hurd/ext2fs.static)
@@ -878,7 +878,7 @@ def build_pvgrub_image(
     memdisk, listing = build_memdisk(files, source_date_epoch)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{fsutil.TMP_PREFIX}pvgrub-{spec.name}.", dir=out_dir))
+    work = Path(tempfile.mkdtemp(prefix=f"{fsutil.TMP_PREFIX}pvgrub-{spec.name}.", dir=out_dir.parent))
     try:
         work.chmod(0o755)
         fsutil.write_atomic(work / "grub.cfg", config)
@@ -909,14 +909,16 @@ def build_pvgrub_image(
 
         image_bytes = (work / "image.bin").read_bytes()
         gz_bytes = (work / "image.bin.gz").read_bytes()
-        base = out_dir / spec.name
-        paths = {
-            "image": base.with_name(spec.name + ".bin"),
-            "image_gz": base.with_name(spec.name + ".bin.gz"),
-            "config": base.with_name(spec.name + ".grub.cfg"),
-            "memdisk": base.with_name(spec.name + ".memdisk.tar"),
-            "manifest": base.with_name(spec.name + ".json"),
+        # One directory per image, published as a whole: the bundle takes `pv-grub-<name>.gz` and manifest.json.
+        stem = f"pv-grub-{spec.name}"
+        names = {
+            "image": stem,
+            "image_gz": f"{stem}.gz",
+            "config": f"{stem}.grub.cfg",
+            "memdisk": f"{stem}.memdisk.tar",
+            "manifest": "manifest.json",
         }
+        paths = {k: out_dir / v for k, v in names.items()}
         result = PvGrubResult(
             name=spec.name,
             platform=spec.platform,
@@ -936,11 +938,14 @@ def build_pvgrub_image(
             seconds=time.monotonic() - start,
             checks=checks,
         )
-        fsutil.write_atomic(paths["image"], image_bytes)
-        fsutil.write_atomic(paths["image_gz"], gz_bytes)
-        fsutil.write_atomic(paths["config"], config)
-        fsutil.write_atomic(paths["memdisk"], memdisk)
-        fsutil.write_json_atomic(paths["manifest"], _manifest(result, spec, image_tag, source_date_epoch))
+        with fsutil.atomic_dir(out_dir) as tmp:
+            fsutil.write_atomic(tmp / names["image"], image_bytes)
+            fsutil.write_atomic(tmp / names["image_gz"], gz_bytes)
+            fsutil.write_atomic(tmp / names["config"], config)
+            fsutil.write_atomic(tmp / names["memdisk"], memdisk)
+            data = _manifest(result, spec, image_tag, source_date_epoch)
+            data["outputs"] = {n: fsutil.sha256_file(tmp / n) for k, n in names.items() if k != "manifest"}
+            fsutil.write_json_atomic(tmp / names["manifest"], data)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -1029,6 +1034,9 @@ def _check_outputs(
 
 def _manifest(result: PvGrubResult, spec: PvGrubImageSpec, image_tag: str, sde: int) -> dict[str, Any]:
     return {
+        "stage": "pvgrub2",
+        "variant": result.name,
+        "identity": spec.identity,
         "name": result.name,
         "platform": result.platform,
         "flavour": result.flavour,
@@ -1057,7 +1065,7 @@ def build_all(
     module_inputs: Mapping[str, Path] | None = None,
     names: Iterable[str] | None = None,
 ) -> list[PvGrubResult]:
-    """Every image of the recipe (or those named)."""
+    """Every image of the recipe (or those named), each into `out_dir/<name>/`."""
     wanted = list(names) if names is not None else list(recipe.names)
     results = []
     for n in wanted:
@@ -1066,7 +1074,7 @@ def build_all(
                 recipe.get(n),
                 grub_tree,
                 kernel_inputs,
-                out_dir,
+                out_dir / n,
                 executor,
                 image_tag,
                 log_dir,

@@ -407,8 +407,9 @@ def test_two_builds_are_identical(
         monkeypatch.setenv("TZ", "UTC")
         time.tzset()
     assert (a.sha256, a.sha256_gz) == (b.sha256, b.sha256_gz)
-    for suffix in (".bin", ".bin.gz", ".grub.cfg", ".memdisk.tar", ".json"):
-        assert (a_dir / (spec.name + suffix)).read_bytes() == (b_dir / (spec.name + suffix)).read_bytes(), suffix
+    names = [f"pv-grub-{spec.name}{suffix}" for suffix in ("", ".gz", ".grub.cfg", ".memdisk.tar")]
+    for name in [*names, "manifest.json"]:
+        assert (a_dir / name).read_bytes() == (b_dir / name).read_bytes(), name
 
 
 @pytest.mark.docker
@@ -422,7 +423,8 @@ def test_invalid_config_refused_with_checker_message(
     msg = str(e.value)
     assert "fails grub-script-check" in msg and "syntax error" in msg
     assert "out of memory" not in msg
-    assert not list(out.glob("*.bin*")) and not list(out.glob(".tmp-*"))
+    assert not list(out.glob("pv-grub-*")) and not (out / "manifest.json").exists()
+    assert not list(out.parent.glob(".tmp-*"))
 
 
 @pytest.mark.docker
@@ -510,7 +512,7 @@ def test_debian_gnumach_standalone(
     if refused:
         with pytest.raises(HurdxenError, match=refused):
             build()
-        assert not list(tmp_path.glob("*.bin"))
+        assert not list(tmp_path.glob("pv-grub-*"))
         return
     res = build()
     assert any(c.startswith("grub-file") and c.endswith("kernel") for c in res.checks)

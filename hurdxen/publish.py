@@ -1,0 +1,573 @@
+"""Publishing a release bundle (to a directory, to an OCI registry) and verifying one as its user would.
+
+publish_dir: dest/<release>/ (the bundle's files, signature and tarball), dest/index.json (every release, sorted
+by packaging.version) and dest/latest -> the highest version. Each step is one rename, so an interrupted publish
+leaves the previous release, index and `latest` as they were (and at most a `.tmp-*` directory, swept next time).
+
+publish_oci: the tarball, SHA256SUMS and SHA256SUMS.asc as one OCI artifact (oras-py), tagged with the version.
+
+verify: a downloaded bundle directory or tarball: SHA256SUMS, the signature (with a keyring), manifest.json and
+the provenance against the files, and the kernels' Xen notes (hurdxen.xenverify).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from hurdxen import fsutil
+from hurdxen.bundle import MANIFEST, PROVENANCE, SIGNATURE, SUMS, BundleResult, load_result
+from hurdxen.errors import HurdxenError
+
+INDEX = "index.json"
+LATEST = "latest"
+LOCK = ".publish.lock"
+MEDIA_TARBALL = "application/vnd.hurdxen.release.tar+gzip"
+MEDIA_SUMS = "text/plain; charset=utf-8"
+MEDIA_SIGNATURE = "application/pgp-signature"
+
+
+def _as_result(bundle: BundleResult | Path) -> BundleResult:
+    return bundle if isinstance(bundle, BundleResult) else load_result(Path(bundle))
+
+
+# ------------------------------------------------------------------ verify
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    target: str
+    release: str | None
+    problems: tuple[str, ...]  # each one line; any problem fails the check
+    checked: tuple[str, ...]  # what was checked and found right
+    warnings: tuple[str, ...]
+    signed_by: str | None  # fingerprint of a good signature, None when unsigned or unchecked
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        lines = [f"{self.target}: {'OK' if self.ok else 'FAILED'}" + (f" ({self.release})" if self.release else "")]
+        lines += [f"  ok: {c}" for c in self.checked]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        lines += [f"  problem: {p}" for p in self.problems]
+        return "\n".join(lines) + "\n"
+
+    def raise_for_problems(self) -> None:
+        if self.problems:
+            more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            raise HurdxenError(
+                f"verify {self.target}: {self.problems[0]}{more}",
+                hint="do not use this release; download it again or ask its publisher",
+            )
+
+
+class _Checks:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.checked: list[str] = []
+        self.warnings: list[str] = []
+
+
+def _safe_extract(tarball: Path, dest: Path) -> Path:
+    """Extract regular files and directories only, below one top-level directory; return that directory."""
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            return _extract_members(tar, tarball, dest)
+    except (OSError, EOFError, tarfile.TarError) as e:
+        raise HurdxenError(f"{tarball.name} is not a readable gzipped tarball: {e}", hint="download it again") from e
+
+
+def _extract_members(tar: tarfile.TarFile, tarball: Path, dest: Path) -> Path:
+    tops = set()
+    for m in tar.getmembers():
+        parts = Path(m.name).parts
+        if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+            raise HurdxenError(f"{tarball.name}: unsafe member {m.name!r}", hint="do not unpack this tarball")
+        tops.add(parts[0])
+    if len(tops) != 1:
+        raise HurdxenError(f"{tarball.name}: expected one top-level directory, found {len(tops)}")
+    tar.extractall(dest, filter="data")
+    return dest / tops.pop()
+
+
+def parse_sums(text: str) -> tuple[dict[str, str], list[str]]:
+    """coreutils `sha256sum` lines → ({name: sha256}, [bad lines])."""
+    out: dict[str, str] = {}
+    bad: list[str] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
+        if m is None or m.group(2).startswith("/") or ".." in Path(m.group(2)).parts:
+            bad.append(f"line {i}")
+            continue
+        out[m.group(2)] = m.group(1)
+    return out, bad
+
+
+def _files_below(d: Path) -> dict[str, Path]:
+    return {str(p.relative_to(d)): p for p in sorted(d.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+def _check_signature(c: _Checks, sums: Path, sig: Path, keyring: Path | None, fingerprint: str | None) -> str | None:
+    import gnupg
+
+    if keyring is None:
+        c.warnings.append(f"{SIGNATURE} present but not checked: no keyring given (--keyring KEY.asc)")
+        return None
+    with tempfile.TemporaryDirectory(prefix="hurdxen-gpg-") as home:
+        os.chmod(home, 0o700)
+        if keyring.is_dir():
+            shutil.copytree(
+                keyring, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns("S.*", "*.lock", "private-keys-v1.d")
+            )
+            gpg = gnupg.GPG(gnupghome=home)
+        else:
+            gpg = gnupg.GPG(gnupghome=home)
+            imported = gpg.import_keys(keyring.read_bytes())
+            if not imported.fingerprints:
+                c.problems.append(f"keyring {keyring} holds no OpenPGP key")
+                return None
+        with open(sig, "rb") as f:
+            v = gpg.verify_file(f, str(sums))
+    if v.valid:
+        fpr = str(v.fingerprint or "")
+        if fingerprint and fpr.upper() != fingerprint.replace(" ", "").upper():
+            c.problems.append(f"{SIGNATURE}: good signature, but by {fpr}, not the expected {fingerprint}")
+            return None
+        c.checked.append(f"{SIGNATURE}: good signature by {fpr}")
+        return fpr
+    status = str(v.status or "no signature found")
+    if "no public key" in status:
+        c.problems.append(f"{SIGNATURE}: made by key {v.key_id}, which is not in the keyring given")
+    elif status == "signature bad":
+        c.problems.append(f"{SIGNATURE}: BAD signature: {SUMS} was changed after signing (key {v.key_id})")
+    else:
+        c.problems.append(f"{SIGNATURE}: not a valid signature of {SUMS} ({status})")
+    return None
+
+
+KernelCheck = Callable[[Path, Mapping[str, Any]], tuple[list[str], list[str]]]
+
+
+def xen_kernel_check(path: Path, expect: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) from hurdxen.xenverify for one kernel and what the manifest says it should be."""
+    from hurdxen import xenverify
+
+    bits = expect.get("bits")
+    exp = xenverify.KernelExpectation(
+        bits=bits if bits in (32, 64) else None,
+        pae=expect.get("pae") if bits == 32 else None,
+        strict=bool(expect.get("strict", False)),
+    )
+    try:
+        report = xenverify.inspect_kernel(path, exp)
+    except HurdxenError as e:
+        return [e.message], []
+    return [f"{f.message} — on Xen: {f.on_xen}" for f in report.errors], [f.message for f in report.warnings]
+
+
+def verify(
+    target: Path,
+    *,
+    keyring: Path | None = None,
+    signature: Path | None = None,
+    fingerprint: str | None = None,
+    require_signature: bool = False,
+    kernel_check: KernelCheck | None = xen_kernel_check,
+) -> VerifyReport:
+    """Check a bundle directory or tarball as its user would. Never raises for a bad bundle: see .problems."""
+    target = Path(target)
+    c = _Checks()
+    with contextlib.ExitStack() as stack:
+        tarball: Path | None = None
+        if target.is_file():
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hurdxen-verify-")))
+            try:
+                d = _safe_extract(target, tmp)
+            except HurdxenError as e:
+                c.problems.append(e.message)
+                return VerifyReport(str(target), None, tuple(c.problems), (), (), None)
+            c.checked.append(f"tarball unpacked safely ({d.name}/)")
+            sig = signature or (target.parent / SIGNATURE if (target.parent / SIGNATURE).is_file() else None)
+            outer = target.parent / SUMS
+            if outer.is_file() and (d / SUMS).is_file() and outer.read_bytes() != (d / SUMS).read_bytes():
+                c.problems.append(f"{outer} differs from the {SUMS} inside the tarball")
+        elif target.is_dir():
+            d = target
+            sig = signature or (d / SIGNATURE if (d / SIGNATURE).is_file() else None)
+            published = d / f"{d.resolve().name}.tar.gz"  # `latest` is a symlink to the release
+            tarball = published if published.is_file() else None
+        else:
+            return VerifyReport(str(target), None, (f"{target} does not exist",), (), (), None)
+        release, signed_by = _verify_tree(c, d, sig, keyring, fingerprint, require_signature, kernel_check, tarball)
+        if tarball is not None:
+            _compare_tarball(c, d, tarball)
+    return VerifyReport(str(target), release, tuple(c.problems), tuple(c.checked), tuple(c.warnings), signed_by)
+
+
+def _verify_tree(
+    c: _Checks,
+    d: Path,
+    sig: Path | None,
+    keyring: Path | None,
+    fingerprint: str | None,
+    require_signature: bool,
+    kernel_check: KernelCheck | None,
+    tarball: Path | None,
+) -> tuple[str | None, str | None]:
+    sums_path = d / SUMS
+    if not sums_path.is_file():
+        c.problems.append(f"{SUMS} is missing")
+        return None, None
+    sums, bad = parse_sums(sums_path.read_text(errors="replace"))
+    if bad:
+        c.problems.append(f"{SUMS}: malformed {', '.join(bad[:3])}")
+    present = _files_below(d)
+    actual: dict[str, str] = {}
+    for name, want in sorted(sums.items()):
+        p = present.get(name)
+        if p is None or not p.is_file() or p.is_symlink():
+            c.problems.append(f"{name}: listed in {SUMS} but missing")
+            continue
+        actual[name] = fsutil.sha256_file(p)
+        if actual[name] != want:
+            c.problems.append(f"{name}: sha256 mismatch ({SUMS} says {want[:16]}…, file is {actual[name][:16]}…)")
+    allowed_extra = {SUMS, SIGNATURE} | ({tarball.name} if tarball else set())
+    for name in present:
+        if name not in sums and name not in allowed_extra:
+            c.problems.append(f"{name}: not listed in {SUMS}")
+    if not c.problems:
+        c.checked.append(f"{SUMS}: {len(sums)} files")
+
+    signed_by: str | None = None
+    if sig is not None:
+        signed_by = _check_signature(c, sums_path, sig, keyring, fingerprint)
+    elif require_signature:
+        c.problems.append(f"{SIGNATURE} is missing and a signature was required")
+
+    release: str | None = None
+    if MANIFEST not in sums:
+        c.problems.append(f"{MANIFEST}: not listed in {SUMS}")
+        return release, signed_by
+    try:
+        m = json.loads((d / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        c.problems.append(f"{MANIFEST}: unreadable ({e})")
+        return release, signed_by
+    release = m.get("release")
+    files = m.get("files", {})
+    for name, want in sorted(files.items()):
+        if name not in actual:
+            c.problems.append(f"{MANIFEST}: lists {name}, which the bundle does not hold")
+        elif actual[name] != want:
+            c.problems.append(f"{MANIFEST}: {name} sha256 {want[:16]}… does not match the file ({actual[name][:16]}…)")
+    for name in actual:
+        if name not in files and name not in (MANIFEST, PROVENANCE, SUMS):
+            c.problems.append(f"{MANIFEST}: does not list {name}")
+    if m.get("signed") and sig is None:
+        c.problems.append(f"{MANIFEST} says signed by {m.get('signing_key')}, but {SIGNATURE} is missing")
+    if not m.get("signed"):
+        c.warnings.append("unsigned release (the manifest says so)")
+    elif signed_by and m.get("signing_key") and signed_by.upper() != str(m["signing_key"]).upper():
+        c.problems.append(f"{MANIFEST} names key {m['signing_key']}, but {SIGNATURE} was made by {signed_by}")
+    boot = m.get("boot", {})
+    if not boot.get("passed"):
+        c.warnings.append("released without a passing boot check (allow_unbooted)")
+    # Provenance: its subjects must be exactly these files.
+    try:
+        prov = json.loads((d / PROVENANCE).read_text())
+        subjects = {s["name"]: s["digest"]["sha256"] for s in prov.get("subject", [])}
+        wrong = sorted(n for n, h in subjects.items() if actual.get(n) != h)
+        if wrong:
+            c.problems.append(
+                f"{PROVENANCE}: subject {wrong[0]} does not match the file"
+                + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else "")
+            )
+        elif set(subjects) != set(actual) - {PROVENANCE, SUMS}:
+            c.problems.append(f"{PROVENANCE}: subjects are not the bundle's files")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        c.problems.append(f"{PROVENANCE}: unreadable ({e})")
+    if not any(p.startswith(f"{MANIFEST}") or p.startswith(PROVENANCE) for p in c.problems):
+        c.checked.append(f"{MANIFEST} and {PROVENANCE} match the files")
+    if kernel_check is not None:
+        for rel, expect in sorted(m.get("kernels", {}).items()):
+            if rel not in actual:
+                continue
+            problems, warns = kernel_check(d / rel, expect)
+            c.problems += [f"{rel}: {p}" for p in problems]
+            c.warnings += [f"{rel}: {w}" for w in warns]
+            if not problems:
+                c.checked.append(
+                    f"{rel}: Xen notes fit a {expect.get('bits')}-bit"
+                    + (" PAE" if expect.get("pae") else "")
+                    + " guest"
+                )
+    return release, signed_by
+
+
+def verify_cli(argv: list[str]) -> int:
+    """`hurdxen verify-release DIR-OR-TARBALL [--keyring KEY.asc] [--fingerprint FPR]`: exit 0 only when OK."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="hurdxen verify-release", description=verify_cli.__doc__)
+    p.add_argument("target", type=Path, help="a bundle directory, a published one, or the .tar.gz")
+    p.add_argument("--keyring", type=Path, help="the publisher's public key (armoured or binary) or a GNUPGHOME")
+    p.add_argument("--signature", type=Path, help="SHA256SUMS.asc, when not beside the tarball")
+    p.add_argument("--fingerprint", help="the signing key's fingerprint you expect")
+    p.add_argument("--require-signature", action="store_true", help="fail on an unsigned release")
+    p.add_argument("--no-kernel-check", action="store_true", help="skip the kernels' Xen-notes check")
+    a = p.parse_args(argv)
+    report = verify(
+        a.target,
+        keyring=a.keyring,
+        signature=a.signature,
+        fingerprint=a.fingerprint,
+        require_signature=a.require_signature,
+        kernel_check=None if a.no_kernel_check else xen_kernel_check,
+    )
+    print(report.render(), end="")
+    return 0 if report.ok else 1
+
+
+def _compare_tarball(c: _Checks, d: Path, tarball: Path) -> None:
+    """A published directory carries its tarball: it must hold the same files."""
+    with tempfile.TemporaryDirectory(prefix="hurdxen-verify-") as tmp:
+        try:
+            inner = _safe_extract(tarball, Path(tmp))
+        except HurdxenError as e:
+            c.problems.append(e.message)
+            return
+        a = {n: fsutil.sha256_file(p) for n, p in _files_below(inner).items()}
+        b = {n: fsutil.sha256_file(p) for n, p in _files_below(d).items() if n not in (tarball.name, SIGNATURE)}
+        if a != b:
+            diff = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+            c.problems.append(f"{tarball.name}: differs from the directory in {diff[0]}")
+        else:
+            c.checked.append(f"{tarball.name}: same files as the directory")
+
+
+# ------------------------------------------------------------------ publish to a directory
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    release: str
+    directory: Path
+    latest: Path
+    index: Path
+    unchanged: bool  # the same release was already there, byte for byte
+
+
+@contextlib.contextmanager
+def _locked(dest: Path) -> Iterator[None]:
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o644)
+
+
+def _version_key(entry: Mapping[str, Any]) -> tuple[Version, str]:
+    try:
+        return Version(str(entry["version"])), str(entry["release"])
+    except InvalidVersion:
+        return Version("0"), str(entry["release"])
+
+
+def build_index(dest: Path) -> list[dict[str, Any]]:
+    """Every release below dest, from its own manifest (so the index can always be rebuilt), by version."""
+    out = []
+    for d in sorted(dest.iterdir()):
+        if d.name.startswith(".") or d.is_symlink() or not (d / MANIFEST).is_file():
+            continue
+        m = json.loads((d / MANIFEST).read_text())
+        tarball = d / f"{d.name}.tar.gz"
+        out.append(
+            {
+                "release": d.name,
+                "name": m.get("name"),
+                "version": m.get("version"),
+                "source_date_epoch": m.get("source_date_epoch"),
+                "commit": (m.get("project") or {}).get("commit"),
+                "signed": bool(m.get("signed")),
+                "signing_key": m.get("signing_key"),
+                "boot_passed": bool((m.get("boot") or {}).get("passed")),
+                "tarball": f"{d.name}/{tarball.name}" if tarball.is_file() else None,
+                "tarball_sha256": fsutil.sha256_file(tarball) if tarball.is_file() else None,
+                "sums_sha256": fsutil.sha256_file(d / SUMS) if (d / SUMS).is_file() else None,
+            }
+        )
+    return sorted(out, key=_version_key)
+
+
+def _point_latest(dest: Path, release: str) -> Path:
+    """Replace dest/latest in one rename (a symlink made beside it first)."""
+    link = dest / LATEST
+    tmp = dest / f"{fsutil.TMP_PREFIX}{LATEST}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(release, tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def publish_dir(bundle: BundleResult | Path, dest: Path) -> PublishResult:
+    """Publish into `dest`: dest/<release>/ appears whole or not at all; index.json and latest follow."""
+    b = _as_result(bundle)
+    dest = Path(dest)
+    report = verify(b.directory, kernel_check=None)
+    report.raise_for_problems()
+    with _locked(dest):
+        # Only the lock holder may sweep: another publisher's temp dir is not ours to remove otherwise.
+        for p in dest.glob(fsutil.TMP_PREFIX + "*"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        final = dest / b.release
+        unchanged = False
+        if final.exists():
+            old = final / b.tarball.name
+            if old.is_file() and fsutil.sha256_file(old) == b.tarball_sha256:
+                unchanged = True
+            else:
+                raise HurdxenError(
+                    f"publish: {final} already holds a different {b.release}",
+                    hint="a published version never changes: tag a new version (git tag) or remove it by hand",
+                )
+        if not unchanged:
+            with fsutil.atomic_dir(final) as tmp:
+                for name in sorted(_files_below(b.directory)):
+                    _copy_file(b.directory / name, tmp / name)
+                _copy_file(b.tarball, tmp / b.tarball.name)
+                for p in [tmp, *(q for q in tmp.rglob("*") if q.is_dir())]:
+                    os.chmod(p, 0o755)
+        entries = build_index(dest)
+        fsutil.write_json_atomic(
+            dest / INDEX,
+            {
+                "format": "hurdxen-release-index/1",
+                "releases": entries,
+                "latest": entries[-1]["release"] if entries else None,
+            },
+        )
+        latest = _point_latest(dest, entries[-1]["release"])
+    return PublishResult(b.release, final, latest, dest / INDEX, unchanged)
+
+
+# ------------------------------------------------------------------ publish to an OCI registry
+
+
+@dataclass(frozen=True)
+class OciResult:
+    ref: str  # registry/repository:tag
+    digest: str | None  # the manifest digest the registry reported
+    files: tuple[str, ...]
+
+
+def _oci_ref(ref: str, version: str) -> str:
+    # A tag is after the last '/', so host:port alone is not mistaken for one.
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last or "@" in ref:
+        return ref
+    return f"{ref}:{version.replace('+', '_')}"  # OCI tags have no '+'
+
+
+def _registry(insecure: bool) -> Any:
+    import oras.provider
+
+    return oras.provider.Registry(insecure=insecure)
+
+
+def publish_oci(bundle: BundleResult | Path, ref: str, *, insecure: bool = False) -> OciResult:
+    """Push tarball + SHA256SUMS (+ SHA256SUMS.asc) as one OCI artifact; `ref` without a tag gets the version."""
+    b = _as_result(bundle)
+    target = _oci_ref(ref, b.version)
+    files = [f"{b.tarball}:{MEDIA_TARBALL}", f"{b.sums}:{MEDIA_SUMS}"]
+    if b.signature is not None:
+        files.append(f"{b.signature}:{MEDIA_SIGNATURE}")
+    m = json.loads(b.manifest.read_text())
+    annotations = {
+        "org.opencontainers.image.title": b.release,
+        "org.opencontainers.image.version": b.version,
+        # The build's time, not the push's: pushing the same bundle twice gives the same manifest digest.
+        "org.opencontainers.image.created": _iso(int(m.get("source_date_epoch", 0))),
+        "org.opencontainers.image.revision": str((m.get("project") or {}).get("commit") or ""),
+        "io.github.hurdxen.signed": "true" if b.signature else "false",
+    }
+    reg = _registry(insecure)
+    _ping(reg, target, insecure)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # oras-py prints "Successfully pushed"
+            resp = reg.push(target=target, files=files, disable_path_validation=True, manifest_annotations=annotations)
+    except Exception as e:  # oras-py raises plain ValueError / requests errors
+        raise HurdxenError(
+            f"publish: pushing {target} failed: {_one_line(e)}",
+            hint="check the registry address, credentials (docker login) and insecure=",
+        ) from e
+    digest = resp.headers.get("Docker-Content-Digest") if resp is not None else None
+    return OciResult(target, digest, tuple(Path(f.rsplit(":", 1)[0]).name for f in files))
+
+
+def pull_oci(ref: str, dest: Path, *, insecure: bool = False) -> list[Path]:
+    """Fetch a published release's files into dest (then `verify(dest/<release>.tar.gz)`)."""
+    reg = _registry(insecure)
+    _ping(reg, ref, insecure)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        got = reg.pull(target=ref, outdir=str(dest))
+    except Exception as e:
+        raise HurdxenError(f"pull: {ref} failed: {_one_line(e)}", hint="check the reference and registry") from e
+    return sorted(Path(p) for p in got)
+
+
+def _ping(reg: Any, ref: str, insecure: bool) -> None:
+    """One quick request to the registry first: oras-py retries a dead address with backoff for minutes."""
+    import requests
+
+    try:
+        host = reg.get_container(ref).registry
+    except Exception as e:
+        raise HurdxenError(
+            f"OCI reference {ref!r} is not valid: {_one_line(e)}", hint="write HOST[:PORT]/REPO[:TAG]"
+        ) from e
+    url = f"{'http' if insecure else 'https'}://{host}/v2/"
+    try:
+        requests.get(url, timeout=10)  # 200 or 401 (auth needed) both mean "a registry is there"
+    except requests.RequestException as e:
+        raise HurdxenError(
+            f"OCI registry {host} is not reachable ({type(e).__name__})",
+            hint="check the address; a registry without TLS needs insecure=true (release.publish.insecure)",
+        ) from e
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def _iso(epoch: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

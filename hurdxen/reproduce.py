@@ -1,0 +1,238 @@
+"""Reproducibility check: build again somewhere else, under other conditions, and compare every artefact.
+
+`reproduce` calls a build callable with a fresh artifacts directory (the lead wires it to `doit build` in a temp
+copy of the project with HURDXEN_ARTIFACTS set). The second build runs with a different path (longer, with a
+space), umask, TZ, locale and, naturally, wall-clock time; SOURCE_DATE_EPOCH stays what the recipes say. Then every
+file is compared byte for byte. JSON files that differ only in volatile keys (a step's seconds, log names) count as
+equal. On any difference diffoscope writes an HTML and a text report and the check fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hurdxen import fsutil
+from hurdxen.bundle import SIGNATURE, strip_volatile
+from hurdxen.errors import HurdxenError
+
+BuildFn = Callable[[Path], object]  # runs the whole build into the artifacts dir it is given
+
+# Not build outputs: logs and scratch, the doit database, the boot check's serial logs (they carry timings), and
+# OpenPGP signatures (they carry their creation time by design).
+DEFAULT_EXCLUDE = (
+    "logs/*",
+    "work/*",
+    ".doit*",
+    ".lock*",
+    "*.lock",
+    "boot/*",
+    f"*/{SIGNATURE}",
+    SIGNATURE,
+    f"{fsutil.TMP_PREFIX}*",
+    f"*/{fsutil.TMP_PREFIX}*",
+)
+
+
+@dataclass(frozen=True)
+class Variation:
+    """The conditions one build runs under."""
+
+    label: str
+    umask: int
+    tz: str
+    locale: str
+    path_suffix: str  # added to the work directory name: a different (and longer) path
+
+    def env(self) -> dict[str, str]:
+        return {"TZ": self.tz, "LC_ALL": self.locale, "LANG": self.locale, "LANGUAGE": self.locale.split(".")[0]}
+
+
+FIRST = Variation("a", 0o022, "UTC", "C.UTF-8", "a")
+SECOND = Variation("b", 0o002, "Pacific/Kiritimati", "fr_FR.UTF-8", "b with space/and-a-much-longer-path")
+
+
+@dataclass(frozen=True)
+class Difference:
+    path: str
+    kind: str  # "content", "only in reference", "only in rebuild"
+    report_html: Path | None = None
+    report_text: Path | None = None
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    reference: Path
+    rebuild: Path
+    compared: tuple[str, ...]
+    volatile_only: tuple[str, ...]  # JSON files equal once volatile keys are dropped
+    differences: tuple[Difference, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+@contextlib.contextmanager
+def varied(v: Variation) -> Iterator[None]:
+    """Set umask, TZ and locale for an in-process build (and for subprocesses it starts); restore them after."""
+    saved = {k: os.environ.get(k) for k in v.env()}
+    old_umask = os.umask(v.umask)
+    os.environ.update(v.env())
+    if hasattr(time, "tzset"):
+        time.tzset()
+    try:
+        yield
+    finally:
+        os.umask(old_umask)
+        for k, val in saved.items():
+            if val is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = val
+        if hasattr(time, "tzset"):
+            time.tzset()
+
+
+def _excluded(rel: str, exclude: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(rel, pat) for pat in exclude)
+
+
+def tree(root: Path, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if (p.is_file() or p.is_symlink()) and not _excluded(rel, exclude):
+            out[rel] = p
+    return out
+
+
+def _same_json_modulo_volatile(a: Path, b: Path) -> bool:
+    try:
+        return bool(strip_volatile(json.loads(a.read_text())) == strip_volatile(json.loads(b.read_text())))
+    except (OSError, ValueError):
+        return False
+
+
+def compare_trees(
+    reference: Path, rebuild: Path, report_dir: Path, exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+) -> ReproduceResult:
+    a, b = tree(reference, exclude), tree(rebuild, exclude)
+    diffs: list[Difference] = []
+    volatile: list[str] = []
+    for rel in sorted(set(a) | set(b)):
+        if rel not in b:
+            diffs.append(Difference(rel, "only in reference"))
+        elif rel not in a:
+            diffs.append(Difference(rel, "only in rebuild"))
+        elif a[rel].is_symlink() or b[rel].is_symlink():
+            if os.readlink(a[rel]) != os.readlink(b[rel]) if a[rel].is_symlink() and b[rel].is_symlink() else True:
+                diffs.append(Difference(rel, "content"))
+        elif fsutil.sha256_file(a[rel]) != fsutil.sha256_file(b[rel]):
+            if rel.endswith(".json") and _same_json_modulo_volatile(a[rel], b[rel]):
+                volatile.append(rel)
+            else:
+                html, text = diffoscope(a[rel], b[rel], report_dir, rel)
+                diffs.append(Difference(rel, "content", html, text))
+    return ReproduceResult(reference, rebuild, tuple(sorted(set(a) & set(b))), tuple(volatile), tuple(diffs))
+
+
+def diffoscope(a: Path, b: Path, report_dir: Path, rel: str) -> tuple[Path | None, Path | None]:
+    """diffoscope --html and --text for one pair; (None, None) when diffoscope is not installed (then `cmp`)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stem = rel.replace("/", "_")
+    html, text = report_dir / f"{stem}.diffoscope.html", report_dir / f"{stem}.diffoscope.txt"
+    exe = shutil.which("diffoscope")
+    if exe is None:
+        cmp = subprocess.run(["cmp", str(a), str(b)], capture_output=True, text=True, check=False)
+        fsutil.write_atomic(text, f"diffoscope not installed (apt-get install diffoscope-minimal)\n{cmp.stdout}")
+        return None, text
+    # Exit status 1 means "differences found"; only >1 is diffoscope failing.
+    p = subprocess.run(
+        [
+            exe,
+            "--html",
+            str(html),
+            "--text",
+            str(text),
+            "--no-progress",
+            "--exclude-directory-metadata=recursive",
+            str(a),
+            str(b),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if p.returncode > 1:
+        fsutil.write_atomic(text, f"diffoscope failed ({p.returncode}):\n{p.stderr[-2000:]}")
+        return (html if html.is_file() else None), text
+    return html, text
+
+
+def reproduce(
+    build: BuildFn,
+    work: Path,
+    *,
+    reference: Path | None = None,
+    report_dir: Path | None = None,
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    first: Variation = FIRST,
+    second: Variation = SECOND,
+    keep: bool = False,
+) -> ReproduceResult:
+    """Build into a clean directory under `work` (twice, unless a `reference` artifacts dir is given), compare,
+    and raise HurdxenError naming the first difference and the diffoscope report when the builds differ."""
+    work.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="reproduce-", dir=work))
+    report_dir = report_dir or work / "reproduce-report"
+    try:
+        if reference is None:
+            reference = base / first.path_suffix / "artifacts"
+            reference.mkdir(parents=True)
+            with varied(first):
+                build(reference)
+        rebuild = base / second.path_suffix / "artifacts"
+        rebuild.mkdir(parents=True)
+        with varied(second):
+            build(rebuild)
+        if report_dir.exists():
+            shutil.rmtree(report_dir)
+        # The work and report directories may sit inside the reference artifacts dir: they are not artefacts.
+        for inner in (work, report_dir):
+            with contextlib.suppress(ValueError):
+                exclude = (*exclude, f"{inner.resolve().relative_to(reference.resolve())}/*")
+        result = compare_trees(reference, rebuild, report_dir, exclude)
+        if not result.compared and not result.differences:
+            raise HurdxenError("reproduce: the builds produced no files to compare", hint="check the build callable")
+        if result.differences:
+            d = result.differences[0]
+            more = f" (+{len(result.differences) - 1} more)" if len(result.differences) > 1 else ""
+            see = d.report_html or d.report_text
+            raise ReproduceError(
+                f"reproduce: {d.path} differs between builds ({d.kind}){more}",
+                hint=f"see {see}" if see else f"compare {reference / d.path} and {rebuild / d.path}",
+                result=result,
+            )
+        return result
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+class ReproduceError(HurdxenError):
+    """A failed reproduction; `.result` holds every difference and its report."""
+
+    def __init__(self, message: str, hint: str | None, result: ReproduceResult) -> None:
+        super().__init__(message, hint)
+        self.result = result

@@ -1,0 +1,754 @@
+"""Release bundles: domain configs, bundle, verify, publish (directory and a real local registry), reproduce.
+
+Stage outputs are fixtures with the contract's shape (artifacts/<stage>/<variant>/ + manifest.json); the kernel is
+Debian's real 32-bit PAE GNU Mach, so the Xen-notes check runs on a genuine kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from debian_kernels import fetch_kernel
+
+from hurdxen import bundle as B
+from hurdxen import domains as D
+from hurdxen import fsutil, recipes
+from hurdxen import publish as P
+from hurdxen import reproduce as R
+from hurdxen.containers import BaseSpec
+from hurdxen.context import Context
+from hurdxen.errors import HurdxenError
+from hurdxen.sources import Cache
+
+REPO = Path(__file__).resolve().parents[1]
+SDE = 1767225600
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.org",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.org",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_SYSTEM": "/dev/null",
+}
+RELEASE_TOML = """\
+name = "hurdxen"
+allow_unbooted = false
+accept_known_failures = true
+[include]
+kernels = ["xen-pae"]
+[signing]
+key = ""
+"""
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def pae_kernel() -> Path:
+    return fetch_kernel("i386-486")  # Debian's gnumach-1.8-xen-486.gz: really 32-bit PAE
+
+
+def git(root: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV}
+    return subprocess.run(["git", "-C", str(root), *args], env=env, check=True, capture_output=True, text=True).stdout
+
+
+def make_project(root: Path, tag: str | None = "v1.2.0", release_toml: str = RELEASE_TOML) -> Path:
+    """A project checkout: the two recipes, committed with fixed dates (same commit id in every temp dir)."""
+    (root / "recipes").mkdir(parents=True)
+    (root / "recipes" / "release.toml").write_text(release_toml)
+    shutil.copy(REPO / "recipes" / "domains.toml", root / "recipes" / "domains.toml")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "fixture")
+    if tag:
+        git(root, "tag", tag)
+    return root
+
+
+def stage_manifest(d: Path, stage: str, variant: str, inputs: dict[str, object], **extra: object) -> None:
+    """The shape hurdxen.manifest.write_stage_manifest writes, with run-to-run noise (seconds, log)."""
+    data = {
+        "stage": stage,
+        "variant": variant,
+        "identity": fsutil.identity(stage, variant),
+        "inputs": inputs,
+        "outputs": {str(p.relative_to(d)): fsutil.sha256_file(p) for p in sorted(d.rglob("*")) if p.is_file()},
+        "step": {
+            "executor": "docker",
+            "image": "hurdxen/builder:851b97aaf0c0fbf1",
+            "image_id": "sha256:" + "b" * 64,
+            "command": "docker run … bash -c <script>",
+            "seconds": round(time.monotonic() % 100, 2),
+            "log": f"{stage}-{variant}.log",
+        },
+        **extra,
+    }
+    (d / "manifest.json").write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def make_stages(artifacts: Path, kernel: Path, boot_verdicts: dict[str, str] | None = None) -> Path:
+    g = artifacts / "gnumach" / "xen-pae"
+    g.mkdir(parents=True)
+    shutil.copy(kernel, g / "gnumach-xen-pae.gz")
+    (g / "gnumach-xen-pae").write_bytes(gzip.decompress(kernel.read_bytes()))
+    (g / "verify.json").write_text("{}\n")
+    src = {"git": "https://git.savannah.gnu.org/git/hurd/gnumach.git", "commit": "4" * 40}
+    stage_manifest(g, "gnumach", "xen-pae", {"source": src}, bits=32, pae=True, verify={"strict": False})
+    (artifacts / "gnumach" / "source").mkdir()  # a source tree without a manifest: never bundled
+    for v, libc in (("libc-2.41-6", "2.41-6"), ("libc-2.42-1", "2.42-1")):
+        h = artifacts / "hurd-modules" / v
+        h.mkdir(parents=True)
+        (h / "hurd-modules").write_bytes(f"modules for {libc}\n".encode() * 100)
+        ram = {"file": "hurd-modules", "sha256": fsutil.sha256_file(h / "hurd-modules"), "size": 1}
+        mods = [{"name": "ext2fs", "path": "/hurd/ext2fs.static", "sha256": "a" * 64}]
+        (h / "manifest.json").write_text(
+            json.dumps(
+                {"format": "hurdxen-hurd-modules/1", "bits": 32, "libc_version": libc, "ramdisk": ram, "modules": mods}
+            )
+        )
+    p = artifacts / "pvgrub2" / "i386-xen-hurd"
+    p.mkdir(parents=True)
+    (p / "pv-grub-i386-xen-hurd.gz").write_bytes(gzip.compress(b"GRUB" * 1000, mtime=0))
+    grub = {"package": "grub-xen-bin", "version": "2.06-13+deb12u2", "arch": "amd64", "sha256": "c" * 64}
+    stage_manifest(p, "pvgrub2", "i386-xen-hurd", {"grub": grub}, platform="i386-xen", flavour="hurd")
+    m = artifacts / "mig" / "i686-gnu"
+    (m / "bin").mkdir(parents=True)
+    (m / "bin" / "i686-gnu-mig").write_text("#!/bin/sh\n")
+    url = "http://deb.debian.org/debian/pool/main/m/mig/mig_1.8+git20231217.orig.tar.xz"
+    stage_manifest(m, "mig", "i686-gnu", {"source": {"url": url, "sha256": "6" * 64}})
+    verdicts = boot_verdicts or {"pae-direct": "pass", "nopae-refused": "expected-refusal"}
+    (artifacts / "boot").mkdir()
+    cases = [
+        {"case": c, "kind": "guest", "verdict": v, "seconds": 11.5, "log": f"/tmp/{c}.log", "reason": ""}
+        for c, v in verdicts.items()
+    ]
+    (artifacts / "boot" / "boot-report.json").write_text(json.dumps({"ok": True, "cases": cases}))
+    (artifacts / "logs").mkdir()
+    (artifacts / "logs" / "x.log").write_text(str(time.time()))
+    return artifacts
+
+
+def context(root: Path, artifacts: Path) -> Context:
+    base = BaseSpec("bookworm", "http://deb.debian.org/debian", "minbase", ("main",), (), SDE)
+    return Context(root, artifacts, Cache(root / "cache"), "host", SDE, base, ())
+
+
+def do_bundle(root: Path, artifacts: Path, overrides: dict[str, str] | None = None) -> B.BundleResult:
+    r = recipes.load(root, overrides=overrides or {}, overlay=root / "none.toml")
+    return B.bundle(context(root, artifacts), r)
+
+
+@pytest.fixture
+def built(tmp_path: Path, pae_kernel: Path) -> B.BundleResult:
+    root = make_project(tmp_path / "proj")
+    return do_bundle(root, make_stages(tmp_path / "artifacts", pae_kernel))
+
+
+@dataclass(frozen=True)
+class Key:
+    home: Path
+    fingerprint: str
+    public: Path  # the armoured public key, as a user would download it
+
+
+def make_key(name: str) -> Key:
+    # A short path: gpg-agent's socket path must fit in sun_path.
+    home = Path(tempfile.mkdtemp(prefix="hx-gpg-", dir="/tmp"))
+    os.chmod(home, 0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
+    subprocess.run(
+        [*gpg, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", "sign", "never"],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], check=True, capture_output=True, text=True)
+    fpr = next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
+    public = home / "public.asc"
+    public.write_bytes(subprocess.run([*gpg, "--armor", "--export", fpr], check=True, capture_output=True).stdout)
+    return Key(home, fpr, public)
+
+
+def drop_key(k: Key) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(k.home), "--kill", "all"], check=False, capture_output=True)
+    shutil.rmtree(k.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def key() -> Iterator[Key]:
+    if shutil.which("gpg") is None:
+        pytest.skip("gpg is not installed")
+    k = make_key("release")
+    yield k
+    drop_key(k)
+
+
+@pytest.fixture(scope="module")
+def other_key() -> Iterator[Key]:
+    k = make_key("mallory")
+    yield k
+    drop_key(k)
+
+
+def signed_overrides(k: Key) -> dict[str, str]:
+    return {"release.signing.key": k.fingerprint, "release.signing.gnupghome": str(k.home)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's docker-registry (distribution) on 127.0.0.1, filesystem storage in a temp dir."""
+    exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    if not Path(exe).is_file():
+        pytest.skip("apt-get install docker-registry")
+    d = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    cfg = d / "config.yml"
+    cfg.write_text(
+        textwrap.dedent(f"""\
+        version: 0.1
+        log: {{level: error}}
+        storage:
+          filesystem: {{rootdirectory: {d / "data"}}}
+        http:
+          addr: 127.0.0.1:{port}
+        """)
+    )
+    proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"docker-registry exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def files_of(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ domain configs
+
+
+def test_direct_config_parses_back_with_comments() -> None:
+    k = D.KernelInput("xen-pae", "kernels/gnumach-xen-pae.gz", 32, True)
+    m = D.ModulesInput("libc", "hurd-modules/hurd-modules-libc", 32, "2.41-6")
+    cfg = D.direct_config("hurdxen-1.0", k, m, D.DomainSettings(vif="mac"))
+    got = D.parse_xl(cfg.text)
+    assert got["kernel"] == "/srv/xen/hurdxen-1.0/kernels/gnumach-xen-pae.gz"
+    assert got["ramdisk"] == "/srv/xen/hurdxen-1.0/hurd-modules/hurd-modules-libc"
+    assert got["extra"] == "root=device:hd0"
+    assert got["memory"] == 512 and got["disk"] == ["phy:sda4,hda,w"]
+    assert got["vif"] == [f"mac={D.stable_mac('hurd-xen-pae')},bridge=br0"]
+    assert "part:2:device:hd0" in cfg.text and "CONFIG_PV32" in cfg.text
+    assert not cfg.warnings
+
+
+def test_nopae_and_memory_warnings() -> None:
+    k = D.KernelInput("xen-nopae", "kernels/gnumach-xen-nopae.gz", 32, False)
+    m = D.ModulesInput("l", "hurd-modules/hurd-modules-l", 32, None)
+    cfg = D.direct_config("r-1", k, m, D.DomainSettings(memory=768, root="part:2:device:hd0"))
+    assert D.DOMU_NOT_PAE in cfg.text
+    assert cfg.warnings and "768 MB" in cfg.warnings[0]
+    assert D.parse_xl(cfg.text)["extra"] == "root=part:2:device:hd0"
+    k64 = D.KernelInput("xen-amd64", "kernels/gnumach-xen-amd64.gz", 64, None)
+    assert not D.direct_config("r-1", k64, m, D.DomainSettings(memory=2048)).warnings
+
+
+def test_pvgrub_config_has_no_ramdisk() -> None:
+    img = D.PvGrubInput("x86_64-xen-disk", "pvgrub2/pv-grub-x86_64-xen-disk.gz", "x86_64-xen", "disk")
+    cfg = D.pvgrub_config("r-1", img, D.DomainSettings(vif="bridge", extra="xen_grub_env_cfg=/boot/grub/x.cfg"))
+    got = D.parse_xl(cfg.text)
+    assert "ramdisk" not in got and got["vif"] == ["bridge=br0"]
+    assert got["extra"] == "xen_grub_env_cfg=/boot/grub/x.cfg"
+    assert "incompatible architecture: 2." in cfg.text
+
+
+def test_stable_mac() -> None:
+    assert D.stable_mac("hurd-xen-pae") == D.stable_mac("hurd-xen-pae")
+    assert D.stable_mac("hurd-xen-pae") != D.stable_mac("hurd-xen-nopae")
+    assert D.stable_mac("x").startswith("00:16:3e:")
+
+
+def test_xl_parser() -> None:
+    text = "# c\nname = \"a b\" ; memory=0x200\ndisk = [ 'phy:x,hda,w',\n  'file:/y,hdb,r', ]\ndisk += ['z,hdc']\n"
+    assert D.parse_xl(text) == {"name": "a b", "memory": 512, "disk": ["phy:x,hda,w", "file:/y,hdb,r", "z,hdc"]}
+    for bad in ("name = ", "= 1", "name = 'x' 'y'", "disk = ['a' 'b']", "x = @"):
+        with pytest.raises(HurdxenError, match="cfg"):
+            D.parse_xl(bad, "cfg")
+
+
+# ------------------------------------------------------------------ versions
+
+
+@pytest.mark.parametrize(
+    ("describe", "dirty", "version", "source"),
+    [
+        ("v1.2.0", False, "1.2.0", "git describe"),
+        ("v1.2.0", True, "1.2.0+dirty", "git describe"),
+        ("v1.2.0-3-gabcdef123456", False, "1.2.0.post3+gabcdef123456", "git describe"),
+        ("1.0rc1-1-gabcd", True, "1.0rc1.post1+gabcd.dirty", "git describe"),
+        ("abcdef123456", False, "0.0.0+gabcdef123456", "fallback"),
+        ("release-foo-2-gabcd", False, "0.0.0+gabcdef123456", "fallback"),
+        (None, None, "0.0.0+unknown", "fallback"),
+    ],
+)
+def test_version_from_describe(describe: str | None, dirty: bool | None, version: str, source: str) -> None:
+    commit = "abcdef123456" + "0" * 28 if describe else None
+    v = B.version_from_describe(describe, commit, dirty)
+    assert (v.version, v.source) == (version, source)
+    assert (v.note is None) == (source != "fallback")
+
+
+# ------------------------------------------------------------------ bundle
+
+
+def test_bundle_contents(built: B.BundleResult) -> None:
+    b = built
+    assert b.release == "hurdxen-1.2.0" and b.boot_passed and b.signature is None
+    names = sorted(files_of(b.directory))
+    assert names == [
+        "README.md",
+        "SHA256SUMS",
+        "domains/hurd-pvgrub-i386-xen-hurd.cfg",
+        "domains/hurd-xen-pae-libc-2.41-6.cfg",
+        "domains/hurd-xen-pae-libc-2.42-1.cfg",
+        "hurd-modules/hurd-modules-libc-2.41-6",
+        "hurd-modules/hurd-modules-libc-2.42-1",
+        "kernels/gnumach-xen-pae.gz",
+        "manifest.json",
+        "provenance.intoto.json",
+        "pvgrub2/pv-grub-i386-xen-hurd.gz",
+    ]
+    m = json.loads(b.manifest.read_text())
+    assert m["version"] == "1.2.0" and m["signed"] is False and m["boot"]["passed"] is True
+    assert m["project"]["dirty"] is False and len(m["project"]["commit"]) == 40
+    # volatile fields are gone, pins are there
+    text = b.manifest.read_text()
+    assert '"seconds"' not in text and '"log"' not in text
+    uris = {d["uri"] for d in m["inputs"]}
+    assert "http://deb.debian.org/debian/pool/main/m/mig/mig_1.8+git20231217.orig.tar.xz" in uris
+    assert "pkg:deb/debian/grub-xen-bin@2.06-13+deb12u2?arch=amd64" in uris
+    assert f"git+https://git.savannah.gnu.org/git/hurd/gnumach.git@{'4' * 40}" in uris
+    assert "mig/i686-gnu" in m["tools"]["stages"]
+    prov = json.loads((b.directory / B.PROVENANCE).read_text())
+    assert prov["_type"] == "https://in-toto.io/Statement/v1"
+    assert prov["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert {s["name"] for s in prov["subject"]} == set(names) - {"SHA256SUMS", "provenance.intoto.json"}
+    assert prov["predicate"]["buildDefinition"]["resolvedDependencies"] == m["inputs"]
+    readme = (b.directory / "README.md").read_text()
+    assert "not signed" in readme and "sha256sum -c SHA256SUMS" in readme and "xl create" in readme
+    # the tarball: ustar, sorted, owner 0, SOURCE_DATE_EPOCH, normalised modes, no gzip name/time
+    raw = b.tarball.read_bytes()
+    assert raw[4:8] == b"\0\0\0\0" and not raw[3] & 0x08  # gzip MTIME 0, no FNAME
+    with tarfile.open(b.tarball) as tar:
+        members = tar.getmembers()
+    assert [mm.name for mm in members] == sorted(mm.name for mm in members)
+    assert all(mm.uid == 0 and mm.gid == 0 and mm.uname == "" and mm.gname == "" for mm in members)
+    assert all(mm.mtime == SDE and mm.mode in (0o644, 0o755) for mm in members)
+    assert members[0].name == "hurdxen-1.2.0"
+
+
+def test_bundle_bit_identical_across_dirs_umask_tz(tmp_path: Path, pae_kernel: Path) -> None:
+    results = []
+    for v in (R.FIRST, R.SECOND):
+        base = tmp_path / v.path_suffix
+        with R.varied(v):
+            root = make_project(base / "proj")
+            results.append(do_bundle(root, make_stages(base / "artifacts", pae_kernel)))
+    a, b = results
+    assert str(a.directory) != str(b.directory)
+    assert files_of(a.directory) == files_of(b.directory)
+    assert a.tarball.read_bytes() == b.tarball.read_bytes()
+
+
+def test_sha256sum_and_gpg_verify_with_real_tools(tmp_path: Path, pae_kernel: Path, key: Key) -> None:
+    root = make_project(tmp_path / "proj")
+    b = do_bundle(root, make_stages(tmp_path / "artifacts", pae_kernel), signed_overrides(key))
+    assert b.signature is not None and b.signed_by == key.fingerprint
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=b.directory, check=True)
+    assert b.signature.read_text().startswith("-----BEGIN PGP SIGNATURE-----")
+    p = subprocess.run(
+        ["gpg", "--homedir", str(key.home), "--verify", "SHA256SUMS.asc", "SHA256SUMS"],
+        cwd=b.directory,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    m = json.loads(b.manifest.read_text())
+    assert m["signed"] is True and m["signing_key"] == key.fingerprint
+    r = P.verify(b.directory, keyring=key.public)
+    assert r.ok, r.render()
+    assert r.signed_by == key.fingerprint and not any("Xen" in w and "refuse" in w for w in r.problems)
+    # the tarball leaves the signature out, so a signed build is still reproducible
+    with tarfile.open(b.tarball) as tar:
+        assert not any(n.endswith(".asc") for n in tar.getnames())
+    first = b.tarball.read_bytes()
+    b2 = do_bundle(root, make_stages(tmp_path / "artifacts2", pae_kernel), signed_overrides(key))
+    assert b2.tarball.read_bytes() == first
+
+
+def test_verify_clean_bundle_and_tarball(built: B.BundleResult) -> None:
+    r = P.verify(built.directory)
+    assert r.ok, r.render()
+    assert any("Xen notes" in c for c in r.checked)
+    assert "unsigned release (the manifest says so)" in r.warnings
+    t = P.verify(built.tarball)
+    assert t.ok, t.render()
+    assert t.release == "hurdxen-1.2.0"
+
+
+def _resum(d: Path) -> None:
+    """What a careless tamperer does: recompute SHA256SUMS after the change."""
+    files = {
+        str(p.relative_to(d)): fsutil.sha256_file(p)
+        for p in d.rglob("*")
+        if p.is_file() and p.name not in ("SHA256SUMS", "SHA256SUMS.asc")
+    }
+    (d / "SHA256SUMS").write_text(B.sums_text(files))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("file", "kernels/gnumach-xen-pae.gz: sha256 mismatch (SHA256SUMS says"),
+        ("manifest", "manifest.json: sha256 mismatch"),
+        ("manifest-resummed", "provenance.intoto.json: subject manifest.json does not match the file"),
+        ("config-resummed", "manifest.json: domains/hurd-xen-pae-libc-2.41-6.cfg sha256"),
+        ("missing", "pvgrub2/pv-grub-i386-xen-hurd.gz: listed in SHA256SUMS but missing"),
+        ("extra", "domains/evil.cfg: not listed in SHA256SUMS"),
+        ("signature-stripped", "manifest.json says signed by"),
+        ("sums-after-signing", "SHA256SUMS.asc: BAD signature"),
+        ("wrong-key", "SHA256SUMS.asc: made by key"),
+    ],
+)
+def test_verify_refuses_tampering(
+    tmp_path: Path, pae_kernel: Path, key: Key, other_key: Key, tamper: str, message: str
+) -> None:
+    root = make_project(tmp_path / "proj")
+    b = do_bundle(root, make_stages(tmp_path / "artifacts", pae_kernel), signed_overrides(key))
+    d = b.directory
+    if tamper == "file":
+        with open(d / "kernels/gnumach-xen-pae.gz", "r+b") as f:
+            f.seek(100)
+            f.write(b"X")
+    elif tamper.startswith("manifest"):
+        m = json.loads((d / "manifest.json").read_text())
+        m["inputs"][0]["digest"] = {"sha256": "0" * 64}
+        (d / "manifest.json").write_text(json.dumps(m))
+        if tamper == "manifest-resummed":
+            _resum(d)
+            (d / "SHA256SUMS.asc").unlink()
+    elif tamper == "config-resummed":
+        cfg = d / "domains/hurd-xen-pae-libc-2.41-6.cfg"
+        cfg.write_text(cfg.read_text().replace("memory = 512", "memory = 4096"))
+        _resum(d)
+        (d / "SHA256SUMS.asc").unlink()
+    elif tamper == "missing":
+        (d / "pvgrub2/pv-grub-i386-xen-hurd.gz").unlink()
+    elif tamper == "extra":
+        (d / "domains/evil.cfg").write_text("kernel = '/evil'\n")
+    elif tamper == "signature-stripped":
+        (d / "SHA256SUMS.asc").unlink()
+    elif tamper == "sums-after-signing":
+        _resum(d)
+        with open(d / "SHA256SUMS", "a") as f:
+            f.write(f"{'0' * 64}  README.md\n")
+    elif tamper == "wrong-key":
+        (d / "SHA256SUMS.asc").unlink()
+        B.sign_sums(d / "SHA256SUMS", other_key.fingerprint, str(other_key.home))
+    r = P.verify(d, keyring=key.public)
+    assert not r.ok
+    assert any(p.startswith(message) for p in r.problems), r.problems
+    with pytest.raises(HurdxenError) as e:
+        r.raise_for_problems()
+    assert "\n" not in e.value.render() and e.value.render().startswith(f"error: verify {d}: ")
+
+
+def test_verify_kernel_notes(tmp_path: Path, pae_kernel: Path) -> None:
+    """A kernel the manifest calls 64-bit but is 32-bit: the Xen-notes check says so."""
+    root = make_project(tmp_path / "proj")
+    b = do_bundle(root, make_stages(tmp_path / "artifacts", pae_kernel))
+    m = json.loads(b.manifest.read_text())
+    r = P.verify(b.directory, kernel_check=lambda p, e: P.xen_kernel_check(p, {**e, "bits": 64}))
+    assert not r.ok and r.problems[0].startswith("kernels/gnumach-xen-pae.gz: ")
+    assert m["kernels"]["kernels/gnumach-xen-pae.gz"] == {
+        "variant": "xen-pae",
+        "bits": 32,
+        "pae": True,
+        "strict": False,
+    }
+
+
+def test_verify_tarball_with_unsafe_member(tmp_path: Path) -> None:
+    t = tmp_path / "evil.tar.gz"
+    with tarfile.open(t, "w:gz") as tar:
+        info = tarfile.TarInfo("../x")
+        tar.addfile(info)
+    r = P.verify(t)
+    assert not r.ok and "unsafe member" in r.problems[0]
+
+
+def test_boot_gate(tmp_path: Path, pae_kernel: Path) -> None:
+    root = make_project(tmp_path / "proj")
+    art = make_stages(tmp_path / "artifacts", pae_kernel, {"pae-direct": "fail", "amd64": "known-failure"})
+    with pytest.raises(HurdxenError, match=r"boot check did not pass: case pae-direct: fail") as e:
+        do_bundle(root, art)
+    assert "allow_unbooted" in (e.value.hint or "")
+    b = do_bundle(root, art, {"release.allow_unbooted": "true"})
+    m = json.loads(b.manifest.read_text())
+    assert m["boot"] == {
+        "allow_unbooted": True,
+        "checked": True,
+        "passed": False,
+        "cases": [
+            {"case": "amd64", "verdict": "known-failure", "reason": ""},
+            {"case": "pae-direct", "verdict": "fail", "reason": ""},
+        ],
+    }
+    assert "did not pass" in (b.directory / "README.md").read_text()
+    assert any("allow_unbooted" in w for w in b.warnings)
+    (art / "boot" / "boot-report.json").unlink()
+    with pytest.raises(HurdxenError, match="no boot check"):
+        do_bundle(root, art)
+
+
+def test_domain_overrides_from_command_line(tmp_path: Path, pae_kernel: Path) -> None:
+    root = make_project(tmp_path / "proj")
+    art = make_stages(tmp_path / "artifacts", pae_kernel)
+    b = do_bundle(
+        root, art, {"domains.memory": "768", "domains.vif": "mac", "domains.pvgrub2.i386-xen-hurd.memory": "256"}
+    )
+    direct = D.parse_xl((b.directory / "domains/hurd-xen-pae-libc-2.41-6.cfg").read_text())
+    pv = D.parse_xl((b.directory / "domains/hurd-pvgrub-i386-xen-hurd.cfg").read_text())
+    assert direct["memory"] == 768 and pv["memory"] == 256 and "ramdisk" not in pv
+    assert any("768 MB" in w for w in b.warnings)
+    with pytest.raises(HurdxenError, match=r"the command line: domains.root: expected device:hd0"):
+        do_bundle(root, art, {"domains.root": "hda1"})
+
+
+def test_missing_stage_and_stale_output(tmp_path: Path, pae_kernel: Path) -> None:
+    root = make_project(tmp_path / "proj")
+    art = make_stages(tmp_path / "artifacts", pae_kernel)
+    with pytest.raises(HurdxenError, match=r"gnumach/xen-nopae has not been built"):
+        do_bundle(root, art, {"release.include.kernels": '["xen-pae", "xen-nopae"]'})
+    (art / "pvgrub2" / "i386-xen-hurd" / "pv-grub-i386-xen-hurd.gz").write_bytes(b"changed")
+    with pytest.raises(HurdxenError, match=r"pvgrub2/i386-xen-hurd/pv-grub-i386-xen-hurd.gz differs from its manifest"):
+        do_bundle(root, art)
+
+
+def test_version_from_untagged_and_dirty_checkout(tmp_path: Path, pae_kernel: Path) -> None:
+    root = make_project(tmp_path / "proj", tag=None)
+    art = make_stages(tmp_path / "artifacts", pae_kernel)
+    b = do_bundle(root, art)
+    sha = git(root, "rev-parse", "HEAD").strip()
+    assert b.version == f"0.0.0+g{sha[:12]}"
+    (root / "recipes" / "domains.toml").write_text((root / "recipes" / "domains.toml").read_text() + "\n")
+    b2 = do_bundle(root, art)
+    m = json.loads(b2.manifest.read_text())
+    assert b2.version.endswith(".dirty") and m["project"]["dirty"] is True
+    assert "fallback" in (b2.directory / "README.md").read_text()
+
+
+# ------------------------------------------------------------------ publish
+
+
+def test_publish_dir(tmp_path: Path, pae_kernel: Path, key: Key) -> None:
+    dest = tmp_path / "pub"
+    art = make_stages(tmp_path / "artifacts", pae_kernel)
+    r1 = do_bundle(make_project(tmp_path / "p1", tag="v1.10.0"), art, signed_overrides(key))
+    r2 = do_bundle(make_project(tmp_path / "p2", tag="v1.9.0"), art)
+    p1 = P.publish_dir(r1, dest)
+    p2 = P.publish_dir(r2, dest)
+    assert not p1.unchanged and not p2.unchanged
+    index = json.loads((dest / "index.json").read_text())
+    # packaging.version order, not string order: 1.9.0 < 1.10.0, and latest stays on the highest
+    assert [e["version"] for e in index["releases"]] == ["1.9.0", "1.10.0"]
+    assert index["latest"] == "hurdxen-1.10.0" and os.readlink(dest / "latest") == "hurdxen-1.10.0"
+    assert index["releases"][1]["signed"] is True and index["releases"][1]["tarball_sha256"] == r1.tarball_sha256
+    pub = dest / "hurdxen-1.10.0"
+    assert (pub / "hurdxen-1.10.0.tar.gz").read_bytes() == r1.tarball.read_bytes()
+    assert files_of(pub) == {**files_of(r1.directory), "hurdxen-1.10.0.tar.gz": r1.tarball.read_bytes()}
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=pub, check=True)
+    v = P.verify(dest / "latest", keyring=key.public)
+    assert v.ok, v.render()
+    assert any("same files as the directory" in c for c in v.checked)
+    assert P.publish_dir(r1, dest).unchanged
+    # the same version with other bytes is refused
+    other = tmp_path / "artifacts-other"
+    make_stages(other, pae_kernel)
+    (other / "hurd-modules" / "libc-2.41-6" / "hurd-modules").write_bytes(b"other")
+    m = json.loads((other / "hurd-modules" / "libc-2.41-6" / "manifest.json").read_text())
+    m["ramdisk"]["sha256"] = fsutil.sha256_bytes(b"other")
+    (other / "hurd-modules" / "libc-2.41-6" / "manifest.json").write_text(json.dumps(m))
+    r3 = do_bundle(make_project(tmp_path / "p3", tag="v1.10.0"), other)
+    with pytest.raises(HurdxenError, match=r"already holds a different hurdxen-1\.10\.0"):
+        P.publish_dir(r3, dest)
+
+
+def test_interrupted_publish_keeps_previous_release(
+    tmp_path: Path, pae_kernel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "pub"
+    art = make_stages(tmp_path / "artifacts", pae_kernel)
+    old = do_bundle(make_project(tmp_path / "p1", tag="v1.0.0"), art)
+    new = do_bundle(make_project(tmp_path / "p2", tag="v2.0.0"), art)
+    P.publish_dir(old, dest)
+    before = {**files_of(dest), "latest": os.readlink(dest / "latest").encode()}
+    calls = []
+    real = P._copy_file
+
+    def failing(src: Path, dst: Path) -> None:
+        calls.append(src)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(P, "_copy_file", failing)
+    with pytest.raises(OSError, match="No space"):
+        P.publish_dir(new, dest)
+    monkeypatch.setattr(P, "_copy_file", real)
+    assert {**files_of(dest), "latest": os.readlink(dest / "latest").encode()} == before
+    assert not (dest / "hurdxen-2.0.0").exists()
+
+    # Killed outright (SIGKILL) halfway through the copy: the same, plus a .tmp-* directory the next run sweeps.
+    script = textwrap.dedent(f"""\
+        import os, signal, sys
+        from pathlib import Path
+        from hurdxen import publish as P
+        real = P._copy_file
+        n = [0]
+        def dying(src, dst):
+            n[0] += 1
+            if n[0] == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(src, dst)
+        P._copy_file = dying
+        P.publish_dir(Path({str(new.directory)!r}), Path({str(dest)!r}))
+        """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert p.returncode == -9, p.stderr
+    assert any(x.name.startswith(".tmp-") for x in dest.iterdir())
+    assert os.readlink(dest / "latest") == "hurdxen-1.0.0"
+    assert json.loads((dest / "index.json").read_text())["latest"] == "hurdxen-1.0.0"
+    assert files_of(dest / "hurdxen-1.0.0") == {
+        k.removeprefix("hurdxen-1.0.0/"): v for k, v in before.items() if k.startswith("hurdxen-1.0.0/")
+    }
+    P.publish_dir(new, dest)
+    assert os.readlink(dest / "latest") == "hurdxen-2.0.0"
+    assert not any(x.name.startswith(".tmp-") for x in dest.iterdir())
+
+
+def test_publish_oci_round_trip(tmp_path: Path, pae_kernel: Path, key: Key, registry: str) -> None:
+    b = do_bundle(
+        make_project(tmp_path / "proj"), make_stages(tmp_path / "artifacts", pae_kernel), signed_overrides(key)
+    )
+    res = P.publish_oci(b, f"{registry}/hurd/hurdxen", insecure=True)
+    assert res.ref == f"{registry}/hurd/hurdxen:1.2.0"
+    assert res.files == ("hurdxen-1.2.0.tar.gz", "SHA256SUMS", "SHA256SUMS.asc")
+    assert res.digest and res.digest.startswith("sha256:")
+    # pushing the same bundle again yields the same manifest
+    assert P.publish_oci(b, res.ref, insecure=True).digest == res.digest
+    got = P.pull_oci(res.ref, tmp_path / "pulled", insecure=True)
+    assert sorted(p.name for p in got) == ["SHA256SUMS", "SHA256SUMS.asc", "hurdxen-1.2.0.tar.gz"]
+    pulled = tmp_path / "pulled"
+    assert (pulled / "hurdxen-1.2.0.tar.gz").read_bytes() == b.tarball.read_bytes()
+    assert (pulled / "SHA256SUMS").read_bytes() == b.sums.read_bytes()
+    assert b.signature is not None and (pulled / "SHA256SUMS.asc").read_bytes() == b.signature.read_bytes()
+    v = P.verify(pulled / "hurdxen-1.2.0.tar.gz", keyring=key.public)
+    assert v.ok, v.render()
+    assert v.signed_by == key.fingerprint
+
+
+def test_publish_oci_unreachable_registry(built: B.BundleResult) -> None:
+    with pytest.raises(HurdxenError, match=r"OCI registry 127\.0\.0\.1:9 is not reachable"):
+        P.publish_oci(built, f"127.0.0.1:{9}/x/y", insecure=True)
+
+
+# ------------------------------------------------------------------ reproduce
+
+
+def test_reproduce_passes_for_a_deterministic_build(tmp_path: Path, pae_kernel: Path) -> None:
+    root = make_project(tmp_path / "proj")
+
+    def build(artifacts: Path) -> None:
+        make_stages(artifacts, pae_kernel)  # stage manifests carry different seconds each time: volatile
+        do_bundle(root, artifacts)
+
+    res = R.reproduce(build, tmp_path / "work")
+    assert res.ok
+    assert "release/hurdxen-1.2.0.tar.gz" in res.compared
+    assert "gnumach/xen-pae/manifest.json" in res.volatile_only or "gnumach/xen-pae/manifest.json" in res.compared
+    assert not any(c.startswith("logs/") or c.startswith("boot/") for c in res.compared)
+
+
+def test_reproduce_fails_with_diffoscope_report(tmp_path: Path) -> None:
+    def build(artifacts: Path) -> None:
+        (artifacts / "gnumach" / "x").mkdir(parents=True)
+        (artifacts / "gnumach" / "x" / "same").write_text("same\n")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z") + f" {time.time_ns()} umask={os.umask(0o22):o}"
+        (artifacts / "gnumach" / "x" / "version.c").write_text(f'const char when[] = "{stamp}";\n')
+
+    with pytest.raises(R.ReproduceError) as e:
+        R.reproduce(build, tmp_path / "work")
+    res = e.value.result
+    assert [d.path for d in res.differences] == ["gnumach/x/version.c"]
+    assert e.value.render().startswith("error: reproduce: gnumach/x/version.c differs between builds (content)")
+    d = res.differences[0]
+    assert d.report_text is not None and d.report_text.is_file()
+    if shutil.which("diffoscope"):
+        assert d.report_html is not None and d.report_html.is_file()
+        assert "when[]" in d.report_text.read_text()
+
+
+def test_verify_cli(built: B.BundleResult, capsys: pytest.CaptureFixture[str]) -> None:
+    from hurdxen.cli import main
+
+    assert main(["verify-release", str(built.tarball)]) == 0
+    assert "OK (hurdxen-1.2.0)" in capsys.readouterr().out
+    assert main(["verify-release", "--require-signature", str(built.directory)]) == 1
+    assert "SHA256SUMS.asc is missing and a signature was required" in capsys.readouterr().out
+
+
+def test_reproduce_against_a_reference_with_work_inside(tmp_path: Path, pae_kernel: Path) -> None:
+    root = make_project(tmp_path / "proj")
+
+    def build(artifacts: Path) -> None:
+        make_stages(artifacts, pae_kernel)
+        do_bundle(root, artifacts)
+
+    reference = tmp_path / "artifacts"
+    reference.mkdir()
+    build(reference)
+    res = R.reproduce(build, reference / "reproduce-work", reference=reference)
+    assert res.ok and not any(c.startswith("reproduce-") for c in res.compared)
