@@ -1,13 +1,22 @@
 """doit entry point: the tasks come from the recipes through hurdxen.tasks (`doit list` shows them)."""
 
+from pathlib import Path
+
+from hurdxen import tasks
 from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this module
     DOIT_CONFIG,
     task_base,
     task_build,
+    task_bundle,
     task_gnumach,
     task_hurd_modules,
     task_image,
     task_mig,
+    task_publish,
     task_pvgrub2,
+    task_reproduce,
     task_sources,
+    task_verify,
 )
+
+tasks.set_root(Path(__file__).resolve().parent)

@@ -236,3 +236,60 @@ class ReproduceError(HurdxenError):
     def __init__(self, message: str, hint: str | None, result: ReproduceResult) -> None:
         super().__init__(message, hint)
         self.result = result
+
+
+def project_copy(root: Path, dest: Path) -> Path:
+    """A clone of the project with the working tree's changes and the local overlay, so the copy builds exactly
+    what `root` would (the bundle records the git revision, dirty or not)."""
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(root), str(dest)], check=True)
+    changed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    deleted = set(
+        subprocess.run(["git", "ls-files", "-z", "--deleted"], cwd=root, check=True, capture_output=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for rel in [*filter(None, changed), "hurdxen.local.toml"]:
+        src = root / rel
+        if rel in deleted:
+            (dest / rel).unlink(missing_ok=True)
+        elif src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def reproduce_project(root: Path, artifacts: Path, cache: Path) -> ReproduceResult:
+    """`doit reproduce`: rebuild `doit build bundle` in a clean copy and compare with `artifacts`."""
+    import sys
+
+    def build(art: Path) -> None:
+        copy = project_copy(root, art.parent / "project")
+        env = {
+            **os.environ,
+            "HURDXEN_ARTIFACTS": str(art),
+            "HURDXEN_CACHE": str(cache),
+            "PYTHONPATH": str(copy),
+            "HURDXEN_QUIET": "1",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "doit", "build", "bundle"], cwd=copy, env=env, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.splitlines()[-15:] + proc.stderr.splitlines()[-15:])
+            raise HurdxenError(
+                f"reproduce: the rebuild in {copy} failed:\n{tail}",
+                hint="run the same `doit build bundle` there to see why",
+            )
+
+    return reproduce(
+        build, artifacts / "reproduce-work", reference=artifacts, report_dir=artifacts / "reproduce-report"
+    )

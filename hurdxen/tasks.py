@@ -17,7 +17,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from hurdxen import containers, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes
+from hurdxen import bundle, containers, fsutil, gnumach, hurdmodules, lock, mig, publish, pvgrub, recipes, reproduce
 from hurdxen.context import Context, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import (
@@ -32,7 +32,17 @@ from hurdxen.sources import (
     is_cached_tarball,
 )
 
+# The project directory: dodo.py sets it to its own folder, so a copy of the project builds its own recipes.
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def set_root(root: Path) -> None:
+    global ROOT, _loaded
+    if root.resolve() != ROOT:
+        ROOT = root.resolve()
+        _loaded = None
+
+
 TaskDict = dict[str, Any]
 
 
@@ -396,6 +406,91 @@ def task_pvgrub2() -> Iterator[TaskDict]:
             ],
             "clean": [(remove_dir, [str(pvgrub_out_dir(ctx, spec.name))])],
         }
+
+
+def act_bundle(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
+    def run() -> None:
+        result = bundle.bundle(ctx, r)
+        for w in result.warnings:
+            sys.stderr.write(f"warning: {w}\n")
+        sys.stderr.write(f"bundle: {result.directory} and {result.tarball.name}\n")
+
+    return guarded(run)
+
+
+def task_bundle() -> TaskDict:
+    """bundle: the release — kernels, hurd-modules, pv-grub2, domain configs, SHA256SUMS, signature, provenance"""
+    r, ctx = load()
+    return {
+        "actions": [(act_bundle, [ctx, r])],
+        "task_dep": ["build", *(["boot"] if "boot" in r else [])],
+        # Always rerun: it is deterministic, takes seconds, and reads the git revision.
+        "uptodate": [False],
+    }
+
+
+def current_bundle(ctx: Context, r: recipes.Recipes) -> Path:
+    spec = bundle.spec_from_recipes(r, ctx.source_date_epoch)
+    return bundle.release_dir(ctx.artifacts) / spec.release
+
+
+def act_publish(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
+    def run() -> None:
+        pub = r["release"].get("publish", {})
+        if not pub.get("dir") and not pub.get("oci"):
+            raise HurdxenError(
+                "publish: nowhere to publish to",
+                hint="set release.publish.dir or release.publish.oci (recipe, overlay or command line)",
+            )
+        b = bundle.load_result(current_bundle(ctx, r))
+        if pub.get("dir"):
+            sys.stderr.write(f"publish: {publish.publish_dir(b, Path(pub['dir']))}\n")
+        if pub.get("oci"):
+            sys.stderr.write(f"publish: {publish.publish_oci(b, pub['oci'], insecure=bool(pub.get('insecure')))}\n")
+
+    return guarded(run)
+
+
+def task_publish() -> TaskDict:
+    """publish: the bundle to a directory (atomic, with `latest` and an index) and/or an OCI registry"""
+    r, ctx = load()
+    return {"actions": [(act_publish, [ctx, r])], "task_dep": ["bundle"], "uptodate": [False]}
+
+
+def act_verify(ctx: Context, r: recipes.Recipes, target: str) -> TaskFailed | None:
+    def run() -> None:
+        report = publish.verify(Path(target) if target else current_bundle(ctx, r))
+        print(report.render())
+        report.raise_for_problems()
+
+    return guarded(run)
+
+
+def task_verify() -> TaskDict:
+    """verify: check a bundle (SHA256SUMS, signature, manifest, kernels' Xen notes); `doit verify --bundle PATH`"""
+    r, ctx = load()
+    return {
+        "actions": [(act_verify, [ctx, r])],
+        "params": [
+            {
+                "name": "target",
+                "long": "bundle",
+                "default": "",
+                "help": "a bundle directory or tarball (default: the current release under artifacts/)",
+            }
+        ],
+        "uptodate": [False],
+    }
+
+
+def act_reproduce(ctx: Context) -> TaskFailed | None:
+    return guarded(reproduce.reproduce_project, ctx.root, ctx.artifacts, ctx.cache.root)
+
+
+def task_reproduce() -> TaskDict:
+    """reproduce: rebuild everything in a clean copy (other path, time, umask, TZ, locale) and compare bit for bit"""
+    _, ctx = load()
+    return {"actions": [(act_reproduce, [ctx])], "task_dep": ["bundle"], "uptodate": [False]}
 
 
 def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:
