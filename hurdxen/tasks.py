@@ -18,7 +18,7 @@ from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
 from hurdxen import containers, fsutil, lock, mig, recipes
-from hurdxen.context import Context, make_context
+from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import (
     DebPin,
@@ -32,7 +32,10 @@ from hurdxen.sources import (
     is_cached_tarball,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+# The project directory (recipes/, containers/, artifacts/): the directory of the dodo.py doit runs, set by
+# `configure()` from dodo.py. Not this package's location: the code may be installed elsewhere, or shared by several
+# project copies. Before configure() it is the working directory (doit changes into the dodo.py's directory).
+ROOT = Path.cwd()
 TaskDict = dict[str, Any]
 
 
@@ -49,12 +52,25 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
 
 DOIT_CONFIG: dict[str, Any] = {
     "backend": "sqlite3",
-    "dep_file": str(ROOT / "artifacts" / ".doit.sqlite3"),
+    "dep_file": str(artifacts_dir(ROOT) / DEP_FILE),
     "default_tasks": ["build"],
     "verbosity": 2,
     "reporter": Reporter,
     "sort": "definition",
 }
+
+
+def configure(root: Path) -> None:
+    """Called by dodo.py with its own directory, before doit reads DOIT_CONFIG.
+
+    doit opens the dependency file before it generates any task, so the file's place (beside the artifacts, which
+    HURDXEN_ARTIFACTS may move) must be known here, not in `load()`.
+    """
+    global ROOT
+    ROOT = root.resolve()
+    dep = artifacts_dir(ROOT) / DEP_FILE
+    dep.parent.mkdir(parents=True, exist_ok=True)
+    DOIT_CONFIG["dep_file"] = str(dep)
 
 
 def guarded(fn: Callable[..., object], *args: Any) -> TaskFailed | None:
@@ -82,8 +98,7 @@ def load() -> tuple[recipes.Recipes, Context]:
         except HurdxenError as e:
             sys.stderr.write(e.render() + "\n")
             raise SystemExit(2) from None
-        DOIT_CONFIG["dep_file"] = str(ctx.artifacts / ".doit.sqlite3")
-        if lock.doit_command(sys.argv) not in lock.READ_ONLY_COMMANDS and "doit" in Path(sys.argv[0]).name:
+        if lock.doit_command(sys.argv) not in lock.READ_ONLY_COMMANDS and lock.running_doit(sys.argv):
             lock.hold(ctx.artifacts)
             # Only the lock holder may sweep: the temp dirs could be another build's otherwise.
             fsutil.sweep_tmp(ctx.artifacts)
