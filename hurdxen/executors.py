@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hurdxen import fsutil
 from hurdxen.errors import HurdxenError
 from hurdxen.monitor import Monitor, NullMonitor
 
@@ -78,9 +79,13 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
 def step_failed(step: Step, code: int, log_path: Path, command: str) -> HurdxenError:
     tail = _tail(log_path).rstrip()
     indented = "\n".join("    " + line for line in tail.splitlines())
+    hint = f"the whole log is {log_path}"
+    if "No space left on device" in tail:
+        full = [str(m.host) for m in step.mounts if m.writable]
+        hint = f"a disk is full: free space where {', '.join(full) or 'the step writes'} live; {hint}"
     return HurdxenError(
         f"{step.name}: `{command}` exited with {code}; last lines of {log_path}:\n{indented}\n",
-        hint=f"the whole log is {log_path}",
+        hint=hint,
     )
 
 
@@ -195,6 +200,8 @@ class DockerExecutor:
                 hint="run `doit build` so the image tasks build it first",
             ) from e
         except (docker.errors.DockerException, OSError) as e:
+            if fsutil.is_disk_full(e):
+                raise fsutil.disk_full(step.name, log_path.parent) from e
             raise engine_error(e, step.name) from e
         finally:
             if container is not None:
@@ -229,6 +236,19 @@ class HostExecutor:
         shown = "bash -c <script> (host executor)"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
+        try:
+            code = self._run(step, env, cwd, shown, log_path, mon)
+        except OSError as e:
+            if fsutil.is_disk_full(e):
+                raise fsutil.disk_full(step.name, log_path.parent) from e
+            raise
+        seconds = time.monotonic() - start
+        if code != 0:
+            raise step_failed(step, code, log_path, shown)
+        return StepResult(step.name, code, seconds, log_path, shown, self.kind)
+
+    @staticmethod
+    def _run(step: Step, env: dict[str, str], cwd: str | None, shown: str, log_path: Path, mon: Monitor) -> int:
         with open(log_path, "wb") as log:
             log.write(f"# {shown}\n".encode())
             proc = subprocess.Popen(
@@ -239,11 +259,7 @@ class HostExecutor:
                 log.write(line)
                 log.flush()
                 mon.output(step.name, line)
-            code = proc.wait()
-        seconds = time.monotonic() - start
-        if code != 0:
-            raise step_failed(step, code, log_path, shown)
-        return StepResult(step.name, code, seconds, log_path, shown, self.kind)
+            return proc.wait()
 
 
 def engine_error(e: BaseException, where: str | None = None) -> HurdxenError:

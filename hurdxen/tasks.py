@@ -79,6 +79,11 @@ def guarded(fn: Callable[..., object], *args: Any) -> TaskFailed | None:
         fn(*args)
     except HurdxenError as e:
         return TaskFailed(e.render())
+    except OSError as e:
+        if fsutil.is_disk_full(e):
+            where = e.filename or ROOT
+            return TaskFailed(fsutil.disk_full("the build", Path(where).parent if e.filename else where).render())
+        raise
     return None
 
 

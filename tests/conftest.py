@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .httpserver import TestServer
+
 # The code under test: this checkout, whatever hurdxen the venv has installed.
 CODE = Path(__file__).resolve().parent.parent
 # Debian downloads are shared between test runs (and with the main checkout) so they happen once.
@@ -135,3 +137,13 @@ def restore_env() -> Iterator[Callable[[str, str], None]]:
     yield set_env
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture
+def http_server() -> Iterator[TestServer]:
+    """A started HTTP server on 127.0.0.1 (see tests/httpserver.py), stopped afterwards."""
+    srv = TestServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
