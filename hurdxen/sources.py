@@ -172,9 +172,7 @@ def _store(cache: Cache, tmp: Path, sha256: str) -> Path:
     return final
 
 
-def fetch_url_pinned(
-    cache: Cache, url: str, sha256: str, what: str, key: str, pinned_by: str = "the recipe"
-) -> Path:
+def fetch_url_pinned(cache: Cache, url: str, sha256: str, what: str, key: str, pinned_by: str = "the recipe") -> Path:
     if cache.has(sha256):
         return cache.blob(sha256)
     tmp, got = download(url, cache.tmpdir(), cache.network, what, key)
