@@ -34,7 +34,7 @@ class Context:
     images: tuple[tuple[str, ImageSpec], ...]
 
     def executor(self) -> Executor:
-        return make_executor(self.executor_kind)
+        return make_executor(self.executor_kind, self.artifacts)
 
     def monitor(self) -> Monitor:
         return default_monitor()

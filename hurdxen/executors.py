@@ -136,8 +136,10 @@ class DockerExecutor:
 
     kind = "docker"
 
-    def __init__(self, client: Any | None = None) -> None:
+    def __init__(self, client: Any | None = None, labels: Mapping[str, str] | None = None) -> None:
         self._client = client
+        # Put on every container, so a later build can find (and remove) the ones a killed build left running.
+        self.labels = dict(labels or {})
 
     @property
     def client(self) -> Any:
@@ -183,7 +185,7 @@ class DockerExecutor:
                 working_dir=workdir,
                 host_config=host_config,
                 network_disabled=not step.network,
-                labels={"hurdxen.step": step.name},
+                labels={**self.labels, "hurdxen.step": step.name},
             )
             cid = container["Id"]
             client.start(cid)
@@ -295,10 +297,29 @@ def _docker_kwargs() -> Mapping[str, Any]:
     return kwargs
 
 
-def make_executor(kind: str | None = None) -> Executor:
+ARTIFACTS_LABEL = "hurdxen.artifacts"
+
+
+def remove_stale_containers(artifacts: Path) -> list[str]:
+    """Remove step containers a killed build (same artifacts directory) left behind; only the lock holder may call
+    this. They would otherwise keep running and writing into directories the next build sweeps away."""
+    import docker.errors
+
+    try:
+        client = connect_docker()
+        stale = client.containers(all=True, filters={"label": f"{ARTIFACTS_LABEL}={artifacts.resolve()}"})
+        for c in stale:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.remove_container(c["Id"], force=True)
+    except (HurdxenError, docker.errors.DockerException, OSError):
+        return []  # no engine: the first step that needs one says so
+    return [str(c["Id"]) for c in stale]
+
+
+def make_executor(kind: str | None = None, artifacts: Path | None = None) -> Executor:
     kind = kind or os.environ.get("HURDXEN_EXECUTOR", "docker")
     if kind == "docker":
-        return DockerExecutor()
+        return DockerExecutor(labels={ARTIFACTS_LABEL: str(artifacts.resolve())} if artifacts else None)
     if kind == "host":
         return HostExecutor()
     raise HurdxenError(f"unknown executor {kind!r}", hint="HURDXEN_EXECUTOR must be `docker` or `host`")

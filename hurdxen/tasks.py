@@ -17,7 +17,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from hurdxen import containers, fsutil, lock, mig, recipes
+from hurdxen import containers, executors, fsutil, lock, mig, recipes
 from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import (
@@ -105,7 +105,10 @@ def load() -> tuple[recipes.Recipes, Context]:
             raise SystemExit(2) from None
         if lock.doit_command(sys.argv) not in lock.READ_ONLY_COMMANDS and lock.running_doit(sys.argv):
             lock.hold(ctx.artifacts)
-            # Only the lock holder may sweep: the temp dirs could be another build's otherwise.
+            # Only the lock holder may clean up: the containers and temp dirs could be another build's otherwise.
+            # Containers first: a killed build's step may still be writing into its temp dirs.
+            if ctx.executor_kind == "docker":
+                executors.remove_stale_containers(ctx.artifacts)
             fsutil.sweep_tmp(ctx.artifacts)
         _loaded = (r, ctx)
     return _loaded
