@@ -81,8 +81,15 @@ def step_failed(step: Step, code: int, log_path: Path, command: str) -> HurdxenE
     indented = "\n".join("    " + line for line in tail.splitlines())
     hint = f"the whole log is {log_path}"
     if "No space left on device" in tail:
-        full = [str(m.host) for m in step.mounts if m.writable]
-        hint = f"a disk is full: free space where {', '.join(full) or 'the step writes'} live; {hint}"
+        # Name the lasting directories, not the step's temporary ones (already removed when this is read).
+        full: list[str] = []
+        for m in step.mounts:
+            p = m.host
+            while p.name.startswith(fsutil.TMP_PREFIX):
+                p = p.parent
+            if m.writable and str(p) not in full:
+                full.append(str(p))
+        hint = f"a disk is full: free space in {', '.join(full) or 'the directories the step writes'}; {hint}"
     return HurdxenError(
         f"{step.name}: `{command}` exited with {code}; last lines of {log_path}:\n{indented}\n",
         hint=hint,

@@ -290,7 +290,11 @@ def test_full_artifacts_disk(tmp_path: Path, small_artifacts: Path) -> None:
     assert "Traceback" not in run.output
     failed = [line for line in run.output.splitlines() if line.startswith("mig:") and "error:" in line]
     assert failed, run.output
-    assert "(hint: a disk is full: free space where " in run.output or "no space left on the disk" in run.output
+    assert (
+        f"(hint: a disk is full: free space in {small_artifacts}/work, {small_artifacts}/mig; the whole log is "
+        in run.output
+        or f"no space left on the disk holding {small_artifacts}" in run.output
+    ), run.output
     # Nothing partial at the final paths.
     assert not (small_artifacts / "mig" / "i686-gnu").exists()
     assert not (small_artifacts / "mig" / "x86_64-gnu").exists()
