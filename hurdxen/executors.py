@@ -271,9 +271,25 @@ class HostExecutor:
             return proc.wait()
 
 
+def _reason(e: BaseException) -> str:
+    """The innermost cause in a few words: requests wraps urllib3, which wraps the socket error."""
+    seen: set[int] = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        reason = getattr(e, "reason", None)
+        inner = reason if isinstance(reason, BaseException) else None
+        inner = inner or next((a for a in reversed(e.args) if isinstance(a, BaseException)), None)
+        if inner is None:
+            break
+        e = inner
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def engine_error(e: BaseException, where: str | None = None) -> HurdxenError:
     prefix = f"{where}: " if where else ""
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = _reason(e)
     return HurdxenError(
         f"{prefix}the Docker engine stopped answering ({text})",
         hint="start it (`dockerd --bridge=none &` or `scripts/setup.sh`), or use HURDXEN_EXECUTOR=host",
