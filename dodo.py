@@ -10,8 +10,11 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     configure,
     task_base,
     task_build,
+    task_gnumach,
+    task_hurd_modules,
     task_image,
     task_mig,
+    task_pvgrub2,
     task_sources,
 )
 

@@ -14,6 +14,8 @@ from hurdxen.errors import HurdxenError
 # subcommand -> (module, function, one-line help); each takes the remaining argv and returns an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "recipes": ("hurdxen.cli", "recipes_cli", "validate the recipes (and overlay) and print them"),
+    "inspect-kernel": ("hurdxen.xenverify", "cli", "decode a kernel's Xen notes and say what Xen would do with it"),
+    "ramdisk": ("hurdxen.ramdisk", "cli", "dump a hurd-modules ramdisk, or check it against an installed Hurd"),
 }
 
 

@@ -1,15 +1,18 @@
 """Debian archive indexes: verify a suite's signed InRelease, then find a package's pinned version in it.
 
-Pure functions (bytes in, data out); downloading and caching live in `sources`.
+Pure functions (bytes in, data out); downloading and caching live in `hurdxen.sources`.
+The chain of trust is apt's: keyring → InRelease (clearsigned) → SHA256 of the Packages index → SHA256 of the .deb.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import lzma
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,79 +20,235 @@ from debian import deb822
 
 from hurdxen.errors import HurdxenError
 
+_BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+_SIG_BEGIN = b"-----BEGIN PGP SIGNATURE-----"
+_SIG_END = b"-----END PGP SIGNATURE-----"
+_BAD_STATUS = frozenset({"BADSIG", "EXPKEYSIG", "REVKEYSIG", "ERRSIG", "NO_PUBKEY", "NODATA", "EXPSIG"})
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Release:
+    suite: str
+    codename: str
+    date: str
+    architectures: tuple[str, ...]
+    components: tuple[str, ...]
+    sha256: Mapping[str, IndexEntry]
 
 
 @dataclass(frozen=True)
 class PackageEntry:
     package: str
     version: str
-    architecture: str
-    filename: str
+    architecture: str  # the entry's own: the requested one, or "all"
+    filename: str  # relative to the archive root, e.g. pool/main/h/hurd/hurd_…_hurd-i386.deb
     sha256: str
     size: int
 
 
+def _check_clearsigned_shape(data: bytes, where: str) -> None:
+    # As apt does: exactly one signed message and nothing outside it, so no unsigned text can ride along.
+    body = data.strip()
+    if not body.startswith(_BEGIN):
+        raise HurdxenError(
+            f"{where} is not clearsigned (does not start with {_BEGIN.decode()})",
+            hint="the mirror served an unsigned or damaged InRelease",
+        )
+    if body.count(_BEGIN) != 1 or body.count(_SIG_BEGIN) != 1 or not body.endswith(_SIG_END):
+        raise HurdxenError(
+            f"{where} holds more than one signed message or text outside it",
+            hint="refused as apt does: unsigned text could ride along; check the mirror",
+        )
+
+
 def verify_inrelease(inrelease: bytes, keyring: Path, where: str = "InRelease") -> str:
-    """Check the clearsigned InRelease with gpgv against `keyring`; return the signed text only."""
+    """The signed Release text of `inrelease`, if a key of `keyring` made a good signature; else raise."""
     if not keyring.is_file():
         raise HurdxenError(
             f"{where}: keyring {keyring} does not exist",
-            hint="install debian-archive-keyring (scripts/setup.sh does) or set the recipe's `keyring`",
+            hint="install debian-archive-keyring, or set the recipe's `keyring` to the archive's binary keyring",
         )
-    with tempfile.NamedTemporaryFile(suffix=".txt") as out:
-        proc = subprocess.run(
-            ["gpgv", "--keyring", str(keyring), "--output", out.name, "-"],
-            input=inrelease,
-            capture_output=True,
-        )
-        if proc.returncode != 0:
-            reason = proc.stderr.decode(errors="replace").strip().splitlines()
-            last = reason[-1] if reason else f"gpgv exit {proc.returncode}"
-            raise HurdxenError(
-                f"{where}: signature check failed ({last})",
-                hint=f"the index is not signed by a key in {keyring}; check the archive URL and the recipe's keyring",
+    _check_clearsigned_shape(inrelease, where)
+    # A private empty homedir: gpgv must neither read nor create the user's ~/.gnupg.
+    with tempfile.TemporaryDirectory(prefix="hurdxen-gpgv-") as home:
+        try:
+            p = subprocess.run(
+                [
+                    "gpgv",
+                    "--homedir",
+                    home,
+                    "--status-fd",
+                    "2",
+                    "--keyring",
+                    str(keyring.resolve()),
+                    "--output",
+                    "-",
+                    "-",
+                ],
+                input=inrelease,
+                capture_output=True,
+                check=False,
             )
-        return Path(out.name).read_text(errors="replace")
+        except FileNotFoundError:
+            raise HurdxenError("gpgv not found", hint="install gpgv") from None
+    status = p.stderr.decode(errors="replace")
+    tokens = {line.split()[1] for line in status.splitlines() if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
+    # gpgv exits 0 and reports VALIDSIG even for an expired or revoked key: like apt, require GOODSIG and no
+    # bad news.
+    good = {"GOODSIG", "VALIDSIG"} <= tokens and not tokens & _BAD_STATUS
+    if p.returncode != 0 or not good:
+        reason = _signature_problem(status)
+        raise HurdxenError(
+            f"{where}: signature check failed: {reason}",
+            hint=f"the index is not signed by a valid key in {keyring}, or was altered; check the archive URL "
+            "and the recipe's keyring",
+        )
+    try:
+        return p.stdout.decode()
+    except UnicodeDecodeError:
+        raise HurdxenError(f"{where}: signed text is not UTF-8", hint="not a Debian Release file?") from None
+
+
+def _signature_problem(status: str) -> str:
+    for token, text in (
+        ("BADSIG", "bad signature (the signed text was altered)"),
+        ("NO_PUBKEY", "signed by a key that is not in the keyring"),
+        ("EXPKEYSIG", "signed by an expired key"),
+        ("REVKEYSIG", "signed by a revoked key"),
+        ("EXPSIG", "the signature has expired"),
+        ("ERRSIG", "the signature could not be checked"),
+        ("NODATA", "no signature found"),
+    ):
+        for line in status.splitlines():
+            if line.startswith(f"[GNUPG:] {token}"):
+                return f"{text} [{line.removeprefix('[GNUPG:] ').strip()}]"
+    return "no valid signature"
+
+
+def parse_release(release_text: str, where: str = "Release") -> Release:
+    rel = deb822.Release(release_text)
+    entries: dict[str, IndexEntry] = {}
+    for item in rel.get("SHA256", []):
+        try:
+            entries[item["name"]] = IndexEntry(item["sha256"].lower(), int(item["size"]))
+        except (KeyError, ValueError):
+            raise HurdxenError(f"{where}: malformed SHA256 line {item!r}", hint="not a Debian Release file?") from None
+    if not entries:
+        raise HurdxenError(f"{where} has no SHA256 list", hint="archives with only MD5Sum/SHA1 are refused")
+    return Release(
+        suite=rel.get("Suite", ""),
+        codename=rel.get("Codename", ""),
+        date=rel.get("Date", ""),
+        architectures=tuple(rel.get("Architectures", "").split()),
+        components=tuple(rel.get("Components", "").split()),
+        sha256=entries,
+    )
+
+
+def decompress(path: str, data: bytes) -> bytes:
+    """`data` of an index file, uncompressed according to its name (.xz, .gz, .bz2, or none)."""
+    try:
+        if path.endswith(".xz"):
+            return lzma.decompress(data)
+        if path.endswith(".gz"):
+            return gzip.decompress(data)
+        if path.endswith(".bz2"):
+            return bz2.decompress(data)
+    except (lzma.LZMAError, OSError, EOFError, ValueError) as e:
+        raise HurdxenError(f"{path}: cannot decompress ({e})") from None
+    return data
 
 
 def release_checksum(release_text: str, path: str, where: str = "Release") -> tuple[str, int]:
     """sha256 and size the signed Release lists for an index file such as `main/binary-amd64/Packages.xz`."""
-    release = deb822.Release(release_text)
-    for entry in release.get("SHA256", []):
-        if entry["name"] == path:
-            return str(entry["sha256"]), int(entry["size"])
-    raise HurdxenError(f"{where}: the signed Release lists no {path}", hint="check the suite, component and arch")
+    release = parse_release(release_text, where)
+    entry = release.sha256.get(path)
+    if entry is None:
+        raise HurdxenError(
+            f"{where}: the signed Release (suite {release.suite or release.codename or '?'}) lists no {path}",
+            hint="check the suite, component and arch",
+        )
+    return entry.sha256, entry.size
 
 
-def decompress(name: str, data: bytes) -> bytes:
-    if name.endswith(".xz"):
-        return lzma.decompress(data)
-    if name.endswith(".gz"):
-        return gzip.decompress(data)
-    if name.endswith(".bz2"):
-        return bz2.decompress(data)
-    return data
+def verify_index(release_text: str, index_path: str, data: bytes, where: str = "Release") -> str:
+    """The text of index `index_path` (relative to dists/<suite>/, e.g. `main/binary-hurd-i386/Packages.xz`),
+    after checking `data` against the Release's SHA256 list. Compressed indices are decompressed."""
+    sha256, size = release_checksum(release_text, index_path, where)
+    got = hashlib.sha256(data).hexdigest()
+    if len(data) != size or got != sha256:
+        raise HurdxenError(
+            f"{index_path}: sha256 {got} ({len(data)} bytes), Release says {sha256} ({size} bytes)",
+            hint="the index does not match its signed Release (mirror out of sync or tampered); fetch again",
+        )
+    try:
+        return decompress(index_path, data).decode()
+    except UnicodeDecodeError:
+        raise HurdxenError(f"{index_path} is not UTF-8", hint="not a Debian Packages index?") from None
 
 
 def find_package(packages_text: str, name: str, version: str, arch: str, where: str = "Packages") -> PackageEntry:
-    seen: list[str] = []
-    for para in deb822.Packages.iter_paragraphs(packages_text, use_apt_pkg=False):
-        if para.get("Package") != name:
+    """The index entry (filename, sha256, size) of `name` `version` for `arch` (or `all`) in a Packages index."""
+    matches: set[PackageEntry] = set()
+    versions: set[str] = set()
+    for para in deb822.Packages.iter_paragraphs(packages_text.splitlines(keepends=True), use_apt_pkg=False):
+        if para.get("Package") != name or para.get("Architecture") not in (arch, "all"):
             continue
-        seen.append(str(para.get("Version")))
-        if para.get("Version") == version and para.get("Architecture") in (arch, "all"):
-            return PackageEntry(
-                package=name,
-                version=version,
-                architecture=str(para["Architecture"]),
-                filename=str(para["Filename"]),
-                sha256=str(para["SHA256"]),
-                size=int(para["Size"]),
+        versions.add(para.get("Version", "?"))
+        if para.get("Version") != version:
+            continue
+        try:
+            entry = PackageEntry(
+                name, version, para["Architecture"], para["Filename"], para["SHA256"].lower(), int(para["Size"])
             )
-    if seen:
+        except (KeyError, ValueError):
+            raise HurdxenError(
+                f"{where}: {name} {version} ({arch}): index entry lacks Filename, SHA256 or Size",
+                hint="archives without SHA256 per package are refused",
+            ) from None
+        matches.add(entry)
+    if not matches:
+        have = ", ".join(sorted(versions)) or "none"
         raise HurdxenError(
-            f"{where}: {name} {version} is not in the index (it has {', '.join(sorted(set(seen)))})",
+            f"{where}: package {name} {version} for {arch} is not in the index (versions there: {have})",
             hint="update the pinned version, or point the archive at a snapshot that still carries it",
         )
-    raise HurdxenError(f"{where}: no package {name} for {arch}", hint="check the package name, suite and arch")
+    if len(matches) > 1:
+        raise HurdxenError(
+            f"{where}: package {name} {version} for {arch} has {len(matches)} different entries in the index",
+            hint="the index is inconsistent; use another mirror or snapshot",
+        )
+    return matches.pop()
+
+
+def verify_deb(data: bytes, ref: PackageEntry, where: str | None = None) -> None:
+    """Refuse a downloaded package whose size or sha256 differs from its index entry."""
+    got = hashlib.sha256(data).hexdigest()
+    if len(data) != ref.size or got != ref.sha256:
+        raise HurdxenError(
+            f"{where or ref.filename}: sha256 {got} ({len(data)} bytes), index says {ref.sha256} ({ref.size} bytes)",
+            hint="the download is damaged or the mirror was tampered with; delete it and fetch again",
+        )
+
+
+__all__ = [
+    "DEBIAN_KEYRING",
+    "IndexEntry",
+    "PackageEntry",
+    "Release",
+    "decompress",
+    "find_package",
+    "parse_release",
+    "release_checksum",
+    "verify_deb",
+    "verify_index",
+    "verify_inrelease",
+]

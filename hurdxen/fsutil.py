@@ -97,9 +97,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent))
+    os.chmod(tmp, 0o755)
     try:
         yield tmp
-        os.chmod(tmp, 0o755)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,6 +137,8 @@ def scratch_dir(parent: Path, name: str) -> Iterator[Path]:
     """A working directory for one step, removed afterwards whatever happens."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + name.replace(":", "-") + ".", dir=parent))
+    # Steps run as another user and may mount this read-only: mkdtemp's 0700 would lock them out.
+    os.chmod(tmp, 0o755)
     try:
         yield tmp
     finally:

@@ -108,7 +108,7 @@ def _opener(net: Network) -> urllib.request.OpenerDirector:
 def _unreachable(what: str, url: str, why: str, key: str) -> HurdxenError:
     return HurdxenError(
         f"{what}: cannot fetch {url} ({why})",
-        hint=f"override `{key}` in hurdxen.local.toml (a mirror URL or a local path), or set `settings.proxy`",
+        hint=f"override `{key}` in hurdxen.local.toml (a mirror URL or a local path), or set `proxy` under [settings]",
     )
 
 

@@ -17,7 +17,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from hurdxen import containers, executors, fsutil, lock, mig, recipes
+from hurdxen import containers, executors, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes
 from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import (
@@ -45,7 +45,8 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
     def _write_failure(self, result: dict[str, Any], write_exception: bool = True) -> None:
         msg = str(result["exception"].message)
         if msg.startswith("error: "):
-            self.write(f"{result['task'].name}: {msg}\n")
+            name = result["task"].name
+            self.write(msg + "\n" if name in msg else f"{name}: {msg}\n")
         else:
             super()._write_failure(result, write_exception)
 
@@ -57,6 +58,8 @@ DOIT_CONFIG: dict[str, Any] = {
     "verbosity": 2,
     "reporter": Reporter,
     "sort": "definition",
+    # One unreachable input should not hide what else fails: build all that can be built, then report.
+    "continue": True,
 }
 
 
@@ -202,6 +205,15 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     pins: list[TarballPin | GitPin | DebPin] = []
     for s in mig.specs(r):
         pins += [s.source, s.patches, s.headers]
+    if "gnumach" in r:
+        src = gnumach.source_spec(r)
+        pins += [p for p in (src.git, src.tarball) if p is not None]
+        pins += [p.deb for p in gnumach.prebuilt_specs(r)]
+    if "hurd-modules" in r:
+        for hm in hurdmodules.specs(r):
+            pins += list(hm.debs)
+    if "pvgrub2" in r:
+        pins.append(pvgrub_recipe(r).grub.deb_pin())
     unique: dict[str, TarballPin | GitPin | DebPin] = {}
     for p in pins:
         unique.setdefault(pin_task_name(p), p)
@@ -241,9 +253,182 @@ def task_mig() -> Iterator[TaskDict]:
         }
 
 
+def act_gnumach_source(spec: gnumach.SourceSpec, ctx: Context) -> TaskFailed | None:
+    return guarded(gnumach.prepare, spec, ctx)
+
+
+def act_gnumach(spec: gnumach.VariantSpec, ctx: Context) -> TaskFailed | None:
+    return guarded(gnumach.build, spec, ctx)
+
+
+def act_gnumach_prebuilt(spec: gnumach.PrebuiltSpec, ctx: Context) -> TaskFailed | None:
+    return guarded(gnumach.fetch_prebuilt, spec, ctx)
+
+
+def task_gnumach() -> Iterator[TaskDict]:
+    """gnumach: GNU Mach for Xen per variant (xen-pae, xen-nopae, xen-amd64), verified; plus prebuilt kernels"""
+    r, ctx = load()
+    yield {"basename": "gnumach", "name": None, "doc": task_gnumach.__doc__}
+    if "gnumach" not in r:
+        return
+    src = gnumach.source_spec(r)
+    src_pin = src.git or src.tarball
+    assert src_pin is not None
+    yield {
+        "name": "source",
+        "doc": "the patched, configure-ready GNU Mach source tree",
+        "actions": [(act_gnumach_source, [src, ctx])],
+        "task_dep": [*image_deps(ctx, src.image), pin_task_name(src_pin)],
+        "file_dep": [str(p.path) for p in src.patches],
+        "targets": [str(gnumach.source_dir(ctx) / ".hurdxen-source.json")],
+        "uptodate": [config_changed(src.identity(ctx.image_tag(src.image)))],
+        "clean": [(remove_dir, [str(gnumach.source_dir(ctx))])],
+    }
+    migs = {s.target: s for s in mig.specs(r)}
+    for spec in gnumach.variant_specs(r):
+        if spec.mig_target not in migs:
+            raise_recipe_error(
+                r,
+                "gnumach",
+                f"variants.{spec.name}.mig: no MIG target {spec.mig_target!r}",
+                "add it to recipes/mig.toml [targets]",
+            )
+        mig_id = migs[spec.mig_target].identity(ctx.image_tag(migs[spec.mig_target].image))
+        yield {
+            "name": spec.name,
+            "doc": spec.configure_line(),
+            "actions": [(act_gnumach, [spec, ctx])],
+            "task_dep": [*image_deps(ctx, spec.image), "gnumach:source", f"mig:{spec.mig_target}"],
+            "targets": [str(p) for p in gnumach.outputs(ctx, spec)],
+            "uptodate": [config_changed(spec.identity(ctx.image_tag(spec.image), mig_id))],
+            "clean": [(remove_dir, [str(gnumach.out_dir(ctx, spec.name))])],
+        }
+    for pre in gnumach.prebuilt_specs(r):
+        yield {
+            "name": pre.name,
+            "doc": f"prebuilt kernel {pre.deb.package} {pre.deb.version} ({pre.deb.arch}), verified",
+            "actions": [(act_gnumach_prebuilt, [pre, ctx])],
+            "task_dep": [pin_task_name(pre.deb)],
+            "targets": [str(gnumach.out_dir(ctx, pre.name) / "manifest.json")],
+            "uptodate": [config_changed(pre.identity())],
+            "clean": [(remove_dir, [str(gnumach.out_dir(ctx, pre.name))])],
+        }
+
+
+def act_hurd_modules(spec: hurdmodules.HurdModulesSpec, ctx: Context) -> TaskFailed | None:
+    return guarded(hurdmodules.build, spec, ctx)
+
+
+def task_hurd_modules() -> Iterator[TaskDict]:
+    """hurd-modules: the Xen boot ramdisk (ext2fs.static + ld.so) per Hurd arch, pinned to a libc version"""
+    r, ctx = load()
+    yield {"basename": "hurd-modules", "name": None, "doc": task_hurd_modules.__doc__}
+    if "hurd-modules" not in r:
+        return
+    for spec in hurdmodules.specs(r):
+        yield {
+            "basename": "hurd-modules",
+            "name": spec.name,
+            "doc": f"libc0.3 {spec.libc_version}, {spec.bits}-bit, for {', '.join(spec.kernels)}",
+            "actions": [(act_hurd_modules, [spec, ctx])],
+            "task_dep": [pin_task_name(p) for p in spec.debs],
+            "file_dep": [p for _, p, _ in spec.files],
+            "targets": [str(p) for p in hurdmodules.outputs(ctx, spec.name)],
+            "uptodate": [config_changed(spec.identity())],
+            "clean": [(remove_dir, [str(hurdmodules.out_dir(ctx, spec.name))])],
+        }
+
+
+def pvgrub_recipe(r: recipes.Recipes) -> pvgrub.PvGrubRecipe:
+    return pvgrub.spec_from_recipe(r["pvgrub2"], r.files["pvgrub2"])
+
+
+def pvgrub_out_dir(ctx: Context, name: str) -> Path:
+    return ctx.artifacts / "pvgrub2" / name
+
+
+def pvgrub_inputs(
+    r: recipes.Recipes, ctx: Context, spec: pvgrub.PvGrubImageSpec
+) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Kernel and boot-module files a standalone image embeds, and the tasks that make them."""
+    if spec.flavour != "standalone":
+        return {}, {}, []
+    variant = spec.kernels[0]
+    kernels = {variant: str(gnumach.out_dir(ctx, variant) / f"{gnumach.kernel_name(variant)}.gz")}
+    deps = [f"gnumach:{variant}"]
+    modules: dict[str, str] = {}
+    if "hurd-modules" in r:
+        for hm in hurdmodules.specs(r):
+            if variant in hm.kernels:
+                mdir = hurdmodules.out_dir(ctx, hm.name) / "modules"
+                modules = {m.path: str(mdir / m.path.rsplit("/", 1)[-1]) for m in spec.boot_modules}
+                deps.append(f"hurd-modules:{hm.name}")
+                break
+    return kernels, modules, deps
+
+
+def act_pvgrub(
+    spec: pvgrub.PvGrubImageSpec,
+    recipe: pvgrub.PvGrubRecipe,
+    kernels: dict[str, str],
+    modules: dict[str, str],
+    ctx: Context,
+) -> TaskFailed | None:
+    def run() -> None:
+        tree = pvgrub.fetch_grub_tree(recipe, ctx.cache)
+        pvgrub.build_pvgrub_image(
+            spec,
+            tree,
+            {k: Path(v) for k, v in kernels.items()},
+            pvgrub_out_dir(ctx, spec.name),
+            ctx.executor(),
+            ctx.image_tag(recipe.image),
+            ctx.artifacts / "logs",
+            ctx.source_date_epoch,
+            module_inputs={k: Path(v) for k, v in modules.items()},
+            monitor=ctx.monitor(),
+        )
+
+    return guarded(run)
+
+
+def task_pvgrub2() -> Iterator[TaskDict]:
+    """pv-grub2: standalone GRUB images for Xen PV (i386-xen, x86_64-xen; disk, hurd, standalone flavours)"""
+    r, ctx = load()
+    yield {"basename": "pvgrub2", "name": None, "doc": task_pvgrub2.__doc__}
+    if "pvgrub2" not in r:
+        return
+    recipe = pvgrub_recipe(r)
+    grub_pin = recipe.grub.deb_pin()
+    for spec in recipe.images:
+        kernels, modules, deps = pvgrub_inputs(r, ctx, spec)
+        yield {
+            "basename": "pvgrub2",
+            "name": spec.name,
+            "doc": f"{spec.platform} {spec.flavour}: {spec.description}",
+            "actions": [(act_pvgrub, [spec, recipe, kernels, modules, ctx])],
+            "task_dep": [*image_deps(ctx, recipe.image), pin_task_name(grub_pin), *deps],
+            "file_dep": [*kernels.values(), *modules.values()],
+            "targets": [str(pvgrub_out_dir(ctx, spec.name) / f"{spec.name}.bin.gz")],
+            "uptodate": [
+                config_changed(
+                    fsutil.identity(
+                        spec.identity, grub_pin.__dict__, ctx.image_tag(recipe.image), ctx.source_date_epoch
+                    )
+                )
+            ],
+            "clean": [(remove_dir, [str(pvgrub_out_dir(ctx, spec.name))])],
+        }
+
+
+def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:
+    sys.stderr.write(HurdxenError(f"{r.files.get(name, name)}: {what}", hint=hint).render() + "\n")
+    raise SystemExit(2)
+
+
 def task_build() -> TaskDict:
     """build: everything the default recipes describe"""
-    return {"actions": None, "task_dep": ["mig"]}
+    return {"actions": None, "task_dep": ["mig", "gnumach", "hurd-modules", "pvgrub2"]}
 
 
 def environment_summary() -> str:

@@ -9,14 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dockerd_fixture import PrivateDockerd
+from project import CODE, docker_answers
 
 from hurdxen import recipes
 from hurdxen.context import make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import FALLBACK_BUILD_UID, DockerExecutor, HostExecutor, Mount, Step, build_user
-
-from .conftest import CODE, docker_answers
-from .dockerd_fixture import PrivateDockerd
 
 needs_docker = pytest.mark.skipif(not docker_answers(), reason="no Docker engine answers")
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from project import SHARED_CACHE, DoitRun, Project, copy_project, docker_answers, edit
 
 from hurdxen import fsutil, recipes
 from hurdxen.containers import IMAGE_REPOSITORY
@@ -19,8 +20,6 @@ from hurdxen.context import make_context
 from hurdxen.executors import ARTIFACTS_LABEL, DockerExecutor, Mount, Step
 from hurdxen.mig import specs
 from hurdxen.sources import Cache, Network, extract_deb, fetch_deb
-
-from .conftest import SHARED_CACHE, DoitRun, Project, copy_project, docker_answers, edit
 
 pytestmark = [
     pytest.mark.docker,

@@ -1,0 +1,147 @@
+"""Stage: hurd-modules, the one ramdisk Xen hands GNU Mach, from the Hurd binaries of a pinned libc version.
+
+The format and the module checks live in `ramdisk`; this module turns the recipe into inputs (verified Debian
+packages or pinned local files) and publishes `artifacts/hurd-modules/<variant>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hurdxen import fsutil, manifest, ramdisk
+from hurdxen.context import Context
+from hurdxen.errors import HurdxenError
+from hurdxen.recipes import Recipes
+from hurdxen.sources import DebPin, extract_deb, fetch_deb
+
+STAGE = "hurd-modules"
+LIBC_PACKAGE = "libc0.3"
+
+
+@dataclass(frozen=True)
+class HurdModulesSpec:
+    name: str
+    bits: Literal[32, 64]
+    libc_version: str
+    kernels: tuple[str, ...]
+    debs: tuple[DebPin, ...]
+    files: tuple[tuple[str, str, str], ...]  # (module name, path, sha256)
+    modules: tuple[ramdisk.ModuleSpec, ...]
+
+    @property
+    def task(self) -> str:
+        return f"{STAGE}:{self.name}"
+
+    def identity(self) -> str:
+        return fsutil.identity(STAGE, self.__dict__)
+
+    def ramdisk_spec(self) -> ramdisk.RamdiskSpec:
+        return ramdisk.RamdiskSpec(self.bits, self.libc_version, self.modules)
+
+
+def specs(recipes: Recipes) -> list[HurdModulesSpec]:
+    r = recipes["hurd-modules"]
+    where = recipes.files["hurd-modules"]
+    out = []
+    for name, v in sorted(r["variants"].items()):
+        bits: Literal[32, 64] = 64 if v["bits"] == 64 else 32
+        debs: list[DebPin] = []
+        if "debian" in v:
+            d = v["debian"]
+            pkgs = d["packages"]
+            if LIBC_PACKAGE in pkgs and pkgs[LIBC_PACKAGE] != v["libc_version"]:
+                raise HurdxenError(
+                    f"{where}: variants.{name}.debian.packages.{LIBC_PACKAGE}: {pkgs[LIBC_PACKAGE]} is not the pinned "
+                    f"libc_version {v['libc_version']}",
+                    hint="the libc0.3 package is the pin: make the two versions the same",
+                )
+            for pkg, version in sorted(pkgs.items()):
+                debs.append(
+                    DebPin(
+                        package=pkg,
+                        version=version,
+                        arch=d["arch"],
+                        suite=d["suite"],
+                        archive=d["archive"],
+                        component=d.get("component", "main"),
+                        keyring=d.get("keyring", DebPin.keyring),
+                        key=f"hurd-modules.variants.{name}.debian",
+                    )
+                )
+        files = tuple((m, f["path"], f["sha256"]) for m, f in sorted(v.get("files", {}).items()))
+        if "modules" in v:
+            modules = tuple(
+                ramdisk.ModuleSpec(m["name"], m["path"], m["cmdline"], m.get("role", ramdisk.role_for(m["name"])))
+                for m in v["modules"]
+            )
+        else:
+            modules = ramdisk.default_modules(bits)
+        out.append(HurdModulesSpec(name, bits, v["libc_version"], tuple(v["kernels"]), tuple(debs), files, modules))
+    return out
+
+
+def out_dir(ctx: Context, name: str) -> Path:
+    return ctx.artifacts / STAGE / name
+
+
+def outputs(ctx: Context, name: str) -> list[Path]:
+    d = out_dir(ctx, name)
+    return [d / ramdisk.RAMDISK_NAME, d / manifest.MANIFEST]
+
+
+def build(spec: HurdModulesSpec, ctx: Context) -> ramdisk.RamdiskResult:
+    """Entry point: fetch and verify the inputs, check every module against the libc pin, write the ramdisk."""
+    inputs: ramdisk.Inputs
+    deb_info = []
+    if spec.debs:
+        trees = []
+        for pin in spec.debs:
+            deb = fetch_deb(pin, ctx.cache)
+            trees.append(extract_deb(deb, ctx.cache))
+            deb_info.append(
+                {
+                    "package": pin.package,
+                    "version": pin.version,
+                    "arch": pin.arch,
+                    "suite": pin.suite,
+                    "archive": pin.archive,
+                    "sha256": fsutil.sha256_file(deb),
+                }
+            )
+        inputs = trees
+    else:
+        inputs = {m: ramdisk.PinnedFile(Path(p), sha) for m, p, sha in spec.files}
+    final = out_dir(ctx, spec.name)
+    with fsutil.atomic_dir(final) as out:
+        staging = out / "ramdisk"
+        try:
+            result = ramdisk.build_hurd_modules(spec.ramdisk_spec(), inputs, staging)
+        except HurdxenError as e:
+            raise HurdxenError(f"{spec.task}: {e.message}", hint=e.hint) from e
+        for f in staging.iterdir():
+            f.rename(out / f.name)
+        staging.rmdir()
+        # The modules as files too: pv-grub2's standalone memdisk and users' own setups take them from here.
+        modules_dir = out / "modules"
+        modules_dir.mkdir()
+        for m in result.modules:
+            shutil.copyfile(m.source, modules_dir / Path(m.path).name)
+        data = json.loads((out / manifest.MANIFEST).read_text())
+        inputs_desc: dict[str, object] = (
+            {"debian": deb_info} if deb_info else {"files": {m: s for m, _, s in spec.files}}
+        )
+        data.update(
+            stage=STAGE,
+            variant=spec.name,
+            identity=spec.identity(),
+            kernels=list(spec.kernels),
+            inputs=inputs_desc,
+            outputs=manifest.outputs_of(out),
+        )
+        fsutil.write_json_atomic(out / manifest.MANIFEST, data)
+    return dataclasses.replace(result, path=final / ramdisk.RAMDISK_NAME, manifest_path=final / manifest.MANIFEST)

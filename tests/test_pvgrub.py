@@ -1,0 +1,526 @@
+"""pv-grub2 images: recipe, configs, memdisk, and real builds with Debian's grub-xen-bin in the builder image."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hurdxen import pvgrub
+from hurdxen.errors import HurdxenError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "pvgrub2.toml"
+SDE = 1700000000
+HURD_MODULE_LINE = (
+    "module /hurd/ext2fs.static ext2fs '--multiboot-command-line=${kernel-command-line}' "
+    "'--host-priv-port=${host-port}' '--device-master-port=${device-port}' '--exec-server-task=${exec-task}' "
+    "-T typed '${root}' '$(task-create)' '$(task-resume)'"
+)
+EXEC_MODULE_LINE = "module /lib/ld.so.1 exec /hurd/exec '$(exec-task=task-create)'"
+
+
+def recipe_data() -> dict[str, Any]:
+    with open(RECIPE, "rb") as f:
+        return tomllib.load(f)
+
+
+def image(name: str, **changes: Any) -> pvgrub.PvGrubImageSpec:
+    data = recipe_data()
+    for img in data["images"]:
+        if img["name"] == name:
+            img.update(changes)
+    return pvgrub.spec_from_recipe(data).get(name)
+
+
+# ------------------------------------------------------------------------------------------------ no engine
+
+
+def test_recipe_resolves_defaults() -> None:
+    r = pvgrub.spec_from_recipe(recipe_data())
+    assert r.grub.package == "grub-xen-bin" and r.grub.version == "2.06-13+deb12u2" and r.grub.arch == "amd64"
+    assert len(r.images) == 6
+    assert {(i.platform, i.flavour) for i in r.images} == {
+        (p, f) for p in ("i386-xen", "x86_64-xen") for f in ("disk", "hurd", "standalone")
+    }
+    hurd = r.get("i386-xen-hurd")
+    assert hurd.root == "device:hd0s1"
+    assert [m.path for m in hurd.boot_modules] == ["/hurd/ext2fs.static", "/lib/ld.so.1"]
+    assert hurd.boot_modules[1].args == ("exec", "/hurd/exec", "$(exec-task=task-create)")
+
+
+@pytest.mark.parametrize(
+    ("platform", "kernel", "arch"),
+    [("i386-xen", "xen-amd64", 4), ("x86_64-xen", "xen-pae", 2), ("i386-xen", "xen-nopae", 1)],
+)
+def test_recipe_refuses_kernel_platform_mismatch(platform: str, kernel: str, arch: int) -> None:
+    data = recipe_data()
+    data["images"][0].update(platform=platform, kernels=[kernel])
+    with pytest.raises(HurdxenError) as e:
+        pvgrub.spec_from_recipe(data)
+    msg = str(e.value)
+    assert f"kernel variant {kernel}" in msg and platform in msg
+    assert f"error: incompatible architecture: {arch}." in msg
+    assert "hint:" in msg
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expect"),
+    [
+        (("defaults", "root"), "hd0s1", "GNU Mach root device"),
+        (("images", 0, "platform"), "i386-xen_pvh", "expected one of 'i386-xen', 'x86_64-xen'"),
+        (("images", 0, "kernels"), ["xen-486"], "expected one of"),
+        (("grub", "version"), "two", "Debian version"),
+        (("images", 0, "bogus"), 1, "images[0].bogus: unknown key"),
+        (("defaults", "boot_modules", 0, "args"), ["ext2fs", "a\nb"], "without newlines"),
+    ],
+)
+def test_schema_messages(path: tuple[Any, ...], value: Any, expect: str) -> None:
+    data = recipe_data()
+    d: Any = data
+    for p in path[:-1]:
+        d = d[p]
+    d[path[-1]] = value
+    with pytest.raises(HurdxenError) as e:
+        pvgrub.spec_from_recipe(data)
+    assert expect in str(e.value)
+    assert str(e.value).startswith("error: recipes/pvgrub2.toml: ")
+
+
+def test_locales_refused() -> None:
+    data = recipe_data()
+    data["defaults"]["fonts"] = True
+    with pytest.raises(HurdxenError, match=r"defaults\.fonts = true is not supported"):
+        pvgrub.spec_from_recipe(data)
+
+
+def test_standalone_carries_one_kernel() -> None:
+    data = recipe_data()
+    data["images"][2]["kernels"] = ["xen-pae", "xen-pae"]  # schema: unique
+    with pytest.raises(HurdxenError, match=r"duplicate|non-unique|unique"):
+        pvgrub.spec_from_recipe(data)
+
+
+def test_grub_quote() -> None:
+    assert pvgrub.grub_quote("root=device:hd0s1") == "root=device:hd0s1"
+    assert pvgrub.grub_quote("(memdisk)/boot/gnumach.gz") == "(memdisk)/boot/gnumach.gz"
+    assert pvgrub.grub_quote("${root}") == "'${root}'"
+    assert pvgrub.grub_quote("$(task-create)") == "'$(task-create)'"
+    assert pvgrub.grub_quote("it's") == "'it'\\''s'"
+    assert pvgrub.grub_quote("a b") == "'a b'"
+
+
+def test_hurd_config_is_the_field_notes_entry() -> None:
+    cfg = pvgrub.render_config(image("i386-xen-hurd"))
+    lines = [ln.strip() for ln in cfg.splitlines()]
+    assert "multiboot /boot/gnumach.gz console=hyp0 root=device:hd0s1" in lines
+    assert HURD_MODULE_LINE in lines
+    assert EXEC_MODULE_LINE in lines
+    assert lines.index("boot") > lines.index(EXEC_MODULE_LINE)
+    assert any(ln.startswith("search --no-floppy --file --set=root --hint=xen/xvda,") for ln in lines)
+
+
+def test_standalone_config() -> None:
+    cfg = pvgrub.render_config(image("x86_64-xen-standalone", root="part:1:device:xvd0"))
+    body = [ln for ln in cfg.splitlines() if ln and not ln.startswith("#")]
+    assert body[1:4] == [
+        "insmod gzio",
+        "multiboot (memdisk)/boot/gnumach.gz console=hyp0 root=part:1:device:xvd0",
+        "module (memdisk)" + HURD_MODULE_LINE.removeprefix("module "),
+    ]
+    assert body[4] == "module (memdisk)" + EXEC_MODULE_LINE.removeprefix("module ")
+    assert body[5] == "boot"
+
+
+def test_disk_config_uses_xen_grub_env_and_avoids_memdisk() -> None:
+    cfg = pvgrub.render_config(image("i386-xen-disk"))
+    assert "set pvgrub_cfg=/boot/grub/grub.cfg" in cfg
+    assert '"${xen_grub_env_cfg}"' in cfg
+    assert 'configfile "${pvgrub_cfg}"' in cfg
+    # the memdisk holds a /boot/grub/grub.cfg as well: the config must not hand over to itself
+    assert 'if [ "${root}" = memdisk ]; then' in cfg
+
+
+def test_config_commands() -> None:
+    cfg = pvgrub.render_config(image("i386-xen-disk", extra_config="set debug=xen; xen_ls"))
+    cmds = set(pvgrub.config_commands(cfg))
+    assert {"set", "[", "search", "echo", "configfile", "xen_ls"} <= cmds
+    assert "then" not in cmds and "fi" not in cmds
+
+
+def _tar_headers(data: bytes) -> Iterator[bytes]:
+    off = 0
+    while off + 512 <= len(data) and data[off : off + 512].strip(b"\0"):
+        h = data[off : off + 512]
+        yield h
+        size = int(h[124:136].strip(b"\0 ") or b"0", 8)
+        off += 512 + (size + 511) // 512 * 512
+
+
+def test_memdisk_is_reproducible_ustar() -> None:
+    files = {"lib/ld.so.1": b"y" * 700, "boot/grub/grub.cfg": b"boot\n", "hurd/ext2fs.static": b"x" * 10}
+    old = os.umask(0o077)
+    try:
+        a, listing = pvgrub.build_memdisk(files, SDE)
+    finally:
+        os.umask(old)
+    b, _ = pvgrub.build_memdisk(dict(reversed(list(files.items()))), SDE)
+    assert a == b
+    names = [e.path for e in listing]
+    assert names == sorted(names)
+    assert names == ["boot/", "boot/grub/", "boot/grub/grub.cfg", "hurd/", "hurd/ext2fs.static", "lib/", "lib/ld.so.1"]
+    for h in _tar_headers(a):
+        assert h[257:265] == b"ustar\x0000"  # POSIX ustar, no GNU or pax headers
+        assert h[156:157] in (b"0", b"5")
+        assert int(h[108:116].strip(b"\0 "), 8) == 0 and int(h[116:124].strip(b"\0 "), 8) == 0
+        assert int(h[136:148].strip(b"\0 "), 8) == SDE
+        assert h[265:297].rstrip(b"\0") == b"root"
+    with tarfile.open(fileobj=io.BytesIO(a)) as t:
+        modes = {m.name: m.mode for m in t.getmembers()}
+    assert modes["boot"] == 0o755 and modes["lib/ld.so.1"] == 0o644
+    assert pvgrub.memdisk_listing(a) == listing
+
+
+def test_memdisk_refuses_bad_paths() -> None:
+    with pytest.raises(HurdxenError):
+        pvgrub.build_memdisk({"../x": b""}, SDE)
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+@pytest.fixture(scope="session")
+def grub_tree() -> Path:
+    """grub-xen-bin as the recipe pins it, through hurdxen.sources (signed InRelease, Packages, .deb hash)."""
+    from hurdxen.sources import Cache
+
+    try:
+        return pvgrub.fetch_grub_tree(pvgrub.spec_from_recipe(recipe_data()), Cache.default())
+    except HurdxenError as e:
+        if "cannot fetch" in str(e) or "offline" in str(e):
+            pytest.skip(str(e))
+        raise
+
+
+def test_module_closure_and_commands(grub_tree: Path) -> None:
+    for name in ("i386-xen-standalone", "x86_64-xen-disk"):
+        spec = image(name)
+        pdir = pvgrub.grub_platform_dir(grub_tree, spec.platform)
+        mods = pvgrub.module_closure(pvgrub.image_modules(spec), pdir)
+        assert {"memdisk", "tar", "normal", "linux", "gzio"} <= set(mods)
+        assert len(mods) <= spec.module_limit
+        pvgrub.check_commands(pvgrub.render_config(spec), mods, pdir, name)
+    with pytest.raises(HurdxenError, match="does not exist"):
+        pvgrub.module_closure(["nosuchmod"], pdir)
+
+
+def test_command_without_module_refused(grub_tree: Path) -> None:
+    spec = image("i386-xen-disk", extra_config="xen_ls")
+    pdir = pvgrub.grub_platform_dir(grub_tree, spec.platform)
+    mods = pvgrub.module_closure(pvgrub.image_modules(spec), pdir)
+    with pytest.raises(HurdxenError) as e:
+        pvgrub.check_commands(pvgrub.render_config(spec), mods, pdir, "pvgrub:x")
+    assert "`xen_ls`" in str(e.value) and "'lsxen'" in str(e.value)
+    spec = image("i386-xen-disk", extra_config="xen_ls", modules=["lsxen"])
+    mods = pvgrub.module_closure(pvgrub.image_modules(spec), pdir)
+    pvgrub.check_commands(pvgrub.render_config(spec), mods, pdir, "pvgrub:x")
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+FAKE_KERNEL_C = r"""
+__attribute__((used, section("__xen_guest"))) static const char xen_guest[] =
+  "GUEST_OS=Mach,GUEST_VER=1.8,XEN_VER=xen-3.0,VIRT_BASE=" VIRT ",ELF_PADDR_OFFSET=" VIRT
+  ",HYPERCALL_PAGE=0x2,PAE=" PAE ",LOADER=generic";
+void _start(void) { for (;;) ; }
+"""
+FAKE_KERNEL_SCRIPT = r"""
+cd "$OUT"
+cc="gcc -Os -nostdlib -static -fno-pic -no-pie -Wl,--build-id=none"
+$cc -m32 -Wl,-Ttext-segment=0xC0000000 -DVIRT='"0xC0000000"' -DPAE='"yes[extended-cr3]"' -o xen-pae k.c
+$cc -m32 -Wl,-Ttext-segment=0xC0000000 -DVIRT='"0xC0000000"' -DPAE='"no"' -o xen-nopae k.c
+$cc -m64 -mcmodel=kernel -Wl,-Ttext-segment=0xffffffff80000000 -DVIRT='"0xffffffff80000000"' -DPAE='"yes"' \
+  -o xen-amd64 k.c
+gzip -9n -k xen-pae
+printf 'fake ext2fs.static\n' >ext2fs.static
+printf 'fake ld.so\n' >ld.so.1
+"""
+
+
+@pytest.fixture(scope="session")
+def builder_tag() -> str:
+    from hurdxen.executors import connect_docker
+
+    tag = os.environ.get("HURDXEN_BUILDER_IMAGE")
+    try:
+        client = connect_docker()
+    except HurdxenError as e:
+        pytest.skip(str(e))
+    if tag:
+        return tag
+    images = sorted(client.images(name="hurdxen/builder"), key=lambda i: i["Created"], reverse=True)
+    for i in images:
+        for t in i.get("RepoTags") or []:
+            return str(t)
+    pytest.skip("no hurdxen/builder image in the engine (build it first, or set HURDXEN_BUILDER_IMAGE)")
+
+
+@pytest.fixture(scope="session")
+def executor() -> Any:
+    from hurdxen.executors import make_executor
+
+    return make_executor("docker")
+
+
+@pytest.fixture(scope="session")
+def fake_inputs(tmp_path_factory: pytest.TempPathFactory, executor: Any, builder_tag: str) -> Path:
+    """Tiny ELF 'kernels' with GNU Mach's __xen_guest string (PAE, non-PAE, 64-bit), made by gcc in the builder."""
+    from hurdxen.executors import Mount, Step
+
+    d = tmp_path_factory.mktemp("fake-kernels")
+    (d / "k.c").write_text(FAKE_KERNEL_C)
+    d.chmod(0o777)
+    step = Step("test:fake-kernels", FAKE_KERNEL_SCRIPT, builder_tag, (Mount(d, "OUT", "/out", writable=True),))
+    executor.run(step, d / "build.log")
+    return d
+
+
+def _kernels(d: Path) -> dict[str, Path]:
+    return {"xen-pae": d / "xen-pae.gz", "xen-nopae": d / "xen-nopae", "xen-amd64": d / "xen-amd64"}
+
+
+def _modules(d: Path) -> dict[str, Path]:
+    return {"/hurd/ext2fs.static": d / "ext2fs.static", "/lib/ld.so.1": d / "ld.so.1"}
+
+
+def _build(
+    spec: pvgrub.PvGrubImageSpec, out: Path, grub_tree: Path, inputs: Path, executor: Any, tag: str
+) -> pvgrub.PvGrubResult:
+    return pvgrub.build_pvgrub_image(
+        spec,
+        grub_tree,
+        _kernels(inputs),
+        out,
+        executor,
+        tag,
+        out / "logs",
+        SDE,
+        module_inputs=_modules(inputs),
+    )
+
+
+def _embedded_tar(image_bytes: bytes) -> bytes:
+    """The memdisk found in the image by its first ustar header (independent of the `mods` walk)."""
+    at = image_bytes.find(b"ustar\x0000")
+    assert at > 257, "no ustar header in the image"
+    start = at - 257
+    end = start
+    for h in _tar_headers(image_bytes[start:]):
+        size = int(h[124:136].strip(b"\0 ") or b"0", 8)
+        end += 512 + (size + 511) // 512 * 512
+    return image_bytes[start : end + 1024]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("name", [f"{p}-{f}" for p in ("i386-xen", "x86_64-xen") for f in pvgrub.FLAVOURS])
+def test_build_each_image(
+    name: str, tmp_path: Path, grub_tree: Path, fake_inputs: Path, executor: Any, builder_tag: str
+) -> None:
+    spec = image(name)
+    res = _build(spec, tmp_path / "out", grub_tree, fake_inputs, executor, builder_tag)
+
+    # written, and what the result says
+    for p in (res.image, res.image_gz, res.config_path, res.memdisk_path, res.manifest):
+        assert p.is_file()
+    assert hashlib.sha256(res.image.read_bytes()).hexdigest() == res.sha256
+    assert res.size == res.image.stat().st_size and res.size_gz == res.image_gz.stat().st_size
+    assert gzip.decompress(res.image_gz.read_bytes()) == res.image.read_bytes()
+    assert not list((tmp_path / "out").glob(".tmp-*"))
+
+    # checks run: grub-script-check, grub-file on the image (and kernel), ELF, Xen notes, modules, memdisk
+    joined = " | ".join(res.checks)
+    platform = pvgrub.PLATFORMS[spec.platform]
+    assert "grub-script-check" in joined
+    assert f"grub-file {platform.grub_file_check} image" in joined
+    assert ("kernel" in joined) == (spec.flavour == "standalone")
+    facts = pvgrub.elf_facts(res.image)
+    assert facts.bits == platform.bits and facts.machine == platform.machine
+    assert facts.xen_notes[pvgrub.XEN_ELFNOTE_GUEST_OS].rstrip(b"\0") == b"GRUB"
+    assert facts.xen_arch in platform.accepts
+    assert len(res.modules) <= spec.module_limit
+
+    # the memdisk inside the image holds what the recipe said
+    objs = pvgrub.read_image_objects(res.image)
+    assert objs.prefix == "(memdisk)/boot/grub"
+    assert sorted(objs.modules) == list(res.modules)
+    tar_bytes = _embedded_tar(res.image.read_bytes())
+    assert tar_bytes == res.memdisk_path.read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as t:
+        members = {m.name: m for m in t.getmembers()}
+        assert t.extractfile("boot/grub/grub.cfg").read().decode() == res.config  # type: ignore[union-attr]
+        if spec.flavour == "standalone":
+            given = _kernels(fake_inputs)[spec.kernels[0]]
+            kname = "boot/gnumach.gz" if given.suffix == ".gz" else "boot/gnumach"
+            assert t.extractfile(kname).read() == given.read_bytes()  # type: ignore[union-attr]
+            assert f"multiboot (memdisk)/{kname} console=hyp0 root=device:hd0s1" in res.config
+            assert t.extractfile("hurd/ext2fs.static").read() == b"fake ext2fs.static\n"  # type: ignore[union-attr]
+            assert t.extractfile("lib/ld.so.1").read() == b"fake ld.so\n"  # type: ignore[union-attr]
+        else:
+            assert set(members) == {"boot", "boot/grub", "boot/grub/grub.cfg"}
+    assert {e.path for e in res.memdisk} == {n + "/" if members[n].isdir() else n for n in members}
+
+
+@pytest.mark.docker
+def test_two_builds_are_identical(
+    tmp_path: Path,
+    grub_tree: Path,
+    fake_inputs: Path,
+    executor: Any,
+    builder_tag: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = image("i386-xen-standalone")
+    a_dir, b_dir = tmp_path / "a" / "deep" / "out", tmp_path / "b"
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        a = _build(spec, a_dir, grub_tree, fake_inputs, executor, builder_tag)
+        time.sleep(1.2)
+        monkeypatch.setenv("TZ", "Pacific/Kiritimati")
+        time.tzset()
+        monkeypatch.chdir(a_dir)
+        os.umask(0o077)
+        b = _build(spec, b_dir, grub_tree, fake_inputs, executor, builder_tag)
+    finally:
+        os.umask(old)
+        monkeypatch.setenv("TZ", "UTC")
+        time.tzset()
+    assert (a.sha256, a.sha256_gz) == (b.sha256, b.sha256_gz)
+    for suffix in (".bin", ".bin.gz", ".grub.cfg", ".memdisk.tar", ".json"):
+        assert (a_dir / (spec.name + suffix)).read_bytes() == (b_dir / (spec.name + suffix)).read_bytes(), suffix
+
+
+@pytest.mark.docker
+def test_invalid_config_refused_with_checker_message(
+    tmp_path: Path, grub_tree: Path, fake_inputs: Path, executor: Any, builder_tag: str
+) -> None:
+    spec = image("x86_64-xen-hurd", extra_config="if [ -n x ]; then\n  echo unterminated")
+    out = tmp_path / "out"
+    with pytest.raises(HurdxenError) as e:
+        _build(spec, out, grub_tree, fake_inputs, executor, builder_tag)
+    msg = str(e.value)
+    assert "fails grub-script-check" in msg and "syntax error" in msg
+    assert "out of memory" not in msg
+    assert not list(out.glob("*.bin*")) and not list(out.glob(".tmp-*"))
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("name", "kernel", "arch"),
+    [("i386-xen-standalone", "xen-amd64", 4), ("x86_64-xen-standalone", "xen-pae", 2)],
+)
+def test_kernel_file_of_wrong_architecture_refused(
+    name: str, kernel: str, arch: int, tmp_path: Path, grub_tree: Path, fake_inputs: Path, executor: Any
+) -> None:
+    """A kernel file handed in under the image's variant but built for the other architecture."""
+    spec = image(name)
+    kernels = {spec.kernels[0]: _kernels(fake_inputs)[kernel]}
+    with pytest.raises(HurdxenError) as e:
+        pvgrub.build_pvgrub_image(
+            spec, grub_tree, kernels, tmp_path, executor, "unused", tmp_path, SDE, module_inputs=_modules(fake_inputs)
+        )
+    assert f"error: incompatible architecture: {arch}." in str(e.value)
+
+
+@pytest.mark.docker
+def test_kernel_facts(fake_inputs: Path) -> None:
+    arch = {v: pvgrub.elf_facts(p).xen_arch for v, p in _kernels(fake_inputs).items()}
+    assert arch == {"xen-pae": 2, "xen-nopae": 1, "xen-amd64": 4}
+    assert pvgrub.elf_facts(_kernels(fake_inputs)["xen-pae"]).gzipped
+
+
+@pytest.mark.docker
+def test_non_pae_kernel_refused(tmp_path: Path, grub_tree: Path, fake_inputs: Path, executor: Any) -> None:
+    spec = image("i386-xen-standalone")
+    kernels = {"xen-pae": _kernels(fake_inputs)["xen-nopae"]}
+    with pytest.raises(HurdxenError, match=r"incompatible architecture: 1\."):
+        pvgrub.build_pvgrub_image(
+            spec, grub_tree, kernels, tmp_path, executor, "unused", tmp_path, SDE, module_inputs=_modules(fake_inputs)
+        )
+
+
+@pytest.mark.docker
+def test_module_limit(tmp_path: Path, grub_tree: Path, fake_inputs: Path, executor: Any, builder_tag: str) -> None:
+    spec = image("i386-xen-hurd", module_limit=10)
+    with pytest.raises(HurdxenError, match="more than module_limit 10"):
+        _build(spec, tmp_path, grub_tree, fake_inputs, executor, builder_tag)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "key", "refused"),
+    [
+        ("i386-xen-standalone", "i386-486", None),
+        ("x86_64-xen-standalone", "amd64-486", None),
+        # trixie's 64-bit kernel: __xen_guest says VIRT_BASE=0x40000000, the ELF is linked at 0xffffffff80000000
+        ("x86_64-xen-standalone", "amd64", "VIRT_BASE 0x40000000"),
+    ],
+)
+def test_debian_gnumach_standalone(
+    name: str,
+    key: str,
+    refused: str | None,
+    tmp_path: Path,
+    grub_tree: Path,
+    fake_inputs: Path,
+    executor: Any,
+    builder_tag: str,
+) -> None:
+    """Debian's real gnumach Xen kernels: GRUB's own check (grub-file) and xenverify decide."""
+    from debian_kernels import fetch_kernel
+
+    kernel = fetch_kernel(key)
+    spec = image(name)
+
+    def build() -> pvgrub.PvGrubResult:
+        return pvgrub.build_pvgrub_image(
+            spec,
+            grub_tree,
+            {spec.kernels[0]: kernel},
+            tmp_path,
+            executor,
+            builder_tag,
+            tmp_path / "logs",
+            SDE,
+            module_inputs=_modules(fake_inputs),
+        )
+
+    if refused:
+        with pytest.raises(HurdxenError, match=refused):
+            build()
+        assert not list(tmp_path.glob("*.bin"))
+        return
+    res = build()
+    assert any(c.startswith("grub-file") and c.endswith("kernel") for c in res.checks)
+    assert any(c.startswith("xenverify OK") for c in res.checks)
+    with tarfile.open(res.memdisk_path) as t:
+        assert t.extractfile("boot/gnumach.gz").read() == kernel.read_bytes()  # type: ignore[union-attr]
+
+
+def test_copy_of_recipe_untouched() -> None:
+    data = recipe_data()
+    before = copy.deepcopy(data)
+    pvgrub.spec_from_recipe(data)
+    assert data == before
