@@ -287,7 +287,7 @@ def test_full_artifacts_disk(tmp_path: Path, small_artifacts: Path) -> None:
     run = project.doit("build")
     assert run.returncode != 0
     assert "Traceback" not in run.output
-    failed = [line for line in run.output.splitlines() if line.startswith("mig:") and "error:" in line]
+    failed = [line for line in run.output.splitlines() if line.startswith("error: mig:")]
     assert failed, run.output
     assert (
         f"(hint: a disk is full: free space in {small_artifacts}/work, {small_artifacts}/mig; the whole log is "
