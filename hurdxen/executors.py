@@ -264,10 +264,16 @@ class HostExecutor:
                 ["bash", "-c", _script(step)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
             assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                mon.output(step.name, line)
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    mon.output(step.name, line)
+            except BaseException:
+                # The log cannot be written (full disk) or we were interrupted: the step must not run on unseen.
+                proc.kill()
+                proc.wait()
+                raise
             return proc.wait()
 
 
