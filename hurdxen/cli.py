@@ -24,7 +24,11 @@ def recipes_cli(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="hurdxen recipes", description=SUBCOMMANDS["recipes"][2])
     p.add_argument("--root", type=Path, default=Path.cwd(), help="project directory (default: .)")
+    p.add_argument("--reference", action="store_true", help="print the recipe reference (Markdown) from the schemas")
     args = p.parse_args(argv)
+    if args.reference:
+        print(recipes.reference(), end="")
+        return 0
     r = recipes.load(args.root, overrides={})
     for shown in sorted(r.files.values()):
         print(f"{shown}: ok")
