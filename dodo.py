@@ -1,10 +1,13 @@
-"""doit entry point: the tasks come from the recipes through hurdxen.tasks (`doit list` shows them)."""
+"""doit entry point: the tasks come from the recipes through hurdxen.tasks (`doit list` shows them).
+
+The project directory is this file's directory, wherever the hurdxen package is installed.
+"""
 
 from pathlib import Path
 
-from hurdxen import tasks
 from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this module
     DOIT_CONFIG,
+    configure,
     task_base,
     task_build,
     task_bundle,
@@ -19,4 +22,4 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     task_verify,
 )
 
-tasks.set_root(Path(__file__).resolve().parent)
+configure(Path(__file__).resolve().parent)

@@ -149,7 +149,7 @@ def _mmdebstrap(spec: BaseSpec, tarball: Path, log_path: Path, mon: Monitor) -> 
             tmp.unlink()
         raise HurdxenError(
             f"base: mmdebstrap {spec.suite} from {spec.mirror} failed (exit {code}); see {log_path}",
-            hint="check the mirror (override `base.mirror` in hurdxen.local.toml) or set `network.proxy`",
+            hint="check the mirror (override `base.mirror` in hurdxen.local.toml) or set `proxy` under [settings]",
         )
     os.replace(tmp, tarball)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hurdxen import fsutil
 from hurdxen.errors import HurdxenError
 from hurdxen.monitor import Monitor, NullMonitor
 
@@ -78,9 +79,20 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
 def step_failed(step: Step, code: int, log_path: Path, command: str) -> HurdxenError:
     tail = _tail(log_path).rstrip()
     indented = "\n".join("    " + line for line in tail.splitlines())
+    hint = f"the whole log is {log_path}"
+    if "No space left on device" in tail:
+        # Name the lasting directories, not the step's temporary ones (already removed when this is read).
+        full: list[str] = []
+        for m in step.mounts:
+            p = m.host
+            while p.name.startswith(fsutil.TMP_PREFIX):
+                p = p.parent
+            if m.writable and str(p) not in full:
+                full.append(str(p))
+        hint = f"a disk is full: free space in {', '.join(full) or 'the directories the step writes'}; {hint}"
     return HurdxenError(
         f"{step.name}: `{command}` exited with {code}; last lines of {log_path}:\n{indented}\n",
-        hint=f"the whole log is {log_path}",
+        hint=hint,
     )
 
 
@@ -131,8 +143,10 @@ class DockerExecutor:
 
     kind = "docker"
 
-    def __init__(self, client: Any | None = None) -> None:
+    def __init__(self, client: Any | None = None, labels: Mapping[str, str] | None = None) -> None:
         self._client = client
+        # Put on every container, so a later build can find (and remove) the ones a killed build left running.
+        self.labels = dict(labels or {})
 
     @property
     def client(self) -> Any:
@@ -178,7 +192,7 @@ class DockerExecutor:
                 working_dir=workdir,
                 host_config=host_config,
                 network_disabled=not step.network,
-                labels={"hurdxen.step": step.name},
+                labels={**self.labels, "hurdxen.step": step.name},
             )
             cid = container["Id"]
             client.start(cid)
@@ -195,6 +209,8 @@ class DockerExecutor:
                 hint="run `doit build` so the image tasks build it first",
             ) from e
         except (docker.errors.DockerException, OSError) as e:
+            if fsutil.is_disk_full(e):
+                raise fsutil.disk_full(step.name, log_path.parent) from e
             raise engine_error(e, step.name) from e
         finally:
             if container is not None:
@@ -229,26 +245,57 @@ class HostExecutor:
         shown = "bash -c <script> (host executor)"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
+        try:
+            code = self._run(step, env, cwd, shown, log_path, mon)
+        except OSError as e:
+            if fsutil.is_disk_full(e):
+                raise fsutil.disk_full(step.name, log_path.parent) from e
+            raise
+        seconds = time.monotonic() - start
+        if code != 0:
+            raise step_failed(step, code, log_path, shown)
+        return StepResult(step.name, code, seconds, log_path, shown, self.kind)
+
+    @staticmethod
+    def _run(step: Step, env: dict[str, str], cwd: str | None, shown: str, log_path: Path, mon: Monitor) -> int:
         with open(log_path, "wb") as log:
             log.write(f"# {shown}\n".encode())
             proc = subprocess.Popen(
                 ["bash", "-c", _script(step)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
             assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                mon.output(step.name, line)
-            code = proc.wait()
-        seconds = time.monotonic() - start
-        if code != 0:
-            raise step_failed(step, code, log_path, shown)
-        return StepResult(step.name, code, seconds, log_path, shown, self.kind)
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    mon.output(step.name, line)
+            except BaseException:
+                # The log cannot be written (full disk) or we were interrupted: the step must not run on unseen.
+                proc.kill()
+                proc.wait()
+                raise
+            return proc.wait()
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost cause in a few words: requests wraps urllib3, which wraps the socket error."""
+    seen: set[int] = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        reason = getattr(e, "reason", None)
+        inner = reason if isinstance(reason, BaseException) else None
+        inner = inner or next((a for a in reversed(e.args) if isinstance(a, BaseException)), None)
+        if inner is None:
+            break
+        e = inner
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def engine_error(e: BaseException, where: str | None = None) -> HurdxenError:
     prefix = f"{where}: " if where else ""
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = _reason(e)
     return HurdxenError(
         f"{prefix}the Docker engine stopped answering ({text})",
         hint="start it (`dockerd --bridge=none &` or `scripts/setup.sh`), or use HURDXEN_EXECUTOR=host",
@@ -279,10 +326,29 @@ def _docker_kwargs() -> Mapping[str, Any]:
     return kwargs
 
 
-def make_executor(kind: str | None = None) -> Executor:
+ARTIFACTS_LABEL = "hurdxen.artifacts"
+
+
+def remove_stale_containers(artifacts: Path) -> list[str]:
+    """Remove step containers a killed build (same artifacts directory) left behind; only the lock holder may call
+    this. They would otherwise keep running and writing into directories the next build sweeps away."""
+    import docker.errors
+
+    try:
+        client = connect_docker()
+        stale = client.containers(all=True, filters={"label": f"{ARTIFACTS_LABEL}={artifacts.resolve()}"})
+        for c in stale:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.remove_container(c["Id"], force=True)
+    except (HurdxenError, docker.errors.DockerException, OSError):
+        return []  # no engine: the first step that needs one says so
+    return [str(c["Id"]) for c in stale]
+
+
+def make_executor(kind: str | None = None, artifacts: Path | None = None) -> Executor:
     kind = kind or os.environ.get("HURDXEN_EXECUTOR", "docker")
     if kind == "docker":
-        return DockerExecutor()
+        return DockerExecutor(labels={ARTIFACTS_LABEL: str(artifacts.resolve())} if artifacts else None)
     if kind == "host":
         return HostExecutor()
     raise HurdxenError(f"unknown executor {kind!r}", hint="HURDXEN_EXECUTOR must be `docker` or `host`")

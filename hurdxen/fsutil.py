@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -12,7 +13,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hurdxen.errors import HurdxenError
+
 TMP_PREFIX = ".tmp-"
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC or EDQUOT, however deep it was raised."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
+
+
+def disk_full(what: str, where: Path | str) -> HurdxenError:
+    where = Path(where)
+    return HurdxenError(
+        f"{what}: no space left on the disk holding {where} (nothing partial was kept)",
+        hint=f"free some space there (`df -h {where}`), or point HURDXEN_CACHE / HURDXEN_ARTIFACTS at a larger disk",
+    )
 
 
 def sha256_file(path: Path) -> str:

@@ -93,6 +93,24 @@ def _key_path(path: Iterable[Any]) -> str:
     return "".join(parts) or "(top level)"
 
 
+_SCHEMA_TYPES = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "a boolean",
+    "array": "an array",
+    "object": "a table",
+}
+_TYPE_HINTS = {
+    "integer": "write the number without quotes",
+    "number": "write the number without quotes",
+    "string": 'quote it: "…"',
+    "boolean": "write true or false, without quotes",
+    "array": 'write a list: ["…", "…"]',
+    "object": "write it as a [table]",
+}
+
+
 def _type_name(v: Any) -> str:
     return {
         bool: "a boolean",
@@ -118,25 +136,39 @@ def describe_error(err: jsonschema.ValidationError) -> tuple[str, str, str | Non
         missing = str(err.message).split("'")[1] if "'" in err.message else "?"
         prop = s.get("properties", {}).get(missing, {})
         return _key_path([*path, missing]), "missing", prop.get("description") or "add it"
+    if "propertyNames" in err.schema_path:
+        # A table's key (not its value) is wrong: name the key itself.
+        name = err.instance
+        key = _key_path([*path, name])
+        if v == "enum":
+            opts = ", ".join(repr(o) for o in cast(list[Any], err.validator_value))
+            return key, f"unknown name (expected one of {opts})", s.get("x-hint")
+        expect = s.get("x-expect") or f"a name matching {s.get('pattern')}"
+        return key, f"bad name {name!r} (expected {expect})", s.get("x-hint")
     if v == "pattern" or v == "format":
         expect = s.get("x-expect") or f"a value matching {s.get('pattern')}"
         return _key_path(path), f"expected {expect}, got {err.instance!r}", s.get("x-hint")
     if v == "type":
         want = err.validator_value
-        want_s = " or ".join(want) if isinstance(want, list) else str(want)
-        return _key_path(path), f"expected {want_s}, got {_type_name(err.instance)}", s.get("x-hint")
-    if v == "enum" and "propertyNames" in err.schema_path:
-        opts = ", ".join(repr(o) for o in cast(list[Any], err.validator_value))
-        return _key_path([*path, err.instance]), f"unknown name (expected one of {opts})", s.get("x-hint")
+        wants = want if isinstance(want, list) else [want]
+        want_s = " or ".join(_SCHEMA_TYPES.get(str(w), str(w)) for w in wants)
+        hint = s.get("x-hint") or _TYPE_HINTS.get(str(wants[0]))
+        return _key_path(path), f"expected {want_s}, got {_type_name(err.instance)}", hint
     if v == "enum":
         opts = ", ".join(repr(o) for o in cast(list[Any], err.validator_value))
         return _key_path(path), f"expected one of {opts}, got {err.instance!r}", s.get("x-hint")
     if v == "const":
         return _key_path(path), f"expected {err.validator_value!r}, got {err.instance!r}", s.get("x-hint")
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        return _key_path(path), f"{err.instance!r} is out of range ({v} {err.validator_value})", s.get("x-hint")
+        bound = {"minimum": "≥", "maximum": "≤", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[str(v)]
+        return (
+            _key_path(path),
+            f"{err.instance!r} is out of range (must be {bound} {err.validator_value})",
+            s.get("x-hint") or f"use a value {bound} {err.validator_value}",
+        )
     if v == "minItems":
-        return _key_path(path), f"needs at least {err.validator_value} entries", s.get("x-hint")
+        n = err.validator_value
+        return _key_path(path), f"needs at least {n} {'entry' if n == 1 else 'entries'}", s.get("x-hint")
     if v == "uniqueItems":
         return _key_path(path), "has duplicate entries", "list each entry once"
     if v == "minLength":
@@ -144,8 +176,14 @@ def describe_error(err: jsonschema.ValidationError) -> tuple[str, str, str | Non
     return _key_path(path), err.message, s.get("x-hint")
 
 
-def validate(data: Mapping[str, Any], schema_name: str, shown: str, origin: Mapping[str, str] | None = None) -> None:
-    """Raise one clear line for the first problem (the rest are counted)."""
+def validate(
+    data: Mapping[str, Any],
+    schema_name: str,
+    shown: str,
+    origin: Mapping[str, str] | None = None,
+    prefix: str = "",
+) -> None:
+    """Raise one clear line for the first problem (the rest are counted). `prefix` goes before every key path."""
     validator = jsonschema.Draft202012Validator(schema(schema_name))
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     if not errors:
@@ -153,14 +191,35 @@ def validate(data: Mapping[str, Any], schema_name: str, shown: str, origin: Mapp
     key, what, hint = describe_error(errors[0])
     where = shown
     if origin:
-        # Name the file the offending value came from when an overlay or the command line set it.
-        for prefix, src in origin.items():
-            if key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + "["):
+        # Name the file the offending value came from when an overlay or the command line set it, and the key as
+        # written there (`mig.source.url`; `base.mirror` for a recipe whose file is one table named after itself).
+        for at, src in origin.items():
+            if key == at or key.startswith(at + ".") or key.startswith(at + "["):
                 where = src
-                key = f"{schema_name}.{key}" if src != shown else key
+                if src != shown and not _self_named(schema_name):
+                    key = f"{schema_name}.{key}"
                 break
+    if prefix:
+        key = prefix if key == "(top level)" else f"{prefix}.{key}"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     raise HurdxenError(f"{where}: {key}: {what}{more}", hint=hint)
+
+
+def _self_named(name: str) -> bool:
+    """A recipe whose file is one table named after the recipe (recipes/base.toml is `[base]`)."""
+    try:
+        props = schema(name).get("properties", {})
+    except KeyError:
+        return False
+    return list(props) == [name]
+
+
+def _scoped(name: str, table: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An override of recipe `name` as a path inside its file: `[base] mirror = …` (overlay) and `base.mirror=…`
+    (command line) mean `base.mirror` in recipes/base.toml, whose content is the table [base]."""
+    if _self_named(name) and name not in table:
+        return {name: table}
+    return table
 
 
 def cli_overrides() -> dict[str, str]:
@@ -211,14 +270,17 @@ def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path |
         over = read_toml(overlay_path, shown)
         for name, table in over.items():
             if name == "settings":
-                settings = dict(table) if isinstance(table, dict) else {}
-                validate(settings, SETTINGS_SCHEMA, shown)
+                if not isinstance(table, dict):
+                    raise HurdxenError(f"{shown}: settings: expected a table", hint="write it as [settings]")
+                settings = dict(table)
+                validate(settings, SETTINGS_SCHEMA, shown, prefix="settings")
                 continue
             if name not in raw:
                 known = ", ".join(["settings", *sorted(raw)])
                 raise HurdxenError(f"{shown}: {name}: no such recipe to override", hint=f"top-level tables: {known}")
             if not isinstance(table, dict):
                 raise HurdxenError(f"{shown}: {name}: expected a table", hint=f"write it as [{name}]")
+            table = dict(_scoped(name, table))
             raw[name] = deep_merge(raw[name], table)
             for p in _flatten(table):
                 origin[name][p] = shown
@@ -226,15 +288,17 @@ def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path |
         name, _, keypath = word.partition(".")
         if name == "settings" and keypath:
             settings = deep_merge(settings, _nest(keypath.split("."), _parse_value(value)))
-            validate(settings, SETTINGS_SCHEMA, "the command line")
+            validate(settings, SETTINGS_SCHEMA, "the command line", prefix="settings")
             continue
         if name not in raw or not keypath:
             raise HurdxenError(
                 f"the command line: {word}: no such recipe key",
                 hint=f"write RECIPE.KEY=VALUE with RECIPE one of {', '.join(sorted(raw))} or settings",
             )
-        raw[name] = deep_merge(raw[name], _nest(keypath.split("."), _parse_value(value)))
-        origin[name][keypath] = "the command line"
+        table = _scoped(name, _nest(keypath.split("."), _parse_value(value)))
+        raw[name] = deep_merge(raw[name], table)
+        for p in _flatten(table):
+            origin[name][p] = "the command line"
     for name, data in raw.items():
         validate(data, name, files[name], origin[name])
     return Recipes(root=root, data=raw, files=files, settings=settings)

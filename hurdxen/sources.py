@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -143,17 +144,21 @@ def download(url: str, dest_dir: Path, net: Network, what: str, key: str) -> tup
                             got += len(chunk)
                 except urllib.error.HTTPError as e:
                     raise _unreachable(what, url, f"HTTP {e.code} {e.reason}", key) from e
-                except (urllib.error.URLError, OSError) as e:
-                    reason = getattr(e, "reason", e)
+                except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                    if fsutil.is_disk_full(e):
+                        raise fsutil.disk_full(what, dest_dir) from e
+                    reason = getattr(e, "reason", None) or str(e) or type(e).__name__
                     raise _unreachable(what, url, str(reason), key) from e
                 if expected is not None and got != int(expected):
                     raise HurdxenError(
                         f"{what}: download of {url} was truncated ({got} of {expected} bytes)",
                         hint="try again; if it persists, the server or proxy is cutting the transfer",
                     )
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if not isinstance(e, HurdxenError) and fsutil.is_disk_full(e):
+            raise fsutil.disk_full(what, dest_dir) from e
         raise
     return tmp, h.hexdigest()
 
@@ -167,14 +172,14 @@ def _store(cache: Cache, tmp: Path, sha256: str) -> Path:
     return final
 
 
-def fetch_url_pinned(cache: Cache, url: str, sha256: str, what: str, key: str) -> Path:
+def fetch_url_pinned(cache: Cache, url: str, sha256: str, what: str, key: str, pinned_by: str = "the recipe") -> Path:
     if cache.has(sha256):
         return cache.blob(sha256)
     tmp, got = download(url, cache.tmpdir(), cache.network, what, key)
     if got != sha256:
         tmp.unlink()
         raise HurdxenError(
-            f"{what}: sha256 of {url} is {got}, but the recipe pins {sha256}",
+            f"{what}: sha256 of {url} is {got}, but {pinned_by} pins {sha256}",
             hint=f"the file changed or the URL is wrong; check `{key}` (nothing was cached)",
         )
     return _store(cache, tmp, sha256)
@@ -227,8 +232,7 @@ def fetch_git(pin: GitPin, cache: Cache) -> Path:
                     )
             except git.GitCommandError as e:
                 if not _has_commit(repo, pin.commit):
-                    why = (e.stderr or "").strip().splitlines()
-                    raise _unreachable(pin.name, pin.url, why[-1] if why else "git fetch failed", pin.key) from e
+                    raise _unreachable(pin.name, pin.url, _git_reason(e.stderr), pin.key) from e
     if not _has_commit(repo, pin.commit):
         raise HurdxenError(
             f"{pin.name}: commit {pin.commit} is not in {pin.url}",
@@ -245,6 +249,16 @@ def fetch_git(pin: GitPin, cache: Cache) -> Path:
                 hint="the branch moved: update the pinned commit, or drop `ref` to build the pinned commit as is",
             )
     return mirror
+
+
+def _git_reason(stderr: str | None) -> str:
+    """git's own first `fatal:` line, without GitPython's `stderr: '…'` wrapping."""
+    lines = [ln.strip().removeprefix("stderr:").strip().strip("'").strip() for ln in (stderr or "").splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in lines:
+        if ln.startswith(("fatal:", "error:")):
+            return ln.split(":", 1)[1].strip()
+    return lines[0] if lines else "git fetch failed"
 
 
 def _has_commit(repo: object, commit: str) -> bool:
@@ -314,7 +328,9 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
             hint=f"check `{pin.key}`: the archive carries a different build of that version",
         )
     url = f"{pin.archive.rstrip('/')}/{entry.filename}"
-    path = fetch_url_pinned(cache, url, entry.sha256, pin.name, pin.key + ".archive")
+    path = fetch_url_pinned(
+        cache, url, entry.sha256, pin.name, pin.key + ".archive", pinned_by=f"the signed index of {pin.suite}"
+    )
     fsutil.write_json_atomic(rec, {"sha256": entry.sha256, "filename": entry.filename, "size": entry.size})
     return path
 
@@ -335,7 +351,9 @@ def resolve_deb(pin: DebPin, cache: Cache) -> debindex.PackageEntry:
         except HurdxenError as e:
             last = e
             continue
-        index = fetch_url_pinned(cache, f"{base}/{rel}", sha, f"{pin.name} index", pin.key + ".archive")
+        index = fetch_url_pinned(
+            cache, f"{base}/{rel}", sha, f"{pin.name} index", pin.key + ".archive", pinned_by=f"{where}"
+        )
         text = debindex.decompress(rel, index.read_bytes()).decode(errors="replace")
         return debindex.find_package(text, pin.package, pin.version, pin.arch, f"{base}/{rel}")
     assert last is not None

@@ -17,8 +17,21 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from hurdxen import bundle, containers, fsutil, gnumach, hurdmodules, lock, mig, publish, pvgrub, recipes, reproduce
-from hurdxen.context import Context, make_context
+from hurdxen import (
+    bundle,
+    containers,
+    executors,
+    fsutil,
+    gnumach,
+    hurdmodules,
+    lock,
+    mig,
+    publish,
+    pvgrub,
+    recipes,
+    reproduce,
+)
+from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import (
     DebPin,
@@ -32,17 +45,10 @@ from hurdxen.sources import (
     is_cached_tarball,
 )
 
-# The project directory: dodo.py sets it to its own folder, so a copy of the project builds its own recipes.
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def set_root(root: Path) -> None:
-    global ROOT, _loaded
-    if root.resolve() != ROOT:
-        ROOT = root.resolve()
-        _loaded = None
-
-
+# The project directory (recipes/, containers/, artifacts/): the directory of the dodo.py doit runs, set by
+# `configure()` from dodo.py. Not this package's location: the code may be installed elsewhere, or shared by several
+# project copies. Before configure() it is the working directory (doit changes into the dodo.py's directory).
+ROOT = Path.cwd()
 TaskDict = dict[str, Any]
 
 
@@ -60,7 +66,7 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
 
 DOIT_CONFIG: dict[str, Any] = {
     "backend": "sqlite3",
-    "dep_file": str(ROOT / "artifacts" / ".doit.sqlite3"),
+    "dep_file": str(artifacts_dir(ROOT) / DEP_FILE),
     "default_tasks": ["build"],
     "verbosity": 2,
     "reporter": Reporter,
@@ -70,12 +76,30 @@ DOIT_CONFIG: dict[str, Any] = {
 }
 
 
+def configure(root: Path) -> None:
+    """Called by dodo.py with its own directory, before doit reads DOIT_CONFIG.
+
+    doit opens the dependency file before it generates any task, so the file's place (beside the artifacts, which
+    HURDXEN_ARTIFACTS may move) must be known here, not in `load()`.
+    """
+    global ROOT
+    ROOT = root.resolve()
+    dep = artifacts_dir(ROOT) / DEP_FILE
+    dep.parent.mkdir(parents=True, exist_ok=True)
+    DOIT_CONFIG["dep_file"] = str(dep)
+
+
 def guarded(fn: Callable[..., object], *args: Any) -> TaskFailed | None:
     """Run a stage entry point; a user error becomes one line, not a traceback."""
     try:
         fn(*args)
     except HurdxenError as e:
         return TaskFailed(e.render())
+    except OSError as e:
+        if fsutil.is_disk_full(e):
+            where = e.filename or ROOT
+            return TaskFailed(fsutil.disk_full("the build", Path(where).parent if e.filename else where).render())
+        raise
     return None
 
 
@@ -95,10 +119,12 @@ def load() -> tuple[recipes.Recipes, Context]:
         except HurdxenError as e:
             sys.stderr.write(e.render() + "\n")
             raise SystemExit(2) from None
-        DOIT_CONFIG["dep_file"] = str(ctx.artifacts / ".doit.sqlite3")
-        if lock.doit_command(sys.argv) not in lock.READ_ONLY_COMMANDS and "doit" in Path(sys.argv[0]).name:
+        if lock.doit_command(sys.argv) not in lock.READ_ONLY_COMMANDS and lock.running_doit(sys.argv):
             lock.hold(ctx.artifacts)
-            # Only the lock holder may sweep: the temp dirs could be another build's otherwise.
+            # Only the lock holder may clean up: the containers and temp dirs could be another build's otherwise.
+            # Containers first: a killed build's step may still be writing into its temp dirs.
+            if ctx.executor_kind == "docker":
+                executors.remove_stale_containers(ctx.artifacts)
             fsutil.sweep_tmp(ctx.artifacts)
         _loaded = (r, ctx)
     return _loaded
