@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import re
 import shlex
 import shutil
@@ -206,47 +205,11 @@ class PvGrubRecipe:
         return tuple(i.name for i in self.images)
 
 
-def _schema() -> dict[str, Any]:
-    from importlib import resources
-
-    loaded: dict[str, Any] = json.loads(
-        resources.files("hurdxen").joinpath("schemas", f"{SCHEMA}.schema.json").read_text()
-    )
-    return loaded
-
-
-def _key_path(path: Iterable[Any]) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
 def validate_recipe(data: Mapping[str, Any], shown: str = "recipes/pvgrub2.toml") -> None:
-    """JSON Schema validation with one readable line for the first problem (x-expect / x-hint used)."""
-    import jsonschema
+    """The same schema check every recipe gets (recipes.load has done it already for loaded recipes)."""
+    from hurdxen import recipes
 
-    validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
-    if not errors:
-        return
-    err = errors[0]
-    s = err.schema if isinstance(err.schema, dict) else {}
-    key = _key_path(err.absolute_path)
-    hint = s.get("x-hint")
-    if err.validator == "pattern":
-        what = f"expected {s.get('x-expect') or 'a value matching ' + str(s.get('pattern'))}, got {err.instance!r}"
-    elif err.validator == "additionalProperties":
-        allowed = sorted(s.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
-        key = _key_path([*err.absolute_path, extra[0]]) if extra else key
-        what, hint = "unknown key", f"allowed here: {', '.join(allowed)}"
-    elif err.validator == "enum":
-        what = f"expected one of {', '.join(map(repr, err.validator_value))}, got {err.instance!r}"
-    else:
-        what = err.message
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    raise HurdxenError(f"{shown}: {key}: {what}{more}", hint=hint)
+    recipes.validate(data, SCHEMA, shown)
 
 
 def spec_from_recipe(data: Mapping[str, Any], shown: str = "recipes/pvgrub2.toml") -> PvGrubRecipe:
