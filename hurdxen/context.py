@@ -13,6 +13,15 @@ from hurdxen.monitor import Monitor, default_monitor
 from hurdxen.recipes import Recipes
 from hurdxen.sources import Cache, Network
 
+# doit's dependency database, kept beside the artifacts it describes.
+DEP_FILE = ".doit.sqlite3"
+
+
+def artifacts_dir(root: Path) -> Path:
+    """Where outputs go: HURDXEN_ARTIFACTS, else <project>/artifacts."""
+    env = os.environ.get("HURDXEN_ARTIFACTS")
+    return Path(env).resolve() if env else root / "artifacts"
+
 
 @dataclass(frozen=True)
 class Context:
@@ -70,7 +79,7 @@ def make_context(recipes: Recipes) -> Context:
     images = tuple(
         (name, ImageSpec(name, recipes.root / "containers" / name, base)) for name in sorted(recipes["images"]["image"])
     )
-    artifacts = Path(os.environ.get("HURDXEN_ARTIFACTS", recipes.root / "artifacts"))
+    artifacts = artifacts_dir(recipes.root)
     return Context(
         root=recipes.root,
         artifacts=artifacts,

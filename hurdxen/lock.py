@@ -21,6 +21,14 @@ def doit_command(argv: list[str]) -> str:
     return "run"
 
 
+def running_doit(argv: list[str]) -> bool:
+    """True in a `doit …` process (the `doit` script or `python -m doit`), not when tasks.py is merely imported."""
+    if not argv:
+        return False
+    prog = Path(argv[0])
+    return prog.name == "doit" or (prog.name == "__main__.py" and prog.parent.name == "doit")
+
+
 def hold(artifacts: Path, announce: bool = True) -> bool:
     """Take the build lock for this process's lifetime; wait (saying so) while another build holds it."""
     global _held

@@ -18,7 +18,7 @@ from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
 from hurdxen import containers, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes
-from hurdxen.context import Context, make_context
+from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import (
     DebPin,
@@ -32,7 +32,20 @@ from hurdxen.sources import (
     is_cached_tarball,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def project_root() -> Path:
+    """The project (recipes/, containers/, artifacts/) is the directory of the dodo.py doit runs, which doit makes
+    the working directory before importing it; not this package's location, which a project copy shares. Outside
+    doit (tests, tools importing this module) it falls back to the package's parent."""
+    cwd = Path.cwd()
+    if (cwd / "dodo.py").is_file() and (cwd / "recipes").is_dir():
+        return cwd
+    return Path(__file__).resolve().parent.parent
+
+
+ROOT = project_root()
+if lock.running_doit(sys.argv):
+    artifacts_dir(ROOT).mkdir(parents=True, exist_ok=True)  # sqlite cannot create the dep file's directory
 TaskDict = dict[str, Any]
 
 
@@ -50,7 +63,8 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
 
 DOIT_CONFIG: dict[str, Any] = {
     "backend": "sqlite3",
-    "dep_file": str(ROOT / "artifacts" / ".doit.sqlite3"),
+    # doit opens this before it generates any task (so not from load()): beside the artifacts HURDXEN_ARTIFACTS names.
+    "dep_file": str(artifacts_dir(ROOT) / DEP_FILE),
     "default_tasks": ["build"],
     "verbosity": 2,
     "reporter": Reporter,
@@ -85,8 +99,7 @@ def load() -> tuple[recipes.Recipes, Context]:
         except HurdxenError as e:
             sys.stderr.write(e.render() + "\n")
             raise SystemExit(2) from None
-        DOIT_CONFIG["dep_file"] = str(ctx.artifacts / ".doit.sqlite3")
-        if lock.doit_command(sys.argv) not in lock.READ_ONLY_COMMANDS and "doit" in Path(sys.argv[0]).name:
+        if lock.doit_command(sys.argv) not in lock.READ_ONLY_COMMANDS and lock.running_doit(sys.argv):
             lock.hold(ctx.artifacts)
             # Only the lock holder may sweep: the temp dirs could be another build's otherwise.
             fsutil.sweep_tmp(ctx.artifacts)
