@@ -73,14 +73,26 @@ def read_toml(path: Path, shown: str) -> dict[str, Any]:
         raise HurdxenError(f"{shown}: cannot read ({e.strerror})", hint="check the file's permissions") from e
 
 
-def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any], node: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`over` merged into `base`, table by table. With the recipe's schema as `node`, a table marked
+    `"x-merge": "replace"` (a set that only makes sense whole, like a patch series and its pins) is replaced."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
+        child = _child_schema(node, k)
+        whole = child is not None and child.get("x-merge") == "replace"
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and not whole:
+            out[k] = deep_merge(out[k], v, child)
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _child_schema(node: Mapping[str, Any] | None, key: str) -> Mapping[str, Any] | None:
+    if not node:
+        return None
+    props = node.get("properties", {})
+    child = props[key] if key in props else node.get("additionalProperties")
+    return child if isinstance(child, Mapping) else None
 
 
 def _key_path(path: Iterable[Any]) -> str:
@@ -219,7 +231,7 @@ def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path |
                 raise HurdxenError(f"{shown}: {name}: no such recipe to override", hint=f"top-level tables: {known}")
             if not isinstance(table, dict):
                 raise HurdxenError(f"{shown}: {name}: expected a table", hint=f"write it as [{name}]")
-            raw[name] = deep_merge(raw[name], table)
+            raw[name] = deep_merge(raw[name], table, schema(name))
             for p in _flatten(table):
                 origin[name][p] = shown
     for word, value in (overrides if overrides is not None else cli_overrides()).items():
@@ -233,7 +245,7 @@ def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path |
                 f"the command line: {word}: no such recipe key",
                 hint=f"write RECIPE.KEY=VALUE with RECIPE one of {', '.join(sorted(raw))} or settings",
             )
-        raw[name] = deep_merge(raw[name], _nest(keypath.split("."), _parse_value(value)))
+        raw[name] = deep_merge(raw[name], _nest(keypath.split("."), _parse_value(value)), schema(name))
         origin[name][keypath] = "the command line"
     for name, data in raw.items():
         validate(data, name, files[name], origin[name])
