@@ -31,6 +31,15 @@ class Recipes:
     data: Mapping[str, Mapping[str, Any]]  # recipe name -> validated content
     files: Mapping[str, str]  # recipe name -> file name for messages (relative)
     settings: Mapping[str, Any] = field(default_factory=dict)  # [network] etc. from the overlay
+    # recipe name -> key path -> the overlay file or "the command line" that set it
+    origin: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def where(self, name: str, keypath: str) -> str:
+        """`FILE: KEY` for a message about one key: the overlay (or command line) when that set it."""
+        for at, src in self.origin.get(name, {}).items():
+            if keypath == at or keypath.startswith(at + "."):
+                return f"{src}: {name}.{keypath}"
+        return f"{self.files.get(name, name)}: {keypath}"
 
     def __getitem__(self, name: str) -> Mapping[str, Any]:
         try:
@@ -249,7 +258,7 @@ def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path |
         origin[name][keypath] = "the command line"
     for name, data in raw.items():
         validate(data, name, files[name], origin[name])
-    return Recipes(root=root, data=raw, files=files, settings=settings)
+    return Recipes(root=root, data=raw, files=files, settings=settings, origin=origin)
 
 
 def _nest(keys: list[str], value: Any) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def load() -> tuple[recipes.Recipes, Context]:
         try:
             r = recipes.load(ROOT)
             ctx = make_context(r)
+            check_specs(r)
         except HurdxenError as e:
             sys.stderr.write(e.render() + "\n")
             raise SystemExit(2) from None
@@ -105,6 +106,19 @@ def load() -> tuple[recipes.Recipes, Context]:
             fsutil.sweep_tmp(ctx.artifacts)
         _loaded = (r, ctx)
     return _loaded
+
+
+def check_specs(r: recipes.Recipes) -> None:
+    """What the schema cannot check (patch pins, cross-key rules) also fails here, as one line, not in a task
+    generator (where doit would print a traceback)."""
+    mig.specs(r)
+    if "gnumach" in r:
+        gnumach.variant_specs(r)
+        gnumach.prebuilt_specs(r)
+    if "hurd-modules" in r:
+        hurdmodules.specs(r)
+    if "pvgrub2" in r:
+        pvgrub_recipe(r)
 
 
 # ------------------------------------------------------------------ actions (module level: picklable)
