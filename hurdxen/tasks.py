@@ -365,6 +365,16 @@ def pvgrub_inputs(
         for hm in hurdmodules.specs(r):
             if variant in hm.kernels:
                 mdir = hurdmodules.out_dir(ctx, hm.name) / "modules"
+                made = [m.path.rsplit("/", 1)[-1] for m in hm.modules]
+                for m in spec.boot_modules:
+                    if m.path.rsplit("/", 1)[-1] not in made:
+                        raise_recipe_error(
+                            r,
+                            "pvgrub2",
+                            f"images.{spec.name}.boot_modules: hurd-modules:{hm.name} makes no {m.path} "
+                            f"(it makes {', '.join(made)})",
+                            "boot modules of a standalone image come from the hurd-modules stage: name its files",
+                        )
                 modules = {m.path: str(mdir / m.path.rsplit("/", 1)[-1]) for m in spec.boot_modules}
                 deps.append(f"hurd-modules:{hm.name}")
                 break
