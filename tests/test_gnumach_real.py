@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -49,8 +50,6 @@ def real_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     proj2.overlay_path.write_text(proj.overlay_path.read_text())
     clone_artifacts(proj.artifacts, proj2.artifacts)
     for sub in ("gnumach", "logs"):
-        import shutil
-
         shutil.rmtree(proj2.artifacts / sub, ignore_errors=True)
     t = time.monotonic()
     r2 = proj2.run_doit(*tasks)
