@@ -185,12 +185,12 @@ def patch_series(recipes: Recipes) -> tuple[Patch, ...]:
     p = recipes["gnumach"].get("patches")
     if not p:
         return ()
-    where = recipes.files["gnumach"]
     pdir = recipes.root / "recipes" / p["dir"]
     series = pdir / "series"
     if not series.is_file():
         raise HurdxenError(
-            f"{where}: patches.dir: {series} has no series file", hint="list the patches, one per line, in `series`"
+            f"{recipes.where('gnumach', 'patches.dir')}: {series} has no series file",
+            hint="list the patches, one per line, in `series`",
         )
     names = [ln.split()[0] for ln in series.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     pinned: Mapping[str, str] = p["sha256"]
@@ -199,7 +199,7 @@ def patch_series(recipes: Recipes) -> tuple[Patch, ...]:
         path = pdir / name
         if name not in pinned:
             raise HurdxenError(
-                f"{where}: patches.sha256: {name} (in {series}) has no sha256",
+                f"{recipes.where('gnumach', 'patches.sha256')}: {name} (in {series}) has no sha256",
                 hint=f'add "{name}" = "<sha256sum of the patch>"',
             )
         if not path.is_file():
@@ -207,14 +207,16 @@ def patch_series(recipes: Recipes) -> tuple[Patch, ...]:
         got = fsutil.sha256_file(path)
         if got != pinned[name]:
             raise HurdxenError(
-                f"{where}: patches.sha256.{name}: the patch's sha256 is {got}, the recipe pins {pinned[name]}",
+                f"{recipes.where('gnumach', f'patches.sha256.{name}')}: the patch's sha256 is {got}, "
+                f"the recipe pins {pinned[name]}",
                 hint="if you changed the patch on purpose, update the pin",
             )
         out.append(Patch(name, path, got))
     for name in pinned:
         if name not in names:
             raise HurdxenError(
-                f"{where}: patches.sha256.{name}: not in {series}", hint="add it to the series or drop the pin"
+                f"{recipes.where('gnumach', f'patches.sha256.{name}')}: not in {series}",
+                hint="add it to the series or drop the pin",
             )
     return tuple(out)
 

@@ -31,6 +31,15 @@ class Recipes:
     data: Mapping[str, Mapping[str, Any]]  # recipe name -> validated content
     files: Mapping[str, str]  # recipe name -> file name for messages (relative)
     settings: Mapping[str, Any] = field(default_factory=dict)  # [network] etc. from the overlay
+    # recipe name -> key path -> the overlay file or "the command line" that set it
+    origin: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def where(self, name: str, keypath: str) -> str:
+        """`FILE: KEY` for a message about one key: the overlay (or command line) when that set it."""
+        for at, src in self.origin.get(name, {}).items():
+            if keypath == at or keypath.startswith(at + "."):
+                return f"{src}: {name}.{keypath}"
+        return f"{self.files.get(name, name)}: {keypath}"
 
     def __getitem__(self, name: str) -> Mapping[str, Any]:
         try:
@@ -73,14 +82,26 @@ def read_toml(path: Path, shown: str) -> dict[str, Any]:
         raise HurdxenError(f"{shown}: cannot read ({e.strerror})", hint="check the file's permissions") from e
 
 
-def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any], node: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`over` merged into `base`, table by table. With the recipe's schema as `node`, a table marked
+    `"x-merge": "replace"` (a set that only makes sense whole, like a patch series and its pins) is replaced."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
+        child = _child_schema(node, k)
+        whole = child is not None and child.get("x-merge") == "replace"
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and not whole:
+            out[k] = deep_merge(out[k], v, child)
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _child_schema(node: Mapping[str, Any] | None, key: str) -> Mapping[str, Any] | None:
+    if not node:
+        return None
+    props = node.get("properties", {})
+    child = props[key] if key in props else node.get("additionalProperties")
+    return child if isinstance(child, Mapping) else None
 
 
 def _key_path(path: Iterable[Any]) -> str:
@@ -281,7 +302,7 @@ def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path |
             if not isinstance(table, dict):
                 raise HurdxenError(f"{shown}: {name}: expected a table", hint=f"write it as [{name}]")
             table = dict(_scoped(name, table))
-            raw[name] = deep_merge(raw[name], table)
+            raw[name] = deep_merge(raw[name], table, schema(name))
             for p in _flatten(table):
                 origin[name][p] = shown
     for word, value in (overrides if overrides is not None else cli_overrides()).items():
@@ -296,12 +317,12 @@ def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path |
                 hint=f"write RECIPE.KEY=VALUE with RECIPE one of {', '.join(sorted(raw))} or settings",
             )
         table = _scoped(name, _nest(keypath.split("."), _parse_value(value)))
-        raw[name] = deep_merge(raw[name], table)
+        raw[name] = deep_merge(raw[name], table, schema(name))
         for p in _flatten(table):
             origin[name][p] = "the command line"
     for name, data in raw.items():
         validate(data, name, files[name], origin[name])
-    return Recipes(root=root, data=raw, files=files, settings=settings)
+    return Recipes(root=root, data=raw, files=files, settings=settings, origin=origin)
 
 
 def _nest(keys: list[str], value: Any) -> dict[str, Any]:

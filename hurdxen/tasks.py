@@ -66,6 +66,7 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
 
 DOIT_CONFIG: dict[str, Any] = {
     "backend": "sqlite3",
+    # doit opens this before it generates any task (so not from load()): beside the artifacts HURDXEN_ARTIFACTS names.
     "dep_file": str(artifacts_dir(ROOT) / DEP_FILE),
     "default_tasks": ["build"],
     "verbosity": 2,
@@ -116,6 +117,7 @@ def load() -> tuple[recipes.Recipes, Context]:
         try:
             r = recipes.load(ROOT)
             ctx = make_context(r)
+            check_specs(r)
         except HurdxenError as e:
             sys.stderr.write(e.render() + "\n")
             raise SystemExit(2) from None
@@ -128,6 +130,19 @@ def load() -> tuple[recipes.Recipes, Context]:
             fsutil.sweep_tmp(ctx.artifacts)
         _loaded = (r, ctx)
     return _loaded
+
+
+def check_specs(r: recipes.Recipes) -> None:
+    """What the schema cannot check (patch pins, cross-key rules) also fails here, as one line, not in a task
+    generator (where doit would print a traceback)."""
+    mig.specs(r)
+    if "gnumach" in r:
+        gnumach.variant_specs(r)
+        gnumach.prebuilt_specs(r)
+    if "hurd-modules" in r:
+        hurdmodules.specs(r)
+    if "pvgrub2" in r:
+        pvgrub_recipe(r)
 
 
 # ------------------------------------------------------------------ actions (module level: picklable)
@@ -374,6 +389,16 @@ def pvgrub_inputs(
         for hm in hurdmodules.specs(r):
             if variant in hm.kernels:
                 mdir = hurdmodules.out_dir(ctx, hm.name) / "modules"
+                made = [m.path.rsplit("/", 1)[-1] for m in hm.modules]
+                for m in spec.boot_modules:
+                    if m.path.rsplit("/", 1)[-1] not in made:
+                        raise_recipe_error(
+                            r,
+                            "pvgrub2",
+                            f"images.{spec.name}.boot_modules: hurd-modules:{hm.name} makes no {m.path} "
+                            f"(it makes {', '.join(made)})",
+                            "boot modules of a standalone image come from the hurd-modules stage: name its files",
+                        )
                 modules = {m.path: str(mdir / m.path.rsplit("/", 1)[-1]) for m in spec.boot_modules}
                 deps.append(f"hurd-modules:{hm.name}")
                 break

@@ -28,6 +28,7 @@ HURD_MODULE_LINE = (
     "-T typed '${root}' '$(task-create)' '$(task-resume)'"
 )
 EXEC_MODULE_LINE = "module /lib/ld.so.1 exec /hurd/exec '$(exec-task=task-create)'"
+LDSO64 = "/lib/ld-x86-64.so.1"
 
 
 def recipe_data() -> dict[str, Any]:
@@ -138,7 +139,8 @@ def test_standalone_config() -> None:
         "multiboot (memdisk)/boot/gnumach.gz console=hyp0 root=part:1:device:xvd0",
         "module (memdisk)" + HURD_MODULE_LINE.removeprefix("module "),
     ]
-    assert body[4] == "module (memdisk)" + EXEC_MODULE_LINE.removeprefix("module ")
+    # hurd-amd64's dynamic linker
+    assert body[4] == "module (memdisk)" + EXEC_MODULE_LINE.removeprefix("module ").replace("/lib/ld.so.1", LDSO64)
     assert body[5] == "boot"
 
 
@@ -300,7 +302,8 @@ def _kernels(d: Path) -> dict[str, Path]:
 
 
 def _modules(d: Path) -> dict[str, Path]:
-    return {"/hurd/ext2fs.static": d / "ext2fs.static", "/lib/ld.so.1": d / "ld.so.1"}
+    # One fake ld.so under both names: /lib/ld.so.1 (i386) and /lib/ld-x86-64.so.1 (x86_64 images).
+    return {"/hurd/ext2fs.static": d / "ext2fs.static", "/lib/ld.so.1": d / "ld.so.1", LDSO64: d / "ld.so.1"}
 
 
 def _build(
@@ -374,7 +377,8 @@ def test_build_each_image(
             assert t.extractfile(kname).read() == given.read_bytes()  # type: ignore[union-attr]
             assert f"multiboot (memdisk)/{kname} console=hyp0 root=device:hd0s1" in res.config
             assert t.extractfile("hurd/ext2fs.static").read() == b"fake ext2fs.static\n"  # type: ignore[union-attr]
-            assert t.extractfile("lib/ld.so.1").read() == b"fake ld.so\n"  # type: ignore[union-attr]
+            ldso = "lib/ld.so.1" if spec.platform == "i386-xen" else LDSO64.lstrip("/")
+            assert t.extractfile(ldso).read() == b"fake ld.so\n"  # type: ignore[union-attr]
         else:
             assert set(members) == {"boot", "boot/grub", "boot/grub/grub.cfg"}
     assert {e.path for e in res.memdisk} == {n + "/" if members[n].isdir() else n for n in members}

@@ -1,0 +1,133 @@
+"""pv-grub2 through doit in a project copy: every image of recipes/pvgrub2.toml, the standalone ones embedding the
+fakemach kernels of the gnumach stage and the stand-in boot modules of the hurd-modules stage (served from a signed
+127.0.0.1 archive); identical across two artifacts dirs; a kernel strict verify refuses never reaches an image.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aptrepo import AptRepo, GpgKey
+from elfstandins import ElfFactory, elves
+from fakemachrepo import FakeMach, make_fakemach_repo
+from projectcopy import ProjectCopy, clone_artifacts, require_docker
+from test_hurd_modules_stage import ARCHES, LIBC, publish_hurd, variant_overlay
+
+from hurdxen.fsutil import sha256_file
+
+__all__ = ["elves"]
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+IMAGES = (
+    "i386-xen-disk",
+    "i386-xen-hurd",
+    "i386-xen-standalone",
+    "x86_64-xen-disk",
+    "x86_64-xen-hurd",
+    "x86_64-xen-standalone",
+)
+STANDALONE = {"i386-xen-standalone": ("xen-pae", 32), "x86_64-xen-standalone": ("xen-amd64", 64)}
+
+
+@dataclass
+class Built:
+    fake: FakeMach
+    overlay: dict[str, Any]
+    proj: ProjectCopy
+
+
+def overlay_for(fake: FakeMach, repos: dict[int, AptRepo], notes: str | None = None) -> dict[str, Any]:
+    over = fake.overlay({"xen-pae": {"configure": [f"--with-fake-notes={notes}"]}} if notes else None)
+    over["hurd-modules"] = {"variants": {**variant_overlay(repos[32], 32), **variant_overlay(repos[64], 64)}}
+    return over
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory: pytest.TempPathFactory, elves: ElfFactory) -> Iterator[dict[int, AptRepo]]:
+    root = tmp_path_factory.mktemp("pvgrub-repos")
+    key = GpgKey.generate(root / "keys")
+    out = {bits: publish_hurd(AptRepo(root / ARCHES[bits], key), elves, bits) for bits in (32, 64)}
+    yield out
+    for r in out.values():
+        r.close()
+    key.close()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]) -> Built:
+    require_docker()
+    root = tmp_path_factory.mktemp("pvgrub-stage")
+    fake = make_fakemach_repo(root)
+    over = overlay_for(fake, repos)
+    proj = ProjectCopy.create(root / "proj", artifacts=root / "a1")
+    proj.overlay(over)
+    r = proj.run_doit(*(f"pvgrub2:{n}" for n in IMAGES))
+    assert r.returncode == 0, r.stdout[-4000:]
+    return Built(fake, over, proj)
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_image_outputs(built: Built, name: str) -> None:
+    d = built.proj.artifacts / "pvgrub2" / name
+    for suffix in (".bin", ".bin.gz", ".grub.cfg", ".memdisk.tar", ".json"):
+        assert (d / f"{name}{suffix}").is_file(), suffix
+    m = json.loads((d / f"{name}.json").read_text())
+    assert m["image_gz"]["sha256"] == sha256_file(d / f"{name}.bin.gz")
+    assert m["image"]["sha256"] == sha256_file(d / f"{name}.bin")
+
+
+@pytest.mark.parametrize("name", sorted(STANDALONE))
+def test_standalone_memdisk_holds_the_stage_outputs(built: Built, elves: ElfFactory, name: str) -> None:
+    variant, bits = STANDALONE[name]
+    a = built.proj.artifacts
+    with tarfile.open(a / "pvgrub2" / name / f"{name}.memdisk.tar") as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert files["boot/gnumach.gz"] == (a / "gnumach" / variant / f"gnumach-{variant}.gz").read_bytes()
+    assert files["hurd/ext2fs.static"] == elves.static(bits)
+    # hurd-amd64's dynamic linker is ld-x86-64.so.1 (the recipe once named /lib/ld.so.1 for both platforms).
+    ldso = "lib/ld.so.1" if bits == 32 else "lib/ld-x86-64.so.1"
+    assert files[ldso] == elves.ldso(bits, LIBC)
+    assert f"module (memdisk)/{ldso} exec /hurd/exec" in files["boot/grub/grub.cfg"].decode()
+    cfg = files["boot/grub/grub.cfg"].decode()
+    assert "multiboot (memdisk)/boot/gnumach.gz" in cfg
+    assert "module (memdisk)/hurd/ext2fs.static" in cfg
+
+
+def test_images_identical_across_two_artifact_dirs(built: Built, tmp_path: Path) -> None:
+    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "a2")
+    proj.overlay(built.overlay)
+    clone_artifacts(built.proj.artifacts, proj.artifacts)
+    for sub in ("gnumach", "hurd-modules", "pvgrub2", "logs"):
+        shutil.rmtree(proj.artifacts / sub, ignore_errors=True)
+    r = proj.run_doit(*(f"pvgrub2:{n}" for n in IMAGES))
+    assert r.returncode == 0, r.stdout[-4000:]
+    for n in IMAGES:
+        for suffix in (".bin", ".bin.gz", ".memdisk.tar"):
+            f1 = built.proj.artifacts / "pvgrub2" / n / f"{n}{suffix}"
+            f2 = proj.artifacts / "pvgrub2" / n / f"{n}{suffix}"
+            assert sha256_file(f1) == sha256_file(f2), f"{n}{suffix} differs"
+
+
+def test_kernel_refused_by_strict_verify_never_reaches_an_image(
+    built: Built, repos: dict[int, AptRepo], tmp_path: Path
+) -> None:
+    """pvgrub's own kernel check is lenient (Xen's view: note-owner problems are warnings there), so the gate is the
+    gnumach stage: a name-owner kernel is not published, the standalone image is not rebuilt, the old one stays."""
+    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "a3")
+    proj.overlay(overlay_for(built.fake, repos, notes="name-owner"))
+    clone_artifacts(built.proj.artifacts, proj.artifacts)
+    d = proj.artifacts / "pvgrub2" / "i386-xen-standalone"
+    before = {p.name: sha256_file(p) for p in d.iterdir()}
+    r = proj.run_doit("pvgrub2:i386-xen-standalone")
+    assert r.returncode != 0
+    assert any(ln.startswith("error: gnumach:xen-pae:") for ln in r.stdout.splitlines()), r.stdout[-3000:]
+    assert "pvgrub2:i386-xen-standalone" in r.stdout  # named as not run (UnmetDependency)
+    assert {p.name: sha256_file(p) for p in d.iterdir()} == before
