@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import git
 import pytest
 from aptrepo import AptRepo, GpgKey
 from httpserver import TestServer
+from tmpfs import small_tmpfs
 
 from hurdxen import sources
 from hurdxen.errors import HurdxenError
@@ -38,6 +38,15 @@ def pin(url: str, sha: str = GOOD_SHA) -> TarballPin:
     return TarballPin("mig orig tarball", url, sha, KEY)
 
 
+def cannot_fetch(url: str, why: str, what: str = "mig orig tarball", key: str = KEY) -> str:
+    """The rendered refusal for an input that cannot be fetched, with its hint to override `key`."""
+    return (
+        f"error: {what}: cannot fetch {url} ({why}) "
+        f"(hint: override `{key}` in hurdxen.local.toml (a mirror URL or a local path), "
+        "or set `proxy` under [settings])"
+    )
+
+
 # ------------------------------------------------------------------ HTTP
 
 
@@ -62,11 +71,7 @@ def test_server_gone_says_unreachable(http_server: TestServer, cache: Cache) -> 
     http_server.stop()
     with pytest.raises(HurdxenError) as info:
         sources.fetch_tarball(pin(url), cache)
-    assert info.value.render() == (
-        f"error: mig orig tarball: cannot fetch {url} ([Errno 111] Connection refused) "
-        f"(hint: override `{KEY}` in hurdxen.local.toml (a mirror URL or a local path), "
-        "or set `proxy` under [settings])"
-    )
+    assert info.value.render() == cannot_fetch(url, "[Errno 111] Connection refused")
     assert cache_files(cache) == []
 
 
@@ -108,11 +113,7 @@ def test_404_names_input_url_and_key(http_server: TestServer, cache: Cache) -> N
     url = http_server.url + "/gone.tar.xz"
     with pytest.raises(HurdxenError) as info:
         sources.fetch_tarball(pin(url), cache)
-    assert info.value.render() == (
-        f"error: mig orig tarball: cannot fetch {url} (HTTP 404 File not found) "
-        f"(hint: override `{KEY}` in hurdxen.local.toml (a mirror URL or a local path), "
-        "or set `proxy` under [settings])"
-    )
+    assert info.value.render() == cannot_fetch(url, "HTTP 404 File not found")
     assert cache_files(cache) == []
 
 
@@ -136,15 +137,8 @@ def test_local_file(tmp_path: Path, cache: Cache, form: str) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs (needs root)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_full_disk_is_one_clear_line(http_server: TestServer, small_disk: Path) -> None:
@@ -237,10 +231,8 @@ def test_git_unreachable(tmp_path: Path, cache: Cache) -> None:
     url = str(tmp_path / "nothing-here.git")
     with pytest.raises(HurdxenError) as info:
         sources.fetch_git(gitpin(url, "0" * 40), cache)
-    assert info.value.render() == (
-        f"error: gnumach git: cannot fetch {url} ('{url}' does not appear to be a git repository) "
-        "(hint: override `gnumach.source.url` in hurdxen.local.toml (a mirror URL or a local path), "
-        "or set `proxy` under [settings])"
+    assert info.value.render() == cannot_fetch(
+        url, f"'{url}' does not appear to be a git repository", "gnumach git", "gnumach.source.url"
     )
 
 
