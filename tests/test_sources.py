@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +117,25 @@ def test_404_names_input_url_and_key(http_server: TestServer, cache: Cache) -> N
         sources.fetch_tarball(pin(url), cache)
     assert info.value.render() == cannot_fetch(url, "HTTP 404 File not found")
     assert cache_files(cache) == []
+
+
+def test_stale_download_files_are_swept(http_server: TestServer, cache: Cache) -> None:
+    tmp = cache.root / "tmp"
+    tmp.mkdir(parents=True)
+    stale, fresh, other = tmp / ".tmp-dl.killed", tmp / ".tmp-dl.running", tmp / "not-a-download"
+    for f in (stale, fresh, other):
+        f.write_bytes(b"partial")
+    two_hours_ago = time.time() - 2 * 3600
+    for f in (stale, other):
+        os.utime(f, (two_hours_ago, two_hours_ago))
+    url = http_server.add("/good.tar.xz", GOOD)
+    sources.fetch_tarball(pin(url), cache)
+    assert not stale.exists()
+    assert fresh.exists() and other.exists()  # maybe another build's download in progress; not ours to judge
+    # One sweep per Cache: a file that turns stale later is left for the next run.
+    os.utime(fresh, (two_hours_ago, two_hours_ago))
+    sources.fetch_tarball(pin(http_server.add("/other.tar.xz", b"x"), hashlib.sha256(b"x").hexdigest()), cache)
+    assert fresh.exists()
 
 
 def test_redirect_is_followed(http_server: TestServer, cache: Cache) -> None:
