@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +28,8 @@ from hurdxen import debindex, fsutil
 from hurdxen.errors import HurdxenError
 
 DEFAULT_TIMEOUT = 60
+DOWNLOAD_PREFIX = fsutil.TMP_PREFIX + "dl."  # cache/tmp/.tmp-dl.*: a download in progress
+STALE_DOWNLOAD_SECONDS = 3600  # untouched this long, a download's temporary file belongs to a killed run
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Cache:
     def __init__(self, root: Path, network: Network | None = None) -> None:
         self.root = root
         self.network = network or Network()
+        self._swept = False
 
     @classmethod
     def default(cls, network: Network | None = None) -> Cache:
@@ -90,9 +94,27 @@ class Cache:
         return self.blob(sha256).is_file()
 
     def tmpdir(self) -> Path:
+        """Where downloads land before their hash is checked. The first call also sweeps stale ones."""
         d = self.root / "tmp"
         d.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._swept = True
+            sweep_stale_downloads(d)
         return d
+
+
+def sweep_stale_downloads(d: Path, max_age: float = STALE_DOWNLOAD_SECONDS) -> None:
+    """Remove download temporary files in `d` that nothing has written to for `max_age` seconds: a killed run's.
+
+    A download in progress keeps its file's mtime fresh, so a concurrent build's download is left alone."""
+    before = time.time() - max_age
+    with os.scandir(d) as entries:
+        for e in entries:
+            if not e.name.startswith(DOWNLOAD_PREFIX):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < before:
+                    os.unlink(e.path)
 
 
 # ---------------------------------------------------------------- HTTP
@@ -120,7 +142,7 @@ def download(url: str, dest_dir: Path, net: Network, what: str, key: str) -> tup
             hint="run once with network access (or drop HURDXEN_OFFLINE) so the cache fills",
         )
     parsed = urllib.parse.urlparse(url)
-    fd, tmp_name = tempfile.mkstemp(prefix=fsutil.TMP_PREFIX + "dl.", dir=dest_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=DOWNLOAD_PREFIX, dir=dest_dir)
     tmp = Path(tmp_name)
     h = hashlib.sha256()
     try:

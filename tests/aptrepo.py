@@ -3,8 +3,9 @@
     key = GpgKey.generate(tmp)                      # throwaway key, no passphrase
     repo = AptRepo(tmp / "repo", key)
     repo.add_deb("hurd", "1:0.9+1", "hurd-i386", {"hurd/ext2fs.static": b"..."})
-    repo.publish(suite="test", component="main", arch="hurd-i386")
-    base = repo.serve()                             # http://127.0.0.1:PORT/
+    repo.publish(suite="test", component="main", arch="hurd-i386")   # or arch=("i386", "amd64"): one index each
+    base = repo.serve()                             # http://127.0.0.1:PORT/ (or serve repo.archive elsewhere)
+    repo.path_of(deb)                               # where the published .deb lies in the archive
     repo.keyring_path                               # binary keyring for `gpgv --keyring`
 
 Everything is made with the real tools (dpkg-deb, gpg) and served by a real ThreadingHTTPServer.
@@ -116,7 +117,7 @@ class AptRepo:
         self.debs: list[Deb] = []
         self.suite = ""
         self.component = ""
-        self.arch = ""
+        self.archs: tuple[str, ...] = ()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._extra_keys: list[GpgKey] = []
@@ -173,27 +174,40 @@ class AptRepo:
         self.debs.append(deb)
         return deb
 
-    def publish(self, suite: str = "test", component: str = "main", arch: str = "hurd-i386") -> None:
-        """Lay out pool/ and dists/, write Packages(.xz) and Release, and sign (InRelease and Release.gpg)."""
-        self.suite, self.component, self.arch = suite, component, arch
-        paragraphs: list[str] = []
+    def publish(self, suite: str = "test", component: str = "main", arch: str | tuple[str, ...] = "hurd-i386") -> None:
+        """Lay out pool/ and dists/, write Packages(.xz) and Release, and sign (InRelease and Release.gpg).
+
+        `arch` may name several architectures: each gets its own index, listing its debs and the `all` ones."""
+        self.suite, self.component = suite, component
+        self.archs = (arch,) if isinstance(arch, str) else arch
+        paragraphs: dict[Deb, str] = {}
         for deb in self.debs:
-            dest = self.archive / deb.pool_path
+            dest = self.path_of(deb)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(deb.path, dest)
             data = dest.read_bytes()
             control = _run(["dpkg-deb", "--field", str(dest)]).decode().rstrip("\n")
-            paragraphs.append(
+            paragraphs[deb] = (
                 control
                 + f"\nFilename: {deb.pool_path}\nSize: {len(data)}\nMD5sum: {hashlib.md5(data).hexdigest()}"
                 + f"\nSHA256: {hashlib.sha256(data).hexdigest()}\n"
             )
-        packages = "\n".join(paragraphs).encode()
-        bin_dir = self.dists / component / f"binary-{arch}"
-        bin_dir.mkdir(parents=True, exist_ok=True)
-        (bin_dir / "Packages").write_bytes(packages)
-        (bin_dir / "Packages.xz").write_bytes(lzma.compress(packages, preset=6))
+        for a in self.archs:
+            packages = "\n".join(p for deb, p in paragraphs.items() if deb.arch in (a, "all")).encode()
+            bin_dir = self.dists / component / f"binary-{a}"
+            bin_dir.mkdir(parents=True, exist_ok=True)
+            (bin_dir / "Packages").write_bytes(packages)
+            (bin_dir / "Packages.xz").write_bytes(lzma.compress(packages, preset=6))
         self.write_release()
+
+    @property
+    def arch(self) -> str:
+        """The (first) published architecture: the one index_path and tamper_packages speak of."""
+        return self.archs[0]
+
+    def path_of(self, deb: Deb) -> Path:
+        """The published .deb in the archive (what a client downloads)."""
+        return self.archive / deb.pool_path
 
     @property
     def dists(self) -> Path:
@@ -212,7 +226,7 @@ class AptRepo:
             f"Suite: {self.suite}",
             f"Codename: {self.suite}",
             f"Date: {email.utils.formatdate(1700000000, usegmt=True)}",
-            f"Architectures: {self.arch}",
+            f"Architectures: {' '.join(self.archs)}",
             f"Components: {self.component}",
             "Description: hurdxen test archive",
         ]
@@ -259,10 +273,12 @@ class AptRepo:
         """Replace InRelease by the plain, unsigned Release text."""
         (self.dists / "InRelease").write_bytes((self.dists / "Release").read_bytes())
 
-    def tamper_deb(self, name: str) -> Path:
-        """Change bytes of a published .deb (same size), so its sha256 no longer matches Packages."""
-        deb = next(d for d in self.debs if d.name == name)
-        p = self.archive / deb.pool_path
+    def tamper_deb(self, name: str, arch: str | None = None) -> Path:
+        """Change bytes of a published .deb (same size), so its sha256 no longer matches Packages.
+
+        Without `arch`, the first deb added under that name."""
+        deb = next(d for d in self.debs if d.name == name and arch in (None, d.arch))
+        p = self.path_of(deb)
         data = bytearray(p.read_bytes())
         data[-1] ^= 0xFF
         p.write_bytes(bytes(data))

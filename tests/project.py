@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # The code under test: this checkout, whatever hurdxen the venv has installed.
 CODE = Path(__file__).resolve().parent.parent
@@ -82,27 +83,23 @@ class Project:
         env.update(extra)
         return env
 
+    def _run_kwargs(self, args: tuple[str, ...], extra_env: dict[str, str]) -> dict[str, Any]:
+        """How `doit args` runs here: in the project, with its environment, stdout and stderr interleaved as text."""
+        return {
+            "args": [*DOIT, *args],
+            "cwd": self.root,
+            "env": self.env(**extra_env),
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.STDOUT,
+            "text": True,
+        }
+
     def popen(self, *args: str, **extra_env: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [*DOIT, *args],
-            cwd=self.root,
-            env=self.env(**extra_env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its own process group, so a test can kill all of it
-        )
+        # its own process group, so a test can kill all of it
+        return subprocess.Popen(**self._run_kwargs(args, extra_env), start_new_session=True)
 
     def doit(self, *args: str, timeout: float = 900, **extra_env: str) -> DoitRun:
-        proc = subprocess.run(
-            [*DOIT, *args],
-            cwd=self.root,
-            env=self.env(**extra_env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
+        proc = subprocess.run(**self._run_kwargs(args, extra_env), timeout=timeout)
         return DoitRun(proc.returncode, proc.stdout)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from dockerd_fixture import PrivateDockerd
@@ -15,9 +16,25 @@ from project import CODE, docker_answers
 from hurdxen import recipes
 from hurdxen.context import make_context
 from hurdxen.errors import HurdxenError
-from hurdxen.executors import FALLBACK_BUILD_UID, DockerExecutor, HostExecutor, Mount, Step, build_user
+from hurdxen.executors import (
+    FALLBACK_BUILD_UID,
+    DockerExecutor,
+    HostExecutor,
+    Mount,
+    Step,
+    StepResult,
+    build_user,
+)
 
 needs_docker = pytest.mark.skipif(not docker_answers(), reason="no Docker engine answers")
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def docker_test(test: F) -> F:
+    """A test of the Docker executor against the engine that answers: skipped without one, two minutes at most."""
+    marked: F = needs_docker(pytest.mark.docker(pytest.mark.timeout(120)(test)))
+    return marked
+
 
 SCRIPT = """
 cat "$IN/input.txt" > "$OUT/copy.txt"
@@ -61,6 +78,12 @@ def read(out: Path, name: str) -> str:
     return (out / name).read_text().strip()
 
 
+def run_in_docker(dirs: tuple[Path, Path], log: Path, script: str = SCRIPT, image: str | None = None) -> StepResult:
+    """`script` as a step under the Docker executor, in the builder image unless `image` says otherwise."""
+    src, out = dirs
+    return DockerExecutor().run(step(src, out, script, image=image or builder_tag()), log)
+
+
 def test_host_executor(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     src, out = dirs
     result = HostExecutor().run(step(src, out), tmp_path / "logs" / "step.log")
@@ -73,13 +96,11 @@ def test_host_executor(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     assert read(out, "uid") == str(os.getuid())
 
 
-@needs_docker
-@pytest.mark.docker
-@pytest.mark.timeout(120)
+@docker_test
 def test_docker_executor_same_script(dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    src, out = dirs
+    _src, out = dirs
     tag = builder_tag()
-    result = DockerExecutor().run(step(src, out, image=tag), tmp_path / "step.log")
+    result = run_in_docker(dirs, tmp_path / "step.log", image=tag)
     assert result.exit_code == 0 and result.executor == "docker" and result.image == tag
     assert result.image_id and result.image_id.startswith("sha256:")
     assert read(out, "copy.txt") == "hello from the host"
@@ -96,13 +117,11 @@ def test_docker_executor_same_script(dirs: tuple[Path, Path], tmp_path: Path) ->
     assert (tmp_path / "step.log").read_text().startswith("# docker run --network none --user ")
 
 
-@needs_docker
-@pytest.mark.docker
-@pytest.mark.timeout(120)
+@docker_test
 def test_docker_read_only_mount(dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    src, out = dirs
+    src, _out = dirs
     with pytest.raises(HurdxenError) as info:
-        DockerExecutor().run(step(src, out, 'touch "$IN/new"\n', image=builder_tag()), tmp_path / "step.log")
+        run_in_docker(dirs, tmp_path / "step.log", 'touch "$IN/new"\n')
     msg = info.value.render()
     assert msg.startswith("error: test:step: `docker run --network none ")
     assert "exited with 1; last lines of" in msg
@@ -110,22 +129,17 @@ def test_docker_read_only_mount(dirs: tuple[Path, Path], tmp_path: Path) -> None
     assert not (src / "new").exists()
 
 
-@needs_docker
-@pytest.mark.docker
-@pytest.mark.timeout(120)
+@docker_test
 def test_docker_no_network(dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    src, out = dirs
-    DockerExecutor().run(step(src, out, 'ls /sys/class/net > "$OUT/ifaces"\n', image=builder_tag()), tmp_path / "l")
+    _src, out = dirs
+    run_in_docker(dirs, tmp_path / "l", 'ls /sys/class/net > "$OUT/ifaces"\n')
     assert read(out, "ifaces").split() == ["lo"]
 
 
-@needs_docker
-@pytest.mark.docker
-@pytest.mark.timeout(120)
+@docker_test
 def test_docker_missing_image(dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    src, out = dirs
     with pytest.raises(HurdxenError) as info:
-        DockerExecutor().run(step(src, out, "true\n", image="hurdxen/nope:0"), tmp_path / "l")
+        run_in_docker(dirs, tmp_path / "l", "true\n", image="hurdxen/nope:0")
     assert info.value.render() == (
         "error: test:step: image hurdxen/nope:0 is not in the Docker engine "
         "(hint: run `doit build` so the image tasks build it first)"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from project import SHARED_CACHE, DoitRun, Project, copy_project, docker_answers, edit
+from tmpfs import small_tmpfs
 
 from hurdxen import fsutil, recipes
 from hurdxen.containers import IMAGE_REPOSITORY
@@ -270,15 +271,8 @@ def test_bad_command_line_override_is_one_line(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_artifacts(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "artifacts"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "artifacts") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 @pytest.mark.timeout(600)

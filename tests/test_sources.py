@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import git
 import pytest
-from apt_fixture import AptRepo, Deb, GpgKey, build_repo
+from aptrepo import AptRepo, GpgKey
 from httpserver import TestServer
+from tmpfs import small_tmpfs
 
 from hurdxen import sources
 from hurdxen.errors import HurdxenError
@@ -38,6 +40,15 @@ def pin(url: str, sha: str = GOOD_SHA) -> TarballPin:
     return TarballPin("mig orig tarball", url, sha, KEY)
 
 
+def cannot_fetch(url: str, why: str, what: str = "mig orig tarball", key: str = KEY) -> str:
+    """The rendered refusal for an input that cannot be fetched, with its hint to override `key`."""
+    return (
+        f"error: {what}: cannot fetch {url} ({why}) "
+        f"(hint: override `{key}` in hurdxen.local.toml (a mirror URL or a local path), "
+        "or set `proxy` under [settings])"
+    )
+
+
 # ------------------------------------------------------------------ HTTP
 
 
@@ -62,11 +73,7 @@ def test_server_gone_says_unreachable(http_server: TestServer, cache: Cache) -> 
     http_server.stop()
     with pytest.raises(HurdxenError) as info:
         sources.fetch_tarball(pin(url), cache)
-    assert info.value.render() == (
-        f"error: mig orig tarball: cannot fetch {url} ([Errno 111] Connection refused) "
-        f"(hint: override `{KEY}` in hurdxen.local.toml (a mirror URL or a local path), "
-        "or set `proxy` under [settings])"
-    )
+    assert info.value.render() == cannot_fetch(url, "[Errno 111] Connection refused")
     assert cache_files(cache) == []
 
 
@@ -108,12 +115,27 @@ def test_404_names_input_url_and_key(http_server: TestServer, cache: Cache) -> N
     url = http_server.url + "/gone.tar.xz"
     with pytest.raises(HurdxenError) as info:
         sources.fetch_tarball(pin(url), cache)
-    assert info.value.render() == (
-        f"error: mig orig tarball: cannot fetch {url} (HTTP 404 File not found) "
-        f"(hint: override `{KEY}` in hurdxen.local.toml (a mirror URL or a local path), "
-        "or set `proxy` under [settings])"
-    )
+    assert info.value.render() == cannot_fetch(url, "HTTP 404 File not found")
     assert cache_files(cache) == []
+
+
+def test_stale_download_files_are_swept(http_server: TestServer, cache: Cache) -> None:
+    tmp = cache.root / "tmp"
+    tmp.mkdir(parents=True)
+    stale, fresh, other = tmp / ".tmp-dl.killed", tmp / ".tmp-dl.running", tmp / "not-a-download"
+    for f in (stale, fresh, other):
+        f.write_bytes(b"partial")
+    two_hours_ago = time.time() - 2 * 3600
+    for f in (stale, other):
+        os.utime(f, (two_hours_ago, two_hours_ago))
+    url = http_server.add("/good.tar.xz", GOOD)
+    sources.fetch_tarball(pin(url), cache)
+    assert not stale.exists()
+    assert fresh.exists() and other.exists()  # maybe another build's download in progress; not ours to judge
+    # One sweep per Cache: a file that turns stale later is left for the next run.
+    os.utime(fresh, (two_hours_ago, two_hours_ago))
+    sources.fetch_tarball(pin(http_server.add("/other.tar.xz", b"x"), hashlib.sha256(b"x").hexdigest()), cache)
+    assert fresh.exists()
 
 
 def test_redirect_is_followed(http_server: TestServer, cache: Cache) -> None:
@@ -136,15 +158,8 @@ def test_local_file(tmp_path: Path, cache: Cache, form: str) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs (needs root)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_full_disk_is_one_clear_line(http_server: TestServer, small_disk: Path) -> None:
@@ -237,10 +252,8 @@ def test_git_unreachable(tmp_path: Path, cache: Cache) -> None:
     url = str(tmp_path / "nothing-here.git")
     with pytest.raises(HurdxenError) as info:
         sources.fetch_git(gitpin(url, "0" * 40), cache)
-    assert info.value.render() == (
-        f"error: gnumach git: cannot fetch {url} ('{url}' does not appear to be a git repository) "
-        "(hint: override `gnumach.source.url` in hurdxen.local.toml (a mirror URL or a local path), "
-        "or set `proxy` under [settings])"
+    assert info.value.render() == cannot_fetch(
+        url, f"'{url}' does not appear to be a git repository", "gnumach git", "gnumach.source.url"
     )
 
 
@@ -248,27 +261,25 @@ def test_git_unreachable(tmp_path: Path, cache: Cache) -> None:
 
 
 @pytest.fixture(scope="module")
-def apt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AptRepo, GpgKey, GpgKey]]:
-    """A signed repository with one package, its signing key and an unrelated key."""
-    base = tmp_path_factory.mktemp("apt")
-    key = GpgKey.create(base / "keys", "Test Archive")
-    other = GpgKey.create(base / "keys", "Other Archive")
-    repo = build_repo(
-        base / "repo",
-        key,
-        [
-            Deb("hello-headers", "2:1.0-1", "i386", {"usr/include/hello.h": b"#define HELLO 1\n"}),
-            Deb("hello-headers", "2:1.0-1", "amd64", {"usr/include/hello.h": b"#define HELLO 2\n"}),
-        ],
-    )
-    yield repo, key, other
+def other_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKey]:
+    """A key that did not sign the archive."""
+    key = GpgKey.generate(tmp_path_factory.mktemp("other-key"), "Other Archive <test@invalid>")
+    yield key
     key.close()
-    other.close()
 
 
 @pytest.fixture
-def apt_server(apt: tuple[AptRepo, GpgKey, GpgKey], http_server: TestServer) -> str:
-    return http_server.serve_dir("/debian", apt[0].root)
+def repo(apt_repo: AptRepo) -> AptRepo:
+    """A signed repository with one package, built for two architectures (i386 first)."""
+    apt_repo.add_deb("hello-headers", "2:1.0-1", "i386", {"usr/include/hello.h": b"#define HELLO 1\n"})
+    apt_repo.add_deb("hello-headers", "2:1.0-1", "amd64", {"usr/include/hello.h": b"#define HELLO 2\n"})
+    apt_repo.publish(suite="testing", component="main", arch=("i386", "amd64"))
+    return apt_repo
+
+
+@pytest.fixture
+def apt_server(repo: AptRepo, http_server: TestServer) -> str:
+    return http_server.serve_dir("/debian", repo.archive)
 
 
 def debpin(archive: str, keyring: Path, arch: str = "i386", sha256: str | None = None) -> DebPin:
@@ -284,11 +295,8 @@ def debpin(archive: str, keyring: Path, arch: str = "i386", sha256: str | None =
     )
 
 
-def test_deb_from_signed_index(
-    apt: tuple[AptRepo, GpgKey, GpgKey], apt_server: str, cache: Cache, http_server: TestServer
-) -> None:
-    repo, _, _ = apt
-    p = debpin(apt_server, repo.keyring)
+def test_deb_from_signed_index(repo: AptRepo, apt_server: str, cache: Cache, http_server: TestServer) -> None:
+    p = debpin(apt_server, repo.keyring_path)
     deb = sources.fetch_deb(p, cache)
     assert deb.read_bytes() == repo.path_of(repo.debs[0]).read_bytes()
     assert sources.is_cached_deb(p, cache)
@@ -300,23 +308,20 @@ def test_deb_from_signed_index(
     http_server.stop()
     assert sources.fetch_deb(p, Cache(cache.root, Network(offline=True))) == deb
     # The other architecture is a different package.
-    assert not sources.is_cached_deb(debpin(apt_server, repo.keyring, arch="amd64"), cache)
+    assert not sources.is_cached_deb(debpin(apt_server, repo.keyring_path, arch="amd64"), cache)
 
 
-def test_deb_signed_by_another_key_is_refused(
-    apt: tuple[AptRepo, GpgKey, GpgKey], apt_server: str, cache: Cache
-) -> None:
-    _repo, _, other = apt
+def test_deb_signed_by_another_key_is_refused(apt_server: str, cache: Cache, other_key: GpgKey) -> None:
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(apt_server, other.keyring), cache)
+        sources.fetch_deb(debpin(apt_server, other_key.keyring_path), cache)
     msg = info.value.render()
     assert msg.startswith(
         f"error: {apt_server}/dists/testing/InRelease: signature check failed: "
         "signed by a key that is not in the keyring [NO_PUBKEY "
     )
     assert msg.endswith(
-        f"(hint: the index is not signed by a valid key in {other.keyring}, or was altered; check the archive URL "
-        "and the recipe's keyring)"
+        f"(hint: the index is not signed by a valid key in {other_key.keyring_path}, or was altered; check the "
+        "archive URL and the recipe's keyring)"
     )
     assert cache_files(cache) == []
 
@@ -330,24 +335,14 @@ def test_deb_missing_keyring(apt_server: str, cache: Cache, tmp_path: Path) -> N
     )
 
 
-def test_deb_tampered_is_refused(
-    apt: tuple[AptRepo, GpgKey, GpgKey], tmp_path: Path, cache: Cache, http_server: TestServer
-) -> None:
-    import shutil
-
-    repo, _, _ = apt
-    copy = tmp_path / "tampered"
-    shutil.copytree(repo.root, copy)
-    deb = copy / repo.debs[0].filename
-    data = bytearray(deb.read_bytes())
-    data[-1] ^= 0xFF
-    deb.write_bytes(bytes(data))
-    archive = http_server.serve_dir("/tampered", copy)
-    signed = hashlib.sha256(repo.path_of(repo.debs[0]).read_bytes()).hexdigest()
+def test_deb_tampered_is_refused(repo: AptRepo, apt_server: str, cache: Cache) -> None:
+    i386 = repo.debs[0]
+    signed = hashlib.sha256(repo.path_of(i386).read_bytes()).hexdigest()
+    data = repo.tamper_deb("hello-headers", "i386").read_bytes()
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(archive, repo.keyring), cache)
+        sources.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
     assert info.value.render() == (
-        f"error: hello-headers 2:1.0-1 (i386, testing): sha256 of {archive}/{repo.debs[0].filename} is "
+        f"error: hello-headers 2:1.0-1 (i386, testing): sha256 of {apt_server}/{i386.pool_path} is "
         f"{hashlib.sha256(data).hexdigest()}, but the signed index of testing pins {signed} "
         "(hint: the file changed or the URL is wrong; check `mig.targets.i686-gnu.headers.archive` "
         "(nothing was cached))"
@@ -356,37 +351,27 @@ def test_deb_tampered_is_refused(
     assert not cache.has(hashlib.sha256(data).hexdigest())
 
 
-def test_deb_tampered_index_is_refused(
-    apt: tuple[AptRepo, GpgKey, GpgKey], tmp_path: Path, cache: Cache, http_server: TestServer
-) -> None:
-    import shutil
-
-    repo, _, _ = apt
-    copy = tmp_path / "tampered"
-    shutil.copytree(repo.root, copy)
-    (copy / "dists/testing/main/binary-i386/Packages.xz").write_bytes(b"garbage")
-    archive = http_server.serve_dir("/tampered", copy)
+def test_deb_tampered_index_is_refused(repo: AptRepo, apt_server: str, cache: Cache) -> None:
+    (repo.dists / "main/binary-i386/Packages.xz").write_bytes(b"garbage")
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(archive, repo.keyring), cache)
-    assert "but " + f"{archive}/dists/testing/InRelease pins " in info.value.render()
+        sources.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
+    assert "but " + f"{apt_server}/dists/testing/InRelease pins " in info.value.render()
 
 
-def test_deb_pinned_sha256_must_match(apt: tuple[AptRepo, GpgKey, GpgKey], apt_server: str, cache: Cache) -> None:
-    repo, _, _ = apt
+def test_deb_pinned_sha256_must_match(repo: AptRepo, apt_server: str, cache: Cache) -> None:
     signed = hashlib.sha256(repo.path_of(repo.debs[0]).read_bytes()).hexdigest()
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(apt_server, repo.keyring, sha256="f" * 64), cache)
+        sources.fetch_deb(debpin(apt_server, repo.keyring_path, sha256="f" * 64), cache)
     assert info.value.render() == (
         f"error: hello-headers 2:1.0-1 (i386, testing): the signed index lists sha256 {signed}, the recipe pins "
         f"{'f' * 64} (hint: check `mig.targets.i686-gnu.headers`: the archive carries a different build of that "
         "version)"
     )
-    assert sources.fetch_deb(debpin(apt_server, repo.keyring, sha256=signed), cache).is_file()
+    assert sources.fetch_deb(debpin(apt_server, repo.keyring_path, sha256=signed), cache).is_file()
 
 
-def test_deb_version_not_in_index(apt: tuple[AptRepo, GpgKey, GpgKey], apt_server: str, cache: Cache) -> None:
-    repo, _, _ = apt
-    p = DebPin("hello-headers", "2:9.9-9", "i386", "testing", apt_server, "k", keyring=str(repo.keyring))
+def test_deb_version_not_in_index(repo: AptRepo, apt_server: str, cache: Cache) -> None:
+    p = DebPin("hello-headers", "2:9.9-9", "i386", "testing", apt_server, "k", keyring=str(repo.keyring_path))
     with pytest.raises(HurdxenError) as info:
         sources.fetch_deb(p, cache)
     assert info.value.render() == (
@@ -396,10 +381,9 @@ def test_deb_version_not_in_index(apt: tuple[AptRepo, GpgKey, GpgKey], apt_serve
     )
 
 
-def test_deb_record_is_json(apt: tuple[AptRepo, GpgKey, GpgKey], apt_server: str, cache: Cache) -> None:
-    repo, _, _ = apt
-    sources.fetch_deb(debpin(apt_server, repo.keyring), cache)
+def test_deb_record_is_json(repo: AptRepo, apt_server: str, cache: Cache) -> None:
+    sources.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
     (record,) = (cache.root / "debian").iterdir()
     data = json.loads(record.read_text())
-    assert data["filename"] == repo.debs[0].filename
+    assert data["filename"] == repo.debs[0].pool_path
     assert data["size"] == repo.path_of(repo.debs[0]).stat().st_size
