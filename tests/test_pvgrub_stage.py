@@ -77,18 +77,21 @@ def built(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]) -
 @pytest.mark.parametrize("name", IMAGES)
 def test_image_outputs(built: Built, name: str) -> None:
     d = built.proj.artifacts / "pvgrub2" / name
-    for suffix in (".bin", ".bin.gz", ".grub.cfg", ".memdisk.tar", ".json"):
-        assert (d / f"{name}{suffix}").is_file(), suffix
-    m = json.loads((d / f"{name}.json").read_text())
-    assert m["image_gz"]["sha256"] == sha256_file(d / f"{name}.bin.gz")
-    assert m["image"]["sha256"] == sha256_file(d / f"{name}.bin")
+    stem = f"pv-grub-{name}"
+    for suffix in ("", ".gz", ".grub.cfg", ".memdisk.tar"):
+        assert (d / f"{stem}{suffix}").is_file(), suffix
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["image_gz"]["sha256"] == sha256_file(d / f"{stem}.gz")
+    assert m["image"]["sha256"] == sha256_file(d / stem)
+    assert m["outputs"][f"{stem}.gz"] == sha256_file(d / f"{stem}.gz")
+    assert (m["stage"], m["variant"]) == ("pvgrub2", name)
 
 
 @pytest.mark.parametrize("name", sorted(STANDALONE))
 def test_standalone_memdisk_holds_the_stage_outputs(built: Built, elves: ElfFactory, name: str) -> None:
     variant, bits = STANDALONE[name]
     a = built.proj.artifacts
-    with tarfile.open(a / "pvgrub2" / name / f"{name}.memdisk.tar") as tar:
+    with tarfile.open(a / "pvgrub2" / name / f"pv-grub-{name}.memdisk.tar") as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
     assert files["boot/gnumach.gz"] == (a / "gnumach" / variant / f"gnumach-{variant}.gz").read_bytes()
     assert files["hurd/ext2fs.static"] == elves.static(bits)
@@ -110,10 +113,10 @@ def test_images_identical_across_two_artifact_dirs(built: Built, tmp_path: Path)
     r = proj.run_doit(*(f"pvgrub2:{n}" for n in IMAGES))
     assert r.returncode == 0, r.stdout[-4000:]
     for n in IMAGES:
-        for suffix in (".bin", ".bin.gz", ".memdisk.tar"):
-            f1 = built.proj.artifacts / "pvgrub2" / n / f"{n}{suffix}"
-            f2 = proj.artifacts / "pvgrub2" / n / f"{n}{suffix}"
-            assert sha256_file(f1) == sha256_file(f2), f"{n}{suffix} differs"
+        for name in (f"pv-grub-{n}", f"pv-grub-{n}.gz", f"pv-grub-{n}.memdisk.tar", "manifest.json"):
+            f1 = built.proj.artifacts / "pvgrub2" / n / name
+            f2 = proj.artifacts / "pvgrub2" / n / name
+            assert sha256_file(f1) == sha256_file(f2), f"{n}/{name} differs"
 
 
 def test_kernel_refused_by_strict_verify_never_reaches_an_image(
