@@ -1,0 +1,121 @@
+"""The whole chain through doit in a project copy that is a git checkout tagged v1.0.0: fakemach kernels (gnumach
+stage), stand-in Hurd packages from a signed archive on 127.0.0.1 (hurd-modules), every pv-grub2 image, then
+`doit bundle`, `doit verify` (and a tampered bundle refused), and `doit reproduce` rebuilding it all in a clean copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aptrepo import AptRepo
+from elfstandins import elves
+from fakemachrepo import make_fakemach_repo
+from projectcopy import ProjectCopy, require_docker
+from test_pvgrub_stage import overlay_for, repos
+
+__all__ = ["elves", "repos"]
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+RELEASE = "hurdxen-1.0.0"
+
+
+@dataclass
+class Released:
+    proj: ProjectCopy
+    bundle: Path
+    tarball: Path
+    doit_output: str
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@invalid",
+        "GIT_AUTHOR_DATE": "2026-01-01T00:00:00+0000",
+        "GIT_COMMITTER_DATE": "2026-01-01T00:00:00+0000",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]) -> Iterator[Released]:
+    require_docker()
+    root = tmp_path_factory.mktemp("release-e2e")
+    fake = make_fakemach_repo(root)
+    proj = ProjectCopy.create(root / "proj", artifacts=root / "artifacts")
+    over = overlay_for(fake, repos)
+    # No boot check in this chain (the fakemach kernels do not boot): the bundle says so, as the flag requires.
+    over["release"] = {"allow_unbooted": True}
+    proj.overlay(over)
+    (proj.root / ".gitignore").write_text("/hurdxen.local.toml\n")
+    git(proj.root, "init", "-q", "-b", "main")
+    git(proj.root, "add", "-A")
+    git(proj.root, "commit", "-q", "-m", "release")
+    git(proj.root, "tag", "v1.0.0")
+    r = proj.run_doit("bundle")
+    assert r.returncode == 0, r.stdout[-5000:]
+    bundle = proj.artifacts / "release" / RELEASE
+    yield Released(proj, bundle, bundle.with_name(RELEASE + ".tar.gz"), r.stdout)
+
+
+def test_bundle_holds_every_artefact_and_checksums_verify(released: Released) -> None:
+    b = released.bundle
+    names = {str(p.relative_to(b)) for p in b.rglob("*") if p.is_file()}
+    for expected in (
+        "kernels/gnumach-xen-pae.gz",
+        "kernels/gnumach-xen-nopae.gz",
+        "kernels/gnumach-xen-amd64.gz",
+        "pvgrub2/pv-grub-i386-xen-standalone.gz",
+        "pvgrub2/pv-grub-x86_64-xen-hurd.gz",
+        "SHA256SUMS",
+        "manifest.json",
+        "provenance.intoto.json",
+        "README.md",
+    ):
+        assert expected in names, sorted(names)
+    assert any(n.startswith("hurd-modules/") for n in names)
+    assert any(n.startswith("domains/") and n.endswith(".cfg") for n in names)
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=b, check=True)
+    manifest = json.loads((b / "manifest.json").read_text())
+    text = json.dumps(manifest)
+    assert "allow_unbooted" in text  # the override is on record
+    assert released.tarball.is_file()
+
+
+def test_doit_verify_passes_and_a_tampered_bundle_fails(released: Released, tmp_path: Path) -> None:
+    r = released.proj.run_doit("verify")
+    assert r.returncode == 0, r.stdout[-3000:]
+    copy = tmp_path / RELEASE
+    shutil.copytree(released.bundle, copy)
+    with open(copy / "kernels" / "gnumach-xen-pae.gz", "ab") as f:
+        f.write(b"\0")
+    r = released.proj.run_doit("verify", "--bundle", str(copy))
+    assert r.returncode != 0
+    errors = [ln for ln in r.stdout.splitlines() if ln.startswith("error: ")]
+    assert errors and "gnumach-xen-pae.gz" in errors[0], r.stdout[-3000:]
+    assert "Traceback" not in r.stdout
+
+
+def test_second_bundle_is_bit_identical(released: Released) -> None:
+    before = released.tarball.read_bytes()
+    r = released.proj.run_doit("bundle")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert released.tarball.read_bytes() == before
+
+
+def test_doit_reproduce_rebuilds_everything_identically(released: Released) -> None:
+    r = released.proj.run_doit("reproduce", timeout=2400)
+    assert r.returncode == 0, r.stdout[-5000:]
+    assert not (released.proj.artifacts / "reproduce-report").exists() or not any(
+        (released.proj.artifacts / "reproduce-report").iterdir()
+    )
