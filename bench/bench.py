@@ -19,7 +19,7 @@ Every ratio is measured within the same run. Figures are wall-clock seconds (tim
 The JSON goes to bench/results.json; the table is printed.
 
 The Hurd ramdisk (hurd-modules) needs debian-ports; where that cannot be reached, pass --without-hurd-modules and
-the project copy leaves that recipe out (the standalone pv-grub2 images then embed the kernel only).
+the project copy leaves that recipe out, and the standalone pv-grub2 images that embed its modules.
 """
 
 from __future__ import annotations
@@ -65,7 +65,12 @@ class Project:
         shutil.copytree(ROOT, self.root, ignore=COPY_IGNORE)
         (self.root / "hurdxen.local.toml").write_text(f'[gnumach.source]\ngit = "{git}"\n')
         if without_hurd_modules:
+            # The standalone pv-grub2 images embed the Hurd's boot modules: they go too.
             (self.root / "recipes" / "hurd-modules.toml").unlink()
+            pvgrub = self.root / "recipes" / "pvgrub2.toml"
+            head, *blocks = pvgrub.read_text().split("[[images]]")
+            kept = [b for b in blocks if not re.search(r'^flavour\s*=\s*"standalone"', b, re.M)]
+            pvgrub.write_text(head + "".join("[[images]]" + b for b in kept))
         self.cache = cache
         self.workdir = workdir
         self._n = 0
