@@ -13,8 +13,8 @@ HOST_PACKAGES=(
   qemu-system-x86 e2fsprogs cpio xz-utils gcc gcc-multilib grub-common
 )
 # A machine that already has a Docker engine (GitHub's runners ship Moby/Docker CE) keeps it: docker.io would
-# conflict with its containerd/runc packages.
-if command -v docker >/dev/null 2>&1 || command -v dockerd >/dev/null 2>&1; then
+# conflict with its containerd/runc packages. A docker client alone is no engine, so look for the daemon.
+if command -v dockerd >/dev/null 2>&1 && ! dpkg-query -W -f '${Status}' docker.io 2>/dev/null | grep -q "ok installed"; then
   HOST_PACKAGES=("${HOST_PACKAGES[@]/docker.io}")
 fi
 missing=()
