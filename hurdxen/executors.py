@@ -302,15 +302,24 @@ def engine_error(e: BaseException, where: str | None = None) -> HurdxenError:
     )
 
 
+# One client per process and engine address: version negotiation and ping cost a round trip each, and a no-op
+# build asks about every image. Keyed by pid too, because doit -n forks and a connection must not be shared.
+_clients: dict[tuple[int, str], Any] = {}
+
+
 def connect_docker() -> Any:
     """A low-level API client; DOCKER_HOST (ssh:// or tcp:// with TLS) selects a remote engine."""
     try:
         import docker
     except ImportError as e:  # pragma: no cover - dependency is pinned
         raise HurdxenError("the docker Python package is missing", hint="run scripts/setup.sh") from e
+    key = (os.getpid(), os.environ.get("DOCKER_HOST", ""))
+    if key in _clients:
+        return _clients[key]
     try:
         client = docker.APIClient(version="auto", timeout=600, **_docker_kwargs())
         client.ping()
+        _clients[key] = client
         return client
     except docker.errors.DockerException as e:
         raise HurdxenError(

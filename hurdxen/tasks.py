@@ -17,20 +17,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from hurdxen import (
-    bundle,
-    containers,
-    executors,
-    fsutil,
-    gnumach,
-    hurdmodules,
-    lock,
-    mig,
-    publish,
-    pvgrub,
-    recipes,
-    reproduce,
-)
+from hurdxen import containers, executors, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes
 from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import (
@@ -459,7 +446,12 @@ def task_pvgrub2() -> Iterator[TaskDict]:
         }
 
 
+# The release modules are imported inside their actions: task generation (every `doit` call) does not need them.
+
+
 def act_bundle(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
+    from hurdxen import bundle
+
     def run() -> None:
         result = bundle.bundle(ctx, r)
         for w in result.warnings:
@@ -481,11 +473,15 @@ def task_bundle() -> TaskDict:
 
 
 def current_bundle(ctx: Context, r: recipes.Recipes) -> Path:
+    from hurdxen import bundle
+
     spec = bundle.spec_from_recipes(r, ctx.source_date_epoch)
     return bundle.release_dir(ctx.artifacts) / spec.release
 
 
 def act_publish(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
+    from hurdxen import bundle, publish
+
     def run() -> None:
         pub = r["release"].get("publish", {})
         if not pub.get("dir") and not pub.get("oci"):
@@ -509,6 +505,8 @@ def task_publish() -> TaskDict:
 
 
 def act_verify(ctx: Context, r: recipes.Recipes, target: str) -> TaskFailed | None:
+    from hurdxen import publish
+
     def run() -> None:
         report = publish.verify(Path(target) if target else current_bundle(ctx, r))
         print(report.render())
@@ -535,6 +533,8 @@ def task_verify() -> TaskDict:
 
 
 def act_reproduce(ctx: Context) -> TaskFailed | None:
+    from hurdxen import reproduce
+
     return guarded(reproduce.reproduce_project, ctx.root, ctx.artifacts, ctx.cache.root)
 
 
