@@ -1,0 +1,578 @@
+"""Boot check: a real Xen hypervisor in QEMU (TCG) boots the built kernels, ramdisks and pv-grub2 images.
+
+Three parts:
+- the test hypervisor, built from Debian's Xen orig tarball with 32-bit PV support (`build_hypervisor`);
+- a Linux dom0: Debian's kernel plus a small deterministic initramfs with the Xen toolstack (`build_dom0`), whose
+  init starts xenstored/xenconsoled and runs `xl create` for every guest config it finds in /guests;
+- the runner (`run_boot_checks`): one QEMU per case, serial console to `<log_dir>/<case>.log`, stopped as soon as the
+  verdict is known (every expected pattern seen, a refusal or known failure seen, or the timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from hurdxen import fsutil
+from hurdxen.errors import HurdxenError
+from hurdxen.executors import Executor, Mount, Step
+from hurdxen.monitor import Monitor, NullMonitor
+
+DEFAULT_SOURCE_DATE_EPOCH = 1700000000
+
+# ---------------------------------------------------------------------------------------------------------------
+# The test hypervisor
+
+
+XEN_CONFIG = (("CONFIG_EXPERT", "y"), ("CONFIG_PV32", "y"), ("CONFIG_VERBOSE_DEBUG", "y"))
+
+
+@dataclass(frozen=True)
+class HypervisorSpec:
+    """Xen built from a pinned orig tarball with the options the Hurd needs (32-bit PV, guest console on serial)."""
+
+    url: str
+    sha256: str
+    config: tuple[tuple[str, str], ...] = XEN_CONFIG
+    source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH
+    jobs: int = 2
+
+    def identity(self, image: str) -> str:
+        d = {k: v for k, v in self.__dict__.items() if k != "jobs"}
+        return fsutil.identity("xen-hypervisor", d, image, _script_digest("build-xen.sh"))[:16]
+
+
+@dataclass(frozen=True)
+class HypervisorResult:
+    xen: Path  # uncompressed ELF, for QEMU's -kernel
+    config: Path  # the hypervisor's .config
+    identity: str
+    sha256: str
+    seconds: float
+    reused: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "sha256": self.sha256,
+            "seconds": round(self.seconds, 1),
+            "reused": self.reused,
+        }
+
+
+def _script(name: str) -> str:
+    return resources.files("hurdxen").joinpath("data", "boot", name).read_text()
+
+
+def _script_digest(name: str) -> str:
+    return fsutil.sha256_bytes(_script(name).encode())
+
+
+def build_hypervisor(
+    spec: HypervisorSpec,
+    tarball: Path,
+    out_dir: Path,
+    executor: Executor,
+    image: str,
+    log_dir: Path,
+    monitor: Monitor | None = None,
+) -> HypervisorResult:
+    """Build `xen/xen` into `out_dir` (replaced atomically); reuse it when `out_dir` holds a build of this identity."""
+    ident = spec.identity(image)
+    stamp = out_dir / "hypervisor.json"
+    if stamp.is_file() and (out_dir / "xen").is_file():
+        with contextlib.suppress(ValueError, KeyError):
+            data = json.loads(stamp.read_text())
+            if data["identity"] == ident:
+                return HypervisorResult(out_dir / "xen", out_dir / "xen.config", ident, data["sha256"], 0.0, True)
+    if not tarball.is_file():
+        raise HurdxenError(f"boot: Xen source tarball {tarball} is missing", hint="fetch the sources first")
+    start = time.monotonic()
+    with fsutil.atomic_dir(out_dir) as tmp:
+        step = Step(
+            name="boot:hypervisor",
+            script=_script("build-xen.sh"),
+            image=image,
+            mounts=(
+                Mount(tarball.parent, "TARBALL", "/src"),
+                Mount(tmp, "OUT", "/out", writable=True),
+            ),
+            env=(
+                ("XEN_TARBALL", tarball.name),
+                ("XEN_CONFIG", " ".join(f"{k}={v}" for k, v in spec.config)),
+                ("SOURCE_DATE_EPOCH", str(spec.source_date_epoch)),
+                ("JOBS", str(spec.jobs)),
+            ),
+        )
+        executor.run(step, log_dir / "hypervisor.log", monitor)
+        if not (tmp / "xen").is_file():
+            raise HurdxenError("boot:hypervisor: the build left no xen/xen", hint=f"see {log_dir / 'hypervisor.log'}")
+        digest = fsutil.sha256_file(tmp / "xen")
+        fsutil.write_json_atomic(tmp / "hypervisor.json", {"identity": ident, "sha256": digest, "url": spec.url})
+    return HypervisorResult(out_dir / "xen", out_dir / "xen.config", ident, digest, time.monotonic() - start, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deterministic initramfs (newc cpio)
+
+
+@dataclass(frozen=True)
+class CpioEntry:
+    name: str  # path inside the archive, without a leading "/"
+    mode: int  # full st_mode (type + permissions)
+    data: bytes = b""  # file contents, or the target of a symlink
+
+
+def _cpio_header(ino: int, e: CpioEntry, mtime: int) -> bytes:
+    name = e.name.encode() + b"\0"
+    nlink = 2 if stat.S_ISDIR(e.mode) else 1
+    fields = (ino, e.mode, 0, 0, nlink, mtime, len(e.data), 0, 0, 0, 0, len(name), 0)
+    head = b"070701" + b"".join(b"%08X" % f for f in fields) + name
+    return head + b"\0" * (-len(head) % 4)
+
+
+def write_cpio(entries: Iterable[CpioEntry], mtime: int) -> bytes:
+    """A newc archive: names sorted, parents before children, uid/gid 0, one mtime, inodes numbered in order."""
+    by_name: dict[str, CpioEntry] = {}
+    for e in entries:
+        name = e.name.strip("/")
+        if not name:
+            continue
+        by_name[name] = CpioEntry(name, e.mode, e.data)
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            by_name.setdefault("/".join(parts[:i]), CpioEntry("/".join(parts[:i]), stat.S_IFDIR | 0o755))
+    out = io.BytesIO()
+    for ino, name in enumerate(sorted(by_name, key=lambda n: n.split("/")), start=1):
+        e = by_name[name]
+        out.write(_cpio_header(ino, e, mtime))
+        out.write(e.data)
+        out.write(b"\0" * (-len(e.data) % 4))
+    out.write(_cpio_header(0, CpioEntry("TRAILER!!!", 0), 0))
+    data = out.getvalue()
+    return data + b"\0" * (-len(data) % 512)
+
+
+def tree_entries(root: Path, prefix: str = "") -> list[CpioEntry]:
+    """Entries for every file, directory and symlink below `root`, with normalised permissions."""
+    entries = []
+    for p in sorted(root.rglob("*")):
+        name = prefix + str(p.relative_to(root))
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            entries.append(CpioEntry(name, stat.S_IFLNK | 0o777, os.readlink(p).encode()))
+        elif stat.S_ISDIR(st.st_mode):
+            entries.append(CpioEntry(name, stat.S_IFDIR | 0o755))
+        elif stat.S_ISREG(st.st_mode):
+            perm = 0o755 if st.st_mode & 0o111 else 0o644
+            entries.append(CpioEntry(name, stat.S_IFREG | perm, p.read_bytes()))
+    return entries
+
+
+def gzip_n(data: bytes) -> bytes:
+    """gzip -n: no name, mtime 0."""
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dom0: Debian's kernel and an initramfs with the Xen toolstack
+
+DOM0_MODULES = ("xen-evtchn", "xen-privcmd", "xen-gntdev", "xen-gntalloc", "xenfs")
+DOM0_PROGRAMS = (
+    "/usr/lib/xen-4.17/bin/xl",
+    "/usr/lib/xen-4.17/bin/xenconsoled",
+    "/usr/lib/xen-4.17/bin/xen-init-dom0",
+    "/usr/lib/xen-4.17/bin/xenstored",
+)
+
+
+@dataclass(frozen=True)
+class Dom0Spec:
+    kernel_release: str = "6.1.0-50-amd64"  # must match containers/boot-dom0's KERNEL_PACKAGE
+    modules: tuple[str, ...] = DOM0_MODULES
+    programs: tuple[str, ...] = DOM0_PROGRAMS
+    source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH
+
+    def identity(self, image: str) -> str:
+        return fsutil.identity(
+            "dom0", self.__dict__, image, _script_digest("collect-dom0.sh"), _script_digest("init.sh"), CPIO_FORMAT
+        )[:16]
+
+
+CPIO_FORMAT = 1  # bump when write_cpio's output changes
+
+
+@dataclass(frozen=True)
+class Dom0Result:
+    kernel: Path  # vmlinuz
+    initrd: Path  # dom0-initrd.img (gzip'd newc cpio)
+    identity: str
+    initrd_sha256: str
+    seconds: float
+    reused: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "initrd_sha256": self.initrd_sha256,
+            "seconds": round(self.seconds, 1),
+            "reused": self.reused,
+        }
+
+
+def build_dom0(
+    spec: Dom0Spec, out_dir: Path, executor: Executor, image: str, log_dir: Path, monitor: Monitor | None = None
+) -> Dom0Result:
+    """Collect the dom0 files in the boot-dom0 image, then write `dom0-initrd.img` deterministically."""
+    ident = spec.identity(image)
+    stamp = out_dir / "dom0.json"
+    if stamp.is_file() and (out_dir / "dom0-initrd.img").is_file() and (out_dir / "vmlinuz").is_file():
+        with contextlib.suppress(ValueError, KeyError):
+            data = json.loads(stamp.read_text())
+            if data["identity"] == ident:
+                return Dom0Result(
+                    out_dir / "vmlinuz", out_dir / "dom0-initrd.img", ident, data["initrd_sha256"], 0.0, True
+                )
+    start = time.monotonic()
+    with fsutil.atomic_dir(out_dir) as tmp:
+        collect = tmp / "collect"
+        collect.mkdir()
+        step = Step(
+            name="boot:dom0",
+            script=_script("collect-dom0.sh"),
+            image=image,
+            mounts=(Mount(collect, "OUT", "/out", writable=True),),
+            env=(
+                ("KERNEL_RELEASE", spec.kernel_release),
+                ("DOM0_MODULES", " ".join(spec.modules)),
+                ("DOM0_PROGRAMS", " ".join(spec.programs)),
+            ),
+        )
+        executor.run(step, log_dir / "dom0.log", monitor)
+        rootfs = collect / "rootfs"
+        entries = tree_entries(rootfs)
+        entries.append(CpioEntry("init", stat.S_IFREG | 0o755, _script("init.sh").encode()))
+        for d in ("proc", "sys", "dev", "run", "tmp", "var", "guests", "etc"):
+            entries.append(CpioEntry(d, stat.S_IFDIR | 0o755))
+        initrd = gzip_n(write_cpio(entries, spec.source_date_epoch))
+        fsutil.write_atomic(tmp / "dom0-initrd.img", initrd)
+        os.replace(collect / "vmlinuz", tmp / "vmlinuz")
+        shutil.rmtree(collect)
+        digest = fsutil.sha256_bytes(initrd)
+        fsutil.write_json_atomic(tmp / "dom0.json", {"identity": ident, "initrd_sha256": digest})
+    return Dom0Result(out_dir / "vmlinuz", out_dir / "dom0-initrd.img", ident, digest, time.monotonic() - start, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cases, verdicts and the runner
+
+Kind = Literal["guest", "pvgrub", "dom0"]
+Verdict = Literal["pass", "fail", "known-failure", "expected-refusal"]
+
+XEN_APPEND = "console=com1 com1=115200,8n1 guest_loglvl=all noreboot"
+DOM0_MEM = "dom0_mem=512M,max:512M"
+DOM0_ARGS = "console=hvc0 earlyprintk=xen quiet"
+QUICK_DOM0_MEM = "dom0_mem=128M"
+
+# Seen in any case: the run went wrong in a way no case expects.
+FAIL_PATTERNS = (
+    "Kernel panic - not syncing",
+    "Panic on CPU",
+    "bootstrap_create: No bootstrap code loaded",
+)
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    pattern: str  # substring of the serial log that marks the failure
+    reason: str  # why it fails today, for the report
+
+
+@dataclass(frozen=True)
+class BootCase:
+    """One boot: `guest` (kernel + ramdisk via the Linux dom0), `pvgrub` (a pv-grub2 image as the guest kernel),
+    or `dom0` (the quick path: the kernel itself started as dom0, good for the banner only).
+
+    Patterns are plain substrings of the serial log (ANSI colour codes removed)."""
+
+    name: str
+    kind: Kind
+    kernel: Path | None
+    ramdisk: Path | None = None
+    pvgrub: Path | None = None
+    expect: tuple[str, ...] = ()
+    expect_refusal: str | None = None  # the case passes as "expected-refusal" when this appears
+    known_failure: KnownFailure | None = None
+    cmdline: str = "console=hyp0 root=device:hd0s1"
+    memory_mb: int = 128
+    timeout: float = 90.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "kernel": str(self.kernel) if self.kernel else None,
+            "ramdisk": str(self.ramdisk) if self.ramdisk else None,
+            "pvgrub": str(self.pvgrub) if self.pvgrub else None,
+            "expect": list(self.expect),
+            "expect_refusal": self.expect_refusal,
+            "known_failure": self.known_failure.__dict__ if self.known_failure else None,
+        }
+
+
+@dataclass(frozen=True)
+class BootResult:
+    case: BootCase
+    verdict: Verdict
+    seconds: float
+    log: Path
+    matched: tuple[str, ...]
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict != "fail"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "case": self.case.name,
+            "kind": self.case.kind,
+            "verdict": self.verdict,
+            "seconds": round(self.seconds, 1),
+            "log": str(self.log),
+            "matched": list(self.matched),
+            "missing": [p for p in self.case.expect if p not in self.matched],
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class BootReport:
+    results: tuple[BootResult, ...]
+    hypervisor: dict[str, Any] = field(default_factory=dict)
+    dom0: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able, for the manifest."""
+        return {
+            "ok": self.ok,
+            "hypervisor": self.hypervisor,
+            "dom0": self.dom0,
+            "cases": [r.summary() for r in self.results],
+        }
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        t = Table(title="boot check")
+        for col in ("case", "kind", "verdict", "seconds", "detail"):
+            t.add_column(col)
+        colours = {"pass": "green", "expected-refusal": "green", "known-failure": "yellow", "fail": "red"}
+        for r in self.results:
+            detail = r.reason or ", ".join(r.matched)
+            t.add_row(r.case.name, r.case.kind, f"[{colours[r.verdict]}]{r.verdict}[/]", f"{r.seconds:.1f}", detail)
+        return t
+
+
+def judge(case: BootCase, text: str, finished: bool) -> tuple[Verdict, str] | None:
+    """The verdict for the serial output so far, or None while it is still open.
+
+    Order matters: a case passes only if all its expected patterns appear before the first failure pattern.
+    `finished` means no more output will come (QEMU exited, the dom0 init said it is done, or the timeout)."""
+    if case.expect_refusal and case.expect_refusal in text:
+        return "expected-refusal", case.expect_refusal
+    if case.known_failure and case.known_failure.pattern in text:
+        return "known-failure", case.known_failure.reason
+    fail_at, failed = _failed(case, text)
+    found = [text.find(p) for p in case.expect]
+    plain = not case.expect_refusal and not case.known_failure
+    if plain and all(i >= 0 for i in found) and (fail_at < 0 or max(found, default=0) < fail_at):
+        return "pass", ""
+    if failed:
+        return "fail", failed
+    if case.expect_refusal and f"hurdxen-dom0: created {case.name}" in text:
+        return "fail", f"the guest was created; expected the refusal {case.expect_refusal!r}"
+    if finished:
+        missing = [p for p in case.expect if p not in text]
+        if case.known_failure and not missing:
+            return "pass", f"the known failure ({case.known_failure.reason}) no longer shows"
+        if case.expect_refusal:
+            return "fail", f"no refusal {case.expect_refusal!r}"
+        return "fail", "missing: " + "; ".join(missing)
+    return None
+
+
+def _failed(case: BootCase, text: str) -> tuple[int, str]:
+    """Where the first failure pattern is in `text`, and which (-1, "" when none)."""
+    hits = [(text.find(p), p) for p in (f"hurdxen-dom0: xl create {case.name} failed", *FAIL_PATTERNS)]
+    hits = [h for h in hits if h[0] >= 0]
+    return min(hits) if hits else (-1, "")
+
+
+def qemu_command(
+    case: BootCase, hypervisor: Path, dom0: Dom0Result | None, initrd: Path | None, log: Path
+) -> list[str]:
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise HurdxenError("boot: qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86")
+    if case.kind == "dom0":
+        assert case.kernel is not None
+        mods = [f"{case.kernel} {case.cmdline}"]
+        if case.ramdisk:
+            mods.append(str(case.ramdisk))
+        append = f"{XEN_APPEND} {QUICK_DOM0_MEM}"
+    else:
+        assert dom0 is not None and initrd is not None
+        mods = [f"{dom0.kernel} {DOM0_ARGS}", str(initrd)]
+        append = f"{XEN_APPEND} {DOM0_MEM}"
+    for m in mods:
+        if "," in m.split(" ")[0]:
+            raise HurdxenError(f"boot: {m.split(' ')[0]} has a comma in its path", hint="QEMU splits -initrd at commas")
+    return [
+        qemu, "-accel", "tcg", "-cpu", "qemu64", "-m", "1024", "-smp", "1",
+        "-display", "none", "-monitor", "none", "-parallel", "none", "-nic", "none", "-no-reboot",
+        "-serial", f"file:{log}",
+        "-kernel", str(hypervisor), "-append", append,
+        "-initrd", ",".join(m.replace(",", ",,") for m in mods),
+    ]  # fmt: skip
+
+
+def guest_config(case: BootCase, root: str = "/guests") -> str:
+    d = f"{root}/{case.name}"
+    lines = [f'name = "{case.name}"', 'type = "pv"', f"memory = {case.memory_mb}", "vcpus = 1"]
+    if case.kind == "pvgrub":
+        lines.append(f'kernel = "{d}/pvgrub"')
+    else:
+        lines.append(f'kernel = "{d}/kernel"')
+        if case.ramdisk:
+            lines.append(f'ramdisk = "{d}/ramdisk"')
+    if case.cmdline and case.kind != "pvgrub":
+        lines.append(f'extra = "{case.cmdline}"')
+    lines += ['on_crash = "preserve"', 'on_poweroff = "preserve"', 'on_reboot = "preserve"']
+    return "\n".join(lines) + "\n"
+
+
+def guests_cpio(cases: Sequence[BootCase], wait_seconds: int, mtime: int) -> bytes:
+    entries = [CpioEntry("guests/wait", stat.S_IFREG | 0o644, f"{wait_seconds}\n".encode())]
+    for c in cases:
+        entries.append(CpioEntry(f"guests/{c.name}.cfg", stat.S_IFREG | 0o644, guest_config(c).encode()))
+        files = {"pvgrub": c.pvgrub} if c.kind == "pvgrub" else {"kernel": c.kernel, "ramdisk": c.ramdisk}
+        for n, p in files.items():
+            if p is not None:
+                entries.append(CpioEntry(f"guests/{c.name}/{n}", stat.S_IFREG | 0o644, _read_guest_file(p)))
+    return gzip_n(write_cpio(entries, mtime))
+
+
+def _read_guest_file(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise HurdxenError(f"boot: cannot read {p} ({e.strerror})", hint="build the artefact first") from e
+
+
+def run_case(
+    case: BootCase,
+    hypervisor: Path,
+    dom0: Dom0Result | None,
+    log_dir: Path,
+    work_dir: Path,
+    mtime: int = DEFAULT_SOURCE_DATE_EPOCH,
+    monitor: Monitor | None = None,
+) -> BootResult:
+    """Boot one case in its own QEMU; stop it as soon as the verdict is known."""
+    mon = monitor or NullMonitor()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{case.name}.log"
+    log.unlink(missing_ok=True)
+    initrd = None
+    if case.kind != "dom0":
+        if dom0 is None:
+            raise HurdxenError(f"boot: case {case.name} needs the dom0 kernel and initrd", hint="build_dom0 first")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        initrd = work_dir / f"{case.name}-initrd.img"
+        # Linux unpacks concatenated (compressed) cpio archives in order: dom0 userland, then this case's guest.
+        fsutil.write_atomic(initrd, dom0.initrd.read_bytes() + guests_cpio([case], int(case.timeout) + 5, mtime))
+    cmd = qemu_command(case, hypervisor, dom0, initrd, log)
+    mon.begin(f"boot:{case.name}")
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    verdict: tuple[Verdict, str] | None = None
+    seen = 0
+    try:
+        while verdict is None:
+            time.sleep(0.1)
+            raw = log.read_bytes() if log.exists() else b""
+            if len(raw) > seen:
+                mon.output(f"boot:{case.name}", raw[seen:])
+                seen = len(raw)
+            text = _ANSI.sub(b"", raw).decode(errors="replace")
+            exited = proc.poll() is not None
+            timed_out = time.monotonic() - start > case.timeout
+            finished = exited or timed_out or "hurdxen-dom0: done" in text
+            verdict = judge(case, text, finished)
+            if verdict is None and finished:  # judge always decides when finished
+                verdict = ("fail", "no verdict")
+            if verdict is not None and verdict[0] == "fail" and timed_out:
+                verdict = ("fail", f"timeout after {case.timeout:.0f} s; " + verdict[1])
+            if verdict is not None and exited and proc.returncode not in (0, None) and verdict[0] == "fail":
+                out = proc.stdout.read().decode(errors="replace").strip() if proc.stdout else ""
+                verdict = ("fail", f"qemu exited with {proc.returncode}: {out[-300:]}; " + verdict[1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    seconds = time.monotonic() - start
+    mon.end(f"boot:{case.name} {verdict[0]}", seconds)
+    text = _ANSI.sub(b"", log.read_bytes() if log.exists() else b"").decode(errors="replace")
+    matched = tuple(p for p in case.expect if p in text)
+    if initrd is not None:
+        initrd.unlink(missing_ok=True)
+    return BootResult(case, verdict[0], seconds, log, matched, verdict[1])
+
+
+def run_boot_checks(
+    cases: Sequence[BootCase],
+    hypervisor: HypervisorResult,
+    dom0: Dom0Result | None,
+    log_dir: Path,
+    work_dir: Path | None = None,
+    mtime: int = DEFAULT_SOURCE_DATE_EPOCH,
+    monitor: Monitor | None = None,
+) -> BootReport:
+    """Run every case (one QEMU each), return the verdicts; the serial logs stay in `log_dir/<case>.log`."""
+    names = [c.name for c in cases]
+    dups = {n for n in names if names.count(n) > 1}
+    if dups:
+        raise HurdxenError(f"boot: case names must be unique ({', '.join(sorted(dups))})")
+    for c in cases:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", c.name):
+            raise HurdxenError(f"boot: case name {c.name!r} is not a plain file name", hint="use letters, digits, -_.")
+    work = work_dir or log_dir / ".work"
+    results = tuple(run_case(c, hypervisor.xen, dom0, log_dir, work, mtime, monitor) for c in cases)
+    return BootReport(results, hypervisor.summary(), dom0.summary() if dom0 else {})
+
+
+def print_report(report: BootReport) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(report.table())

@@ -1,0 +1,42 @@
+#!/bin/busybox sh
+# dom0 init for the boot check: start the Xen toolstack, create every guest in /guests, show their consoles.
+/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin
+say() { echo "hurdxen-dom0: $*"; }
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+while read -r m; do
+  insmod "/lib/modules/$m" || say "insmod $m failed"
+done < /modules.order
+mount -t xenfs xenfs /proc/xen
+mkdir -p /var/run/xen /var/run/xenstored /var/lib/xen /var/lib/xenstored /var/log/xen/console /run/lock /tmp
+say "starting xenstored"
+xenstored --pid-file=/var/run/xenstored.pid
+xen-init-dom0 || say "xen-init-dom0 failed"
+xenconsoled --log=guest --log-dir=/var/log/xen/console --pid-file=/var/run/xenconsoled.pid
+say "toolstack up"
+wait_s=$(cat /guests/wait 2>/dev/null || echo 60)
+for cfg in /guests/*.cfg; do
+  [ -e "$cfg" ] || continue
+  name=$(basename "$cfg" .cfg)
+  say "xl create $name"
+  if xl create "$cfg"; then
+    say "created $name"
+    # The guest's PV console (GRUB's output) on the serial line, as it comes.
+    ( n=0; while [ ! -e "/var/log/xen/console/guest-$name.log" ] && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done
+      tail -f "/var/log/xen/console/guest-$name.log" 2>/dev/null | sed -u "s/^/[$name] /" ) &
+  else
+    say "xl create $name failed"
+  fi
+done
+i=0
+while [ $i -lt "$wait_s" ]; do
+  sleep 1; i=$((i+1))
+done
+xl list
+say "done"
+poweroff -f
