@@ -1,5 +1,6 @@
 # Runs in the boot-dom0 image: copy what the dom0 initramfs needs into $OUT/rootfs, the kernel to $OUT/vmlinuz.
-# Env: KERNEL_RELEASE, DOM0_MODULES (module names), DOM0_PROGRAMS (absolute paths).
+# Env: KERNEL_RELEASE, DOM0_MODULES (module names), DOM0_PROGRAMS (absolute paths), DOM0_FILES (more files,
+# e.g. libraries loaded with dlopen, which ldd does not show).
 R="$OUT/rootfs"
 mkdir -p "$R"
 kdir=/opt/dom0-kernel
@@ -16,6 +17,9 @@ libs=$(mktemp)
 for p in $DOM0_PROGRAMS; do
   copy "$p" "$p"
   ldd "$p" | awk '/=> \// {print $3} /^\t\/[^ ]+ \(/ {print $1}' >> "$libs"
+done
+for f in $DOM0_FILES; do
+  echo "$f" >> "$libs"
 done
 for l in $(sort -u "$libs"); do
   copy "$l" "$l"

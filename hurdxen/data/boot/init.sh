@@ -24,15 +24,17 @@ for cfg in /guests/*.cfg; do
   [ -e "$cfg" ] || continue
   name=$(basename "$cfg" .cfg)
   say "xl create $name"
-  if xl create "$cfg"; then
+  if xl $([ -e /guests/debug ] && echo -vvv) create "$cfg"; then
     say "created $name"
     # The guest's PV console (GRUB's output) on the serial line, as it comes.
     ( n=0; while [ ! -e "/var/log/xen/console/guest-$name.log" ] && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done
-      tail -f "/var/log/xen/console/guest-$name.log" 2>/dev/null | sed -u "s/^/[$name] /" ) &
+      tail -f "/var/log/xen/console/guest-$name.log" 2>/dev/null | while IFS= read -r l; do echo "[$name] $l"; done ) &
   else
     say "xl create $name failed"
   fi
 done
+# Debugging aid: a /guests/debug file makes the init list the domains every few seconds.
+[ -e /guests/debug ] && ( while sleep 4; do xl list; ls -la /var/log/xen/console; cat /var/log/xen/console/*; ps; done ) &
 i=0
 while [ $i -lt "$wait_s" ]; do
   sleep 1; i=$((i+1))
