@@ -4,30 +4,21 @@ identity under $HURDXEN_CACHE (default: <repo>/cache), so reruns only boot."""
 
 from __future__ import annotations
 
-import os
+import gzip
+import json
 import shutil
 import stat
-import sys
 from pathlib import Path
 
 import pytest
+from debian_kernels import fetch_kernel
+from elfstandins import ElfFactory, elves
 
-sys.path.insert(0, str(Path(__file__).parent))
+from hurdxen import boot
+from hurdxen.errors import HurdxenError
+from hurdxen.ramdisk import Module, build_ramdisk
 
-from boot_inputs import (  # noqa: E402
-    EXEC_CMDLINE,
-    EXT2FS_CMDLINE,
-    GNUMACH_486,
-    XEN_TARBALL_SHA256,
-    XEN_TARBALL_URL,
-    download,
-    hurd_modules,
-    kernel_from_deb,
-    without_pae,
-)
-
-from hurdxen import boot  # noqa: E402
-from hurdxen.errors import HurdxenError  # noqa: E402
+__all__ = ["elves"]  # the fixture, imported for pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
@@ -110,99 +101,94 @@ def test_guest_config_and_bad_names(tmp_path: Path) -> None:
         boot.run_boot_checks([_case(name="a b")], hv, None, tmp_path)
 
 
-def test_hurd_modules_layout() -> None:
-    data = hurd_modules([("a x", b"\x7fELF1"), ("b", b"\x7fELF22")])
-    import struct
-
-    recs = [struct.unpack_from("<IIII", data, 16 * i) for i in range(3)]
-    assert recs[2] == (0, 0, 0, 0)
-    assert recs[0][0] % 4096 == 0 and recs[1][0] % 4096 == 0
-    assert data[recs[0][0] : recs[0][1]] == b"\x7fELF1" and data[recs[1][0] : recs[1][1]] == b"\x7fELF22"
-    assert data[recs[0][2] :].split(b"\0")[0] == b"a x"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The real thing: hypervisor build, dom0 initramfs, QEMU
 
 
-def _cache() -> Path:
-    return Path(os.environ.get("HURDXEN_CACHE", REPO / "cache"))
+XEN_TARBALL_URL = "http://deb.debian.org/debian/pool/main/x/xen/xen_4.17.5+72-g01140da4e8.orig.tar.xz"
+XEN_TARBALL_SHA256 = "53922f4d0a02c577f2ea9d63f65989cd88715779eebeed879ca1d314103ee06e"
+EXT2FS_CMDLINE = (
+    "ext2fs --multiboot-command-line=${kernel-command-line} --host-priv-port=${host-port} "
+    "--device-master-port=${device-port} --exec-server-task=${exec-task} -T typed ${root} "
+    "$(task-create) $(task-resume)"
+)
+EXEC_CMDLINE = "exec /hurd/exec $(exec-task=task-create)"
+PAE_EXPECT = ("GNU Mach", "Running on xen-3.0-x86_32p", "2 multiboot modules", "task loaded: exec /hurd/exec")
+NOPAE_REFUSAL = "xc_dom_compat_check: guest type xen-3.0-x86_32 not supported by xen kernel"
+
+
+def without_pae(kernel: bytes) -> bytes:
+    """The same kernel announcing a non-PAE guest (`PAE=no` in `__xen_guest`): what a non-PAE build looks like to
+    the Xen toolstack, which must refuse it on this (PAE-only, like every 64-bit) hypervisor."""
+    old = b"PAE=yes[extended-cr3],LOADER=generic,FEATURES=pae_pgdir_above_4gb"
+    new = b"PAE=no,LOADER=generic"
+    assert kernel.count(old) == 1, "no __xen_guest PAE entry to patch"
+    return kernel.replace(old, new + b"\0" * (len(old) - len(new)))
 
 
 @pytest.fixture(scope="session")
-def boot_env() -> dict[str, object]:
-    from hurdxen.containers import BaseSpec, ImageSpec, ensure_base, ensure_image
-    from hurdxen.executors import make_executor
-    from hurdxen.monitor import NullMonitor
+def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Hypervisor and dom0 (cached by identity under the cache dir), Debian's kernel and a stand-in ramdisk."""
+    from hurdxen import recipes
+    from hurdxen.containers import ensure_base, ensure_image
+    from hurdxen.context import make_context
+    from hurdxen.sources import TarballPin, fetch_tarball
 
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
-    cache = _cache()
-    logs = ARTIFACTS / "logs"
-    base = BaseSpec("bookworm", "http://deb.debian.org/debian", "minbase", ("main",), (), 1700000000)
-    ensure_base(base, cache, logs / "base.log")
-    builder = ensure_image(ImageSpec("builder", REPO / "containers" / "builder", base), logs / "image-builder.log")
-    dom0_image = ensure_image(
-        ImageSpec("boot-dom0", REPO / "containers" / "boot-dom0", base), logs / "image-boot-dom0.log"
-    )
-    executor = make_executor("docker")
-    tarball = download(XEN_TARBALL_URL, XEN_TARBALL_SHA256, cache / "tarballs" / Path(XEN_TARBALL_URL).name)
-    hv_spec = boot.HypervisorSpec(XEN_TARBALL_URL, XEN_TARBALL_SHA256)
-    hv = boot.build_hypervisor(
-        hv_spec, tarball, cache / "boot" / f"xen-{hv_spec.identity(builder.tag)}", executor, builder.tag,
-        logs / "boot", NullMonitor(),
-    )  # fmt: skip
-    d_spec = boot.Dom0Spec()
-    dom0 = boot.build_dom0(d_spec, cache / "boot" / f"dom0-{d_spec.identity(dom0_image.tag)}", executor,
-                           dom0_image.tag, logs / "boot")  # fmt: skip
-    # Inputs: Debian's prebuilt 32-bit PAE kernel, its non-PAE twin, stand-in boot modules.
-    inputs = cache / "boot-test"
-    pae = kernel_from_deb(GNUMACH_486, cache)
-    nopae = inputs / "gnumach-nopae"
+    ctx = make_context(recipes.load(REPO))
+    logs = ctx.artifacts / "logs" / "boot"
+    ensure_base(ctx.base, ctx.cache.root, ctx.log("base"))
+    builder = ensure_image(ctx.image("builder"), ctx.log("image:builder"))
+    dom0_image = ensure_image(ctx.image("boot-dom0"), ctx.log("image:boot-dom0"))
+    executor = ctx.executor()
+    tarball = fetch_tarball(TarballPin("xen orig tarball", XEN_TARBALL_URL, XEN_TARBALL_SHA256, "boot.xen"), ctx.cache)
+    hv_spec = boot.HypervisorSpec(XEN_TARBALL_URL, XEN_TARBALL_SHA256, source_date_epoch=ctx.source_date_epoch)
+    hv_dir = ctx.cache.root / "boot" / f"xen-{hv_spec.identity(builder.tag)}"
+    hv = boot.build_hypervisor(hv_spec, tarball, hv_dir, executor, builder.tag, logs)
+    d_spec = boot.Dom0Spec(source_date_epoch=ctx.source_date_epoch)
+    d_dir = ctx.cache.root / "boot" / f"dom0-{d_spec.identity(dom0_image.tag)}"
+    dom0 = boot.build_dom0(d_spec, d_dir, executor, dom0_image.tag, logs)
+
+    work = tmp_path_factory.mktemp("boot")
+    pae = work / "gnumach-pae"
+    pae.write_bytes(gzip.decompress(fetch_kernel("i386-486-sid").read_bytes()))
+    nopae = work / "gnumach-nopae"
     nopae.write_bytes(without_pae(pae.read_bytes()))
-    standins = inputs / "standins"
-    if not (standins / "ld.so.1").is_file():
-        from hurdxen.executors import Mount, Step
-
-        standins.mkdir(parents=True, exist_ok=True)
-        script = (Path(__file__).parent / "boot_standins.sh").read_text()
-        step = Step("boot:standins", script, builder.tag, (Mount(standins, "OUT", "/out", writable=True),))
-        executor.run(step, logs / "boot" / "standins.log")
-    ramdisk = inputs / "hurd-modules-standin"
+    ramdisk = work / "hurd-modules"
     ramdisk.write_bytes(
-        hurd_modules(
-            [(EXT2FS_CMDLINE, (standins / "ext2fs.static").read_bytes()),
-             (EXEC_CMDLINE, (standins / "ld.so.1").read_bytes())]
-        )
+        build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.static(32)),
+                       Module("ld.so.1", EXEC_CMDLINE, elves.ldso(32))])
     )  # fmt: skip
-    return {"hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "ramdisk": ramdisk, "logs": logs / "boot"}
-
-
-PAE_EXPECT = ("GNU Mach", "Running on xen-3.0-x86_32p", "2 multiboot modules", "task loaded: exec /hurd/exec")
-NOPAE_REFUSAL = "xc_dom_compat_check: guest type xen-3.0-x86_32 not supported by xen kernel"
+    return {"hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "ramdisk": ramdisk, "logs": logs, "work": work}
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_boot_checks(boot_env: dict[str, object]) -> None:
     env = boot_env
+    pae, nopae, ramdisk = (Path(str(env[k])) for k in ("pae", "nopae", "ramdisk"))
     cases = [
-        boot.BootCase("quick-dom0-32pae", "dom0", env["pae"], cmdline="console=hyp0",  # type: ignore[arg-type]
+        boot.BootCase("quick-dom0-32pae", "dom0", pae, cmdline="console=hyp0",
                       expect=("GNU Mach", "Running on xen-3.0-x86_32p"), timeout=30),
-        boot.BootCase("guest-32pae", "guest", env["pae"], env["ramdisk"],  # type: ignore[arg-type]
-                      expect=PAE_EXPECT, timeout=90),
-        boot.BootCase("guest-32nopae", "guest", env["nopae"], env["ramdisk"],  # type: ignore[arg-type]
-                      expect_refusal=NOPAE_REFUSAL, timeout=90),
+        boot.BootCase("guest-32pae", "guest", pae, ramdisk, expect=PAE_EXPECT, timeout=120),
+        boot.BootCase("guest-32nopae", "guest", nopae, ramdisk, expect_refusal=NOPAE_REFUSAL, timeout=120),
     ]  # fmt: skip
-    report = boot.run_boot_checks(cases, env["hv"], env["dom0"], env["logs"])  # type: ignore[arg-type]
+    report = boot.run_boot_checks(
+        cases,
+        env["hv"],
+        env["dom0"],
+        Path(str(env["logs"])),
+        Path(str(env["work"])),  # type: ignore[arg-type]
+    )
     boot.print_report(report)
-    verdicts = {r.case.name: r for r in report.results}
-    for r in report.results:
-        print(r.summary())
-    assert verdicts["quick-dom0-32pae"].verdict == "pass", verdicts["quick-dom0-32pae"].reason
-    assert verdicts["guest-32pae"].verdict == "pass", verdicts["guest-32pae"].reason
-    assert verdicts["guest-32nopae"].verdict == "expected-refusal", verdicts["guest-32nopae"].reason
+    got = {r.case.name: r for r in report.results}
+    assert got["quick-dom0-32pae"].verdict == "pass", got["quick-dom0-32pae"].reason
+    assert got["guest-32pae"].verdict == "pass", got["guest-32pae"].reason
+    assert got["guest-32pae"].matched == PAE_EXPECT
+    assert got["guest-32nopae"].verdict == "expected-refusal", got["guest-32nopae"].reason
     assert report.ok
-    import json
-
-    json.dumps(report.summary())
+    summary = json.loads(json.dumps(report.summary()))
+    assert [c["verdict"] for c in summary["cases"]] == ["pass", "pass", "expected-refusal"]
+    for r in report.results:
+        assert r.log.is_file() and r.log.stat().st_size > 0
