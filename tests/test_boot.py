@@ -160,7 +160,12 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
         build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.static(32)),
                        Module("ld.so.1", EXEC_CMDLINE, elves.ldso(32))])
     )  # fmt: skip
-    return {"hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "ramdisk": ramdisk, "logs": logs, "work": work}
+    (work / "ext2fs.static").write_bytes(elves.static(32))
+    (work / "ld.so.1").write_bytes(elves.ldso(32))
+    return {
+        "ctx": ctx, "builder": builder.tag, "hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "ramdisk": ramdisk,
+        "logs": logs, "work": work,
+    }  # fmt: skip
 
 
 @pytest.mark.docker
@@ -192,3 +197,38 @@ def test_boot_checks(boot_env: dict[str, object]) -> None:
     assert [c["verdict"] for c in summary["cases"]] == ["pass", "pass", "expected-refusal"]
     for r in report.results:
         assert r.log.is_file() and r.log.stat().st_size > 0
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_pvgrub_boot_checks(boot_env: dict[str, object]) -> None:
+    """The 32-bit standalone pv-grub2 boots the PAE kernel and the boot modules from its memdisk; the 64-bit disk
+    image (no kernel needed) reaches GRUB."""
+    from hurdxen import pvgrub
+
+    env = boot_env
+    ctx = env["ctx"]
+    work = Path(str(env["work"]))
+    recipe = pvgrub.load_recipe(REPO / "recipes" / "pvgrub2.toml")
+    grub_tree = pvgrub.fetch_grub_tree(recipe, ctx.cache)  # type: ignore[attr-defined]
+    images = {}
+    for name in ("i386-xen-standalone", "x86_64-xen-disk"):
+        spec = recipe.get(name)
+        kernels = {"xen-pae": fetch_kernel("i386-486-sid")} if spec.flavour == "standalone" else {}
+        modules = {"/hurd/ext2fs.static": work / "ext2fs.static", "/lib/ld.so.1": work / "ld.so.1"}
+        res = pvgrub.build_pvgrub_image(
+            spec, grub_tree, kernels, work / name, ctx.executor(), str(env["builder"]), work / "logs",  # type: ignore[attr-defined]
+            ctx.source_date_epoch, module_inputs=modules if spec.flavour == "standalone" else None,  # type: ignore[attr-defined]
+        )  # fmt: skip
+        images[name] = res.image
+    cases = [
+        boot.BootCase("pvgrub-i386-standalone", "pvgrub", None, pvgrub=images["i386-xen-standalone"],
+                      expect=("Welcome to GRUB!", *PAE_EXPECT), timeout=120),
+        boot.BootCase("pvgrub-x86_64-disk", "pvgrub", None, pvgrub=images["x86_64-xen-disk"],
+                      expect=("Welcome to GRUB!",), timeout=120),
+    ]  # fmt: skip
+    report = boot.run_boot_checks(cases, env["hv"], env["dom0"], Path(str(env["logs"])), work)  # type: ignore[arg-type]
+    boot.print_report(report)
+    got = {r.case.name: r for r in report.results}
+    for name, r in got.items():
+        assert r.verdict == "pass", f"{name}: {r.reason}"
