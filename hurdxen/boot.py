@@ -606,3 +606,161 @@ def print_report(report: BootReport) -> None:
     from rich.console import Console
 
     Console(stderr=True).print(report.table())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage: recipes/boot.toml, inputs from the gnumach, hurd-modules and pvgrub2 stages
+
+STAGE = "boot"
+REPORT = "boot-report.json"  # artifacts/boot/boot-report.json: {"ok", "hypervisor", "dom0", "cases": [...]}
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """A case as the recipe names it: artefacts by stage name, resolved to files by `resolve_case`."""
+
+    name: str
+    kind: Kind
+    kernel: str | None
+    ramdisk: str | None
+    pvgrub: str | None
+    expect: tuple[str, ...]
+    expect_refusal: str | None
+    known_failure: KnownFailure | None
+    cmdline: str
+    memory_mb: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class BootRecipe:
+    image: str
+    dom0_image: str
+    hypervisor: HypervisorSpec
+    dom0: Dom0Spec
+    jobs: int
+    cases: tuple[CaseSpec, ...]
+
+
+def recipe_from(data: Any, source_date_epoch: int, shown: str = "recipes/boot.toml") -> BootRecipe:
+    """The validated recipe (schema checked by hurdxen.recipes) as specs."""
+    xen = data["xen"]
+    config = tuple(tuple(kv.split("=", 1)) for kv in xen.get("config", [f"{k}={v}" for k, v in XEN_CONFIG]))
+    hv = HypervisorSpec(xen["url"], xen["sha256"], config, source_date_epoch)  # type: ignore[arg-type]
+    d = data["dom0"]
+    dom0 = Dom0Spec(d["kernel_release"], tuple(d.get("modules", DOM0_MODULES)), source_date_epoch=source_date_epoch)
+    run = data.get("run", {})
+    cases = []
+    for i, c in enumerate(data["cases"]):
+        kind = c.get("kind") or ("pvgrub" if "pvgrub" in c else "guest")
+        need = {"guest": "kernel", "dom0": "kernel", "pvgrub": "pvgrub"}[kind]
+        if need not in c:
+            raise HurdxenError(f"{shown}: cases[{i}] ({c['name']}): a {kind} case needs `{need}`")
+        kf = c.get("known_failure")
+        cases.append(
+            CaseSpec(
+                c["name"], kind, c.get("kernel"), c.get("ramdisk"), c.get("pvgrub"), tuple(c.get("expect", ())),
+                c.get("expect_refusal"), KnownFailure(kf["pattern"], kf["reason"]) if kf else None,
+                c.get("cmdline", "console=hyp0 root=device:hd0s1"), int(c.get("memory", run.get("memory", 128))),
+                float(c.get("timeout", run.get("timeout", 120))),
+            )
+        )  # fmt: skip
+    names = [c.name for c in cases]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise HurdxenError(f"{shown}: cases: duplicate names {', '.join(dups)}", hint="each case needs its own name")
+    return BootRecipe(data["image"], data["dom0_image"], hv, dom0, int(run.get("jobs", 2)), tuple(cases))
+
+
+def hypervisor_dir(ctx: Any, spec: HypervisorSpec, image: str) -> Path:
+    return Path(ctx.cache.root) / "boot" / f"xen-{spec.identity(image)}"
+
+
+def dom0_dir(ctx: Any, spec: Dom0Spec, image: str) -> Path:
+    return Path(ctx.cache.root) / "boot" / f"dom0-{spec.identity(image)}"
+
+
+def case_inputs(ctx: Any, case: CaseSpec) -> dict[str, Path]:
+    """The artefact files a case boots, by role (kernel, ramdisk, pvgrub)."""
+    from hurdxen import gnumach, hurdmodules, ramdisk
+
+    files: dict[str, Path] = {}
+    if case.kernel and case.kind != "pvgrub":
+        d = gnumach.out_dir(ctx, case.kernel)
+        raw = d / gnumach.kernel_name(case.kernel)
+        files["kernel"] = raw if raw.is_file() else d / f"{gnumach.kernel_name(case.kernel)}.gz"
+    if case.ramdisk:
+        files["ramdisk"] = hurdmodules.out_dir(ctx, case.ramdisk) / ramdisk.RAMDISK_NAME
+    if case.pvgrub:
+        files["pvgrub"] = Path(ctx.artifacts) / "pvgrub2" / case.pvgrub / f"{case.pvgrub}.bin"
+    return files
+
+
+def resolve_case(ctx: Any, case: CaseSpec) -> BootCase:
+    files = case_inputs(ctx, case)
+    for role, path in files.items():
+        if not path.is_file():
+            raise HurdxenError(
+                f"boot:{case.name}: the {role} {path} is missing",
+                hint="build it first (`doit build`), or drop the case from recipes/boot.toml",
+            )
+    return BootCase(
+        case.name, case.kind, files.get("kernel"), files.get("ramdisk"), files.get("pvgrub"), case.expect,
+        case.expect_refusal, case.known_failure, case.cmdline, case.memory_mb, case.timeout,
+    )  # fmt: skip
+
+
+def stage_hypervisor(recipe: BootRecipe, ctx: Any) -> HypervisorResult:
+    from hurdxen.sources import TarballPin, fetch_tarball
+
+    tag = ctx.image_tag(recipe.image)
+    pin = TarballPin("xen orig tarball", recipe.hypervisor.url, recipe.hypervisor.sha256, "boot.xen.url")
+    tarball = fetch_tarball(pin, ctx.cache)
+    return build_hypervisor(
+        recipe.hypervisor, tarball, hypervisor_dir(ctx, recipe.hypervisor, tag), ctx.executor(), tag,
+        Path(ctx.artifacts) / "logs" / STAGE, ctx.monitor(),
+    )  # fmt: skip
+
+
+def stage_dom0(recipe: BootRecipe, ctx: Any) -> Dom0Result:
+    if ctx.executor_kind != "docker":
+        raise HurdxenError(
+            "boot:dom0 needs the docker executor (the dom0 files come from the boot-dom0 image)",
+            hint="unset HURDXEN_EXECUTOR=host for the boot stage",
+        )
+    tag = ctx.image_tag(recipe.dom0_image)
+    return build_dom0(
+        recipe.dom0, dom0_dir(ctx, recipe.dom0, tag), ctx.executor(), tag, Path(ctx.artifacts) / "logs" / STAGE,
+        ctx.monitor(),
+    )  # fmt: skip
+
+
+def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootReport:
+    """Entry point of `doit boot`: hypervisor and dom0 (cached), every case, verdict table, manifest.
+
+    Raises HurdxenError when a case fails (a known failure or an expected refusal is not a failure)."""
+    cases = [resolve_case(ctx, c) for c in recipe.cases if not only or c.name in only]
+    hv = stage_hypervisor(recipe, ctx)
+    dom0 = stage_dom0(recipe, ctx) if any(c.kind != "dom0" for c in cases) else None
+    out = Path(ctx.artifacts) / STAGE
+    report = run_boot_checks(
+        cases, hv, dom0, Path(ctx.artifacts) / "logs" / STAGE, out / ".work", ctx.source_date_epoch, ctx.monitor(),
+        recipe.jobs,
+    )  # fmt: skip
+    print_report(report)
+    summary = report.summary()
+    for c, r in zip(cases, summary["cases"], strict=True):
+        r["inputs"] = {
+            role: {"path": str(p), "sha256": fsutil.sha256_file(p)}
+            for role, p in (("kernel", c.kernel), ("ramdisk", c.ramdisk), ("pvgrub", c.pvgrub))
+            if p is not None
+        }
+    fsutil.write_json_atomic(out / REPORT, summary)  # read by the bundle's boot gate
+    failed = [r for r in report.results if not r.ok]
+    if failed:
+        first = failed[0]
+        raise HurdxenError(
+            f"boot: {len(failed)} of {len(report.results)} cases failed; {first.case.name}: {first.reason}",
+            hint=f"serial logs in {first.log.parent}; verdicts in {out / REPORT}",
+        )
+    return report
