@@ -646,13 +646,13 @@ def recipe_from(data: Any, source_date_epoch: int, shown: str = "recipes/boot.to
     """The validated recipe (schema checked by hurdxen.recipes) as specs."""
     xen = data["xen"]
     config = tuple(tuple(kv.split("=", 1)) for kv in xen.get("config", [f"{k}={v}" for k, v in XEN_CONFIG]))
-    hv = HypervisorSpec(xen["url"], xen["sha256"], config, source_date_epoch)  # type: ignore[arg-type]
+    hv = HypervisorSpec(xen["url"], xen["sha256"], config, source_date_epoch)
     d = data["dom0"]
     dom0 = Dom0Spec(d["kernel_release"], tuple(d.get("modules", DOM0_MODULES)), source_date_epoch=source_date_epoch)
     run = data.get("run", {})
     cases = []
     for i, c in enumerate(data["cases"]):
-        kind = c.get("kind") or ("pvgrub" if "pvgrub" in c else "guest")
+        kind: Kind = c.get("kind") or ("pvgrub" if "pvgrub" in c else "guest")
         need = {"guest": "kernel", "dom0": "kernel", "pvgrub": "pvgrub"}[kind]
         if need not in c:
             raise HurdxenError(f"{shown}: cases[{i}] ({c['name']}): a {kind} case needs `{need}`")

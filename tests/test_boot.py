@@ -101,6 +101,29 @@ def test_guest_config_and_bad_names(tmp_path: Path) -> None:
         boot.run_boot_checks([_case(name="a b")], hv, None, tmp_path)
 
 
+def test_recipe_and_stage_inputs() -> None:
+    from hurdxen import recipes
+    from hurdxen.context import make_context
+
+    r = recipes.load(REPO)
+    rec = boot.recipe_from(r["boot"], 1234)
+    byname = {c.name: c for c in rec.cases}
+    assert byname["xen-nopae"].expect_refusal and byname["xen-amd64"].known_failure
+    assert byname["pvgrub-i386-standalone"].kind == "pvgrub" and byname["quick-xen-pae"].kind == "dom0"
+    assert dict(rec.hypervisor.config) == {"CONFIG_EXPERT": "y", "CONFIG_PV32": "y", "CONFIG_VERBOSE_DEBUG": "y"}
+    assert rec.hypervisor.identity("img") != rec.hypervisor.identity("other-img")
+    ctx = make_context(r)
+    files = boot.case_inputs(ctx, byname["xen-pae"])
+    assert files["kernel"].parent.name == "xen-pae" and files["ramdisk"].name == "hurd-modules"
+    with pytest.raises(HurdxenError, match="is missing"):
+        boot.resolve_case(make_context(r), boot.CaseSpec(
+            "x", "guest", "no-such-variant", None, None, (), None, None, "", 128, 10.0))  # fmt: skip
+    bad = dict(r["boot"])
+    bad["cases"] = [{"name": "p", "kind": "pvgrub"}]
+    with pytest.raises(HurdxenError, match="needs `pvgrub`"):
+        boot.recipe_from(bad, 1)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The real thing: hypervisor build, dom0 initramfs, QEMU
 
