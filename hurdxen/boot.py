@@ -306,6 +306,8 @@ FAIL_PATTERNS = (
     "Panic on CPU",
     "bootstrap_create: No bootstrap code loaded",
 )
+# Progress marks recorded in each result's timeline.
+MILESTONES = ("Linux version", "hurdxen-dom0: toolstack up")
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
 
 
@@ -355,6 +357,7 @@ class BootResult:
     log: Path
     matched: tuple[str, ...]
     reason: str = ""
+    timeline: tuple[tuple[str, float], ...] = ()  # (pattern or milestone, seconds after QEMU started) as first seen
 
     @property
     def ok(self) -> bool:
@@ -370,6 +373,7 @@ class BootResult:
             "matched": list(self.matched),
             "missing": [p for p in self.case.expect if p not in self.matched],
             "reason": self.reason,
+            "timeline": {k: round(v, 1) for k, v in self.timeline},
         }
 
 
@@ -541,6 +545,12 @@ def run_case(
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     verdict: tuple[Verdict, str] | None = None
     seen = 0
+    marks = [*MILESTONES, f"hurdxen-dom0: created {case.name}", *case.expect]
+    if case.expect_refusal:
+        marks.append(case.expect_refusal)
+    if case.known_failure:
+        marks.append(case.known_failure.pattern)
+    timeline: dict[str, float] = {}
     try:
         while verdict is None:
             time.sleep(0.1)
@@ -549,6 +559,9 @@ def run_case(
                 mon.output(f"boot:{case.name}", raw[seen:])
                 seen = len(raw)
             text = _ANSI.sub(b"", raw).decode(errors="replace")
+            for m in marks:
+                if m not in timeline and (find_output(text, m) >= 0 if m in case.expect else m in text):
+                    timeline[m] = time.monotonic() - start
             exited = proc.poll() is not None
             timed_out = time.monotonic() - start > case.timeout
             finished = exited or timed_out or "hurdxen-dom0: done" in text
@@ -572,7 +585,7 @@ def run_case(
     matched = tuple(p for p in case.expect if find_output(text, p) >= 0)
     if initrd is not None:
         initrd.unlink(missing_ok=True)
-    return BootResult(case, verdict[0], seconds, log, matched, verdict[1])
+    return BootResult(case, verdict[0], seconds, log, matched, verdict[1], tuple(timeline.items()))
 
 
 def run_boot_checks(
