@@ -172,6 +172,9 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
     d_spec = boot.Dom0Spec(source_date_epoch=ctx.source_date_epoch)
     d_dir = ctx.cache.root / "boot" / f"dom0-{d_spec.identity(dom0_image.tag)}"
     dom0 = boot.build_dom0(d_spec, d_dir, executor, dom0_image.tag, logs)
+    # The dom0 initramfs is deterministic: a second build from the same image gives the same bytes.
+    again = boot.build_dom0(d_spec, tmp_path_factory.mktemp("dom0") / "d", executor, dom0_image.tag, logs)
+    assert again.initrd_sha256 == dom0.initrd_sha256 and not again.reused
 
     work = tmp_path_factory.mktemp("boot")
     pae = work / "gnumach-pae"
