@@ -27,8 +27,8 @@ for cfg in /guests/*.cfg; do
   if xl $([ -e /guests/debug ] && echo -vvv) create "$cfg"; then
     say "created $name"
     # The guest's PV console (GRUB's output) on the serial line, as it comes.
-    ( n=0; while [ ! -e "/var/log/xen/console/guest-$name.log" ] && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done
-      tail -f "/var/log/xen/console/guest-$name.log" 2>/dev/null | while IFS= read -r l; do echo "[$name] $l"; done ) &
+    ( n=0; while [ ! -e "/var/log/xen/console/guest-$name.log" ] && [ $n -lt 300 ]; do sleep 0.2; n=$((n+1)); done
+      tail -n +1 -f "/var/log/xen/console/guest-$name.log" 2>/dev/null | while IFS= read -r l; do echo "[$name] $l"; done ) &
   else
     say "xl create $name failed"
   fi
