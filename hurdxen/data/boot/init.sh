@@ -24,11 +24,15 @@ for cfg in /guests/*.cfg; do
   [ -e "$cfg" ] || continue
   name=$(basename "$cfg" .cfg)
   say "xl create $name"
-  if xl $([ -e /guests/debug ] && echo -vvv) create "$cfg"; then
+  # Created paused, unpaused once xenconsoled has attached the console: a guest that writes early and then
+  # resets its ring (pv-grub2 handing over to GNU Mach) would otherwise lose that output.
+  if xl $([ -e /guests/debug ] && echo -vvv) create -p "$cfg"; then
+    log="/var/log/xen/console/guest-$name.log"
+    n=0; while [ ! -e "$log" ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
+    [ -e "$log" ] || say "no console log for $name"
+    ( tail -n +1 -f "$log" 2>/dev/null | while IFS= read -r l; do echo "[$name] $l"; done ) &
+    xl unpause "$name"
     say "created $name"
-    # The guest's PV console (GRUB's output) on the serial line, as it comes.
-    ( n=0; while [ ! -e "/var/log/xen/console/guest-$name.log" ] && [ $n -lt 300 ]; do sleep 0.2; n=$((n+1)); done
-      tail -n +1 -f "/var/log/xen/console/guest-$name.log" 2>/dev/null | while IFS= read -r l; do echo "[$name] $l"; done ) &
   else
     say "xl create $name failed"
   fi
