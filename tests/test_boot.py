@@ -213,6 +213,7 @@ def test_boot_checks(boot_env: dict[str, object]) -> None:
         Path(str(env["work"])),  # type: ignore[arg-type]
     )
     boot.print_report(report)
+    print(json.dumps([r.summary() for r in report.results], indent=1))
     got = {r.case.name: r for r in report.results}
     assert got["quick-dom0-32pae"].verdict == "pass", got["quick-dom0-32pae"].reason
     assert got["guest-32pae"].verdict == "pass", got["guest-32pae"].reason
@@ -257,6 +258,7 @@ def test_pvgrub_boot_checks(boot_env: dict[str, object]) -> None:
     ]  # fmt: skip
     report = boot.run_boot_checks(cases, env["hv"], env["dom0"], Path(str(env["logs"])), work)  # type: ignore[arg-type]
     boot.print_report(report)
+    print(json.dumps([r.summary() for r in report.results], indent=1))
     got = {r.case.name: r for r in report.results}
     for name, r in got.items():
         assert r.verdict == "pass", f"{name}: {r.reason}"
