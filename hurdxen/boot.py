@@ -223,12 +223,32 @@ class Dom0Spec:
         )[:16]
 
 
-CPIO_FORMAT = 1  # bump when write_cpio's output changes
+CPIO_FORMAT = 2  # bump when write_cpio's output (or what build_dom0 writes) changes
+
+
+def uncompressed_kernel(bzimage: bytes) -> bytes | None:
+    """The ELF vmlinux inside a bzImage (xz or gzip payload), or None. Xen boots it as a PV dom0 as it is, which
+    spares the hypervisor decompressing ~8 MB under TCG (≈ 8 s of every run)."""
+    import lzma
+    import zlib
+
+    for magic, make in (
+        (b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ)),
+        (b"\x1f\x8b\x08\x00", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
+    ):
+        at = bzimage.find(magic)
+        while at >= 0:
+            with contextlib.suppress(lzma.LZMAError, zlib.error, EOFError):
+                out = make().decompress(bzimage[at:])
+                if out[:4] == b"\x7fELF":
+                    return out
+            at = bzimage.find(magic, at + 1)
+    return None
 
 
 @dataclass(frozen=True)
 class Dom0Result:
-    kernel: Path  # vmlinuz
+    kernel: Path  # the dom0 kernel QEMU loads: vmlinux (uncompressed ELF) or, failing that, vmlinuz
     initrd: Path  # dom0-initrd.img (gzip'd newc cpio)
     identity: str
     initrd_sha256: str
@@ -255,7 +275,7 @@ def build_dom0(
             data = json.loads(stamp.read_text())
             if data["identity"] == ident:
                 return Dom0Result(
-                    out_dir / "vmlinuz", out_dir / "dom0-initrd.img", ident, data["initrd_sha256"], 0.0, True
+                    _dom0_kernel(out_dir), out_dir / "dom0-initrd.img", ident, data["initrd_sha256"], 0.0, True
                 )
     start = time.monotonic()
     with fsutil.atomic_dir(out_dir) as tmp:
@@ -282,11 +302,20 @@ def build_dom0(
             entries.append(CpioEntry(d, stat.S_IFDIR | 0o755))
         initrd = gzip_n(write_cpio(entries, spec.source_date_epoch))
         fsutil.write_atomic(tmp / "dom0-initrd.img", initrd)
+        vmlinux = uncompressed_kernel((collect / "vmlinuz").read_bytes())
+        if vmlinux is not None:
+            fsutil.write_atomic(tmp / "vmlinux", vmlinux)
         os.replace(collect / "vmlinuz", tmp / "vmlinuz")
         shutil.rmtree(collect)
         digest = fsutil.sha256_bytes(initrd)
         fsutil.write_json_atomic(tmp / "dom0.json", {"identity": ident, "initrd_sha256": digest})
-    return Dom0Result(out_dir / "vmlinuz", out_dir / "dom0-initrd.img", ident, digest, time.monotonic() - start, False)
+    return Dom0Result(
+        _dom0_kernel(out_dir), out_dir / "dom0-initrd.img", ident, digest, time.monotonic() - start, False
+    )
+
+
+def _dom0_kernel(d: Path) -> Path:
+    return d / "vmlinux" if (d / "vmlinux").is_file() else d / "vmlinuz"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,7 +325,8 @@ Kind = Literal["guest", "pvgrub", "dom0"]
 Verdict = Literal["pass", "fail", "known-failure", "expected-refusal"]
 
 XEN_APPEND = "console=com1 com1=115200,8n1 guest_loglvl=all noreboot"
-DOM0_MEM = "dom0_mem=512M,max:512M"
+# 256 MB is plenty for the toolstack and boots faster than the usual 512 MB (less memory for Linux to set up).
+DOM0_MEM = "dom0_mem=256M,max:256M"
 DOM0_ARGS = "console=hvc0 earlyprintk=xen quiet"
 QUICK_DOM0_MEM = "dom0_mem=128M"
 
