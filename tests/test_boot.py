@@ -137,6 +137,7 @@ EXT2FS_CMDLINE = (
 )
 EXEC_CMDLINE = "exec /hurd/exec $(exec-task=task-create)"
 PAE_EXPECT = ("GNU Mach", "Running on xen-3.0-x86_32p", "2 multiboot modules", "task loaded: exec /hurd/exec")
+AMD64_REFUSAL = "xc_dom_chk_alloc_pages: segment padding too large"
 NOPAE_REFUSAL = "xc_dom_compat_check: guest type xen-3.0-x86_32 not supported by xen kernel"
 
 
@@ -186,10 +187,13 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
         build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.static(32)),
                        Module("ld.so.1", EXEC_CMDLINE, elves.ldso(32))])
     )  # fmt: skip
+    amd64 = work / "gnumach-amd64"
+    amd64.write_bytes(gzip.decompress(fetch_kernel("amd64").read_bytes()))
     (work / "ext2fs.static").write_bytes(elves.static(32))
     (work / "ld.so.1").write_bytes(elves.ldso(32))
     return {
-        "ctx": ctx, "builder": builder.tag, "hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "ramdisk": ramdisk,
+        "ctx": ctx, "builder": builder.tag, "hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "amd64": amd64,
+        "ramdisk": ramdisk,
         "logs": logs, "work": work,
     }  # fmt: skip
 
@@ -198,12 +202,16 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.mark.slow
 def test_boot_checks(boot_env: dict[str, object]) -> None:
     env = boot_env
-    pae, nopae, ramdisk = (Path(str(env[k])) for k in ("pae", "nopae", "ramdisk"))
+    pae, nopae, amd64, ramdisk = (Path(str(env[k])) for k in ("pae", "nopae", "amd64", "ramdisk"))
     cases = [
         boot.BootCase("quick-dom0-32pae", "dom0", pae, cmdline="console=hyp0",
                       expect=("GNU Mach", "Running on xen-3.0-x86_32p"), timeout=30),
         boot.BootCase("guest-32pae", "guest", pae, ramdisk, expect=PAE_EXPECT, timeout=120),
         boot.BootCase("guest-32nopae", "guest", nopae, ramdisk, expect_refusal=NOPAE_REFUSAL, timeout=120),
+        # Debian's x86_64 kernel: its __xen_guest says VIRT_BASE=0x40000000 while it is linked at
+        # 0xffffffff80000000 (the note-owner bug makes Xen read that string), so libxc cannot lay it out.
+        boot.BootCase("guest-64-debian", "guest", amd64, ramdisk, timeout=120,
+                      known_failure=boot.KnownFailure(AMD64_REFUSAL, "__xen_guest VIRT_BASE is not the link base")),
     ]  # fmt: skip
     report = boot.run_boot_checks(
         cases,
@@ -219,9 +227,10 @@ def test_boot_checks(boot_env: dict[str, object]) -> None:
     assert got["guest-32pae"].verdict == "pass", got["guest-32pae"].reason
     assert got["guest-32pae"].matched == PAE_EXPECT
     assert got["guest-32nopae"].verdict == "expected-refusal", got["guest-32nopae"].reason
+    assert got["guest-64-debian"].verdict == "known-failure", got["guest-64-debian"].reason
     assert report.ok
     summary = json.loads(json.dumps(report.summary()))
-    assert [c["verdict"] for c in summary["cases"]] == ["pass", "pass", "expected-refusal"]
+    assert [c["verdict"] for c in summary["cases"]] == ["pass", "pass", "expected-refusal", "known-failure"]
     for r in report.results:
         assert r.log.is_file() and r.log.stat().st_size > 0
 
