@@ -9,6 +9,7 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     DOIT_CONFIG,
     configure,
     task_base,
+    task_boot,
     task_build,
     task_bundle,
     task_gnumach,

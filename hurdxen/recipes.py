@@ -337,9 +337,11 @@ def _nest(keys: list[str], value: Any) -> dict[str, Any]:
 
 def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        target: dict[str, Any] = root["$defs"][ref.removeprefix("#/$defs/")]
-        return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):  # a JSON pointer into this schema
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        return _resolve({**target, **{k: v for k, v in node.items() if k != "$ref"}}, root)
     return node
 
 

@@ -44,6 +44,15 @@ KERNELS = {
         "078fbcb8e2b13f40a4226ec02fc0e544fc84d6d6a99174b5fe183d0f8d01739a",
         "boot/gnumach-1.8-xen-486.gz",
     ),
+    # sid main/binary-i386 Packages: the first prebuilt 32-bit kernel that boots as a Xen 4.17 PV guest (bookworm's
+    # 20221224 shuts itself down before any output, trixie's 20250702 spins silently). sid moves on: when this
+    # version leaves the archive, update the pin from sid's (or a newer stable's) i386 index.
+    "i386-486-sid": DebianKernel(
+        "i386-486-sid",
+        MIRROR + "pool/main/g/gnumach/gnumach-image-1.8-xen-486_1.8+git20261028-1_i386.deb",
+        "6d485985651d4f141fad1617a12d3765b2a4b5f787a66e56a7a7016587494baf",
+        "boot/gnumach-1.8-xen-486.gz",
+    ),
     # trixie main/binary-amd64 Packages.
     "amd64": DebianKernel(
         "amd64",

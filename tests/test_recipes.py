@@ -376,3 +376,10 @@ def test_cli_checks_recipes(recipe_root: Path, capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert err.startswith("error: recipes/base.toml: base.variant: expected one of")
     assert "Traceback" not in err
+
+
+def test_recipe_reference_in_docs_is_current() -> None:
+    """docs/recipes.md is derived from the schemas: regenerate it (`python -m hurdxen recipes --reference`)."""
+    from hurdxen import recipes as r
+
+    assert (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text() == r.reference()
