@@ -51,7 +51,8 @@ def specs(recipes: Recipes) -> list[HurdModulesSpec]:
     for name, v in sorted(r["variants"].items()):
         bits: Literal[32, 64] = 64 if v["bits"] == 64 else 32
         debs: list[DebPin] = []
-        if "debian" in v:
+        # Pinned local files win over packages: an overlay adds them to switch a variant to the user's own build.
+        if "debian" in v and "files" not in v:
             d = v["debian"]
             pkgs = d["packages"]
             if LIBC_PACKAGE in pkgs and pkgs[LIBC_PACKAGE] != v["libc_version"]:
