@@ -118,7 +118,7 @@ def raw_steps(project: Project, out_root: Path) -> dict[str, float]:
     os.environ["HURDXEN_ARTIFACTS"] = str(out_root)
     from hurdxen import gnumach, mig, recipes
     from hurdxen.context import make_context
-    from hurdxen.executors import Mount, Step, make_executor
+    from hurdxen.executors import Step, make_executor
     from hurdxen.sources import export_git
 
     r = recipes.load(project.root, overrides={})
@@ -132,69 +132,24 @@ def raw_steps(project: Project, out_root: Path) -> dict[str, float]:
         executor.run(step, logs / (step.name.replace(":", "-") + ".log"))
         times[step.name] = time.perf_counter() - start
 
+    # Exactly the stages' own steps (their build_step functions), run one by one without doit.
     migs = {}
     for spec in mig.specs(r):
         orig, debian_tar, headers = mig.fetch_inputs(spec, ctx)
         work, out = out_root / "work" / spec.task.replace(":", "-"), out_root / "mig" / spec.target
         migs[spec.target] = out
-        run(
-            Step(
-                name=spec.task,
-                script=mig.SCRIPT,
-                image=ctx.image_tag(spec.image),
-                mounts=(
-                    Mount(orig, "ORIG", "/in/mig.orig.tar.xz"),
-                    Mount(debian_tar, "DEBIAN", "/in/mig.debian.tar.xz"),
-                    Mount(headers, "HEADERS", "/in/headers"),
-                    Mount(work, "WORK", "/work", writable=True),
-                    Mount(out, "OUT", "/out", writable=True),
-                ),
-                env=(("TARGET", spec.target), ("COMPILER", spec.compiler), ("INCLUDE_SUBDIR", spec.include_subdir)),
-            )
-        )
+        run(mig.build_step(spec, ctx.image_tag(spec.image), orig, debian_tar, headers, work, out))
 
     src = gnumach.source_spec(r)
     assert src.git is not None, "the benchmark builds GNU Mach from git (the overlay)"
     export, srcdir = out_root / "work" / "gnumach-export", out_root / "gnumach" / "source"
     export_git(src.git, ctx.cache, export)
-    run(
-        Step(
-            name="gnumach:source",
-            script=gnumach.PREPARE_SCRIPT,
-            image=ctx.image_tag(src.image),
-            mounts=(
-                Mount(export, "EXPORT", "/in/export"),
-                Mount(src.patches[0].path.parent if src.patches else export, "PATCHDIR", "/in/patches"),
-                Mount(out_root / "work" / "gnumach-prepare", "WORK", "/work", writable=True),
-                Mount(srcdir, "OUT", "/src", writable=True),
-            ),
-            env=(("PATCHES", "\n".join(p.name for p in src.patches)),),
-        )
-    )
-    import shlex
-
+    run(gnumach.prepare_step(src, ctx.image_tag(src.image), export, out_root / "work" / "gnumach-prepare", srcdir))
     for v in gnumach.variant_specs(r):
+        build_dir = out_root / "work" / v.task.replace(":", "-")
         run(
-            Step(
-                name=v.task,
-                script=gnumach.BUILD_SCRIPT,
-                image=ctx.image_tag(v.image),
-                mounts=(
-                    Mount(srcdir, "SRC", "/usr/src/gnumach"),
-                    Mount(migs[v.mig_target], "MIG_HOME", "/opt/mig"),
-                    Mount(out_root / "work" / v.task.replace(":", "-"), "BUILD", "/usr/src/gnumach-build", True),
-                    Mount(out_root / "gnumach" / v.name, "OUT", "/out", writable=True),
-                ),
-                env=(
-                    ("HOST", v.host),
-                    ("CC", v.cc),
-                    ("LD", v.ld),
-                    ("MIG_TARGET", v.mig_target),
-                    ("CONFIGURE_EXTRA", " ".join(shlex.quote(a) for a in v.configure_args())),
-                    ("CFLAGS_BASE", v.cflags),
-                    ("JOBS", str(v.jobs)),
-                    ("VARIANT", v.name),
-                ),
+            gnumach.build_step(
+                v, ctx.image_tag(v.image), srcdir, migs[v.mig_target], build_dir, out_root / "gnumach" / v.name
             )
         )
     return times

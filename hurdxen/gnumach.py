@@ -285,6 +285,47 @@ def outputs(ctx: Context, spec: VariantSpec) -> list[Path]:
 # ------------------------------------------------------------------ entry points
 
 
+def prepare_step(spec: SourceSpec, image_tag: str, export: Path, work: Path, out: Path) -> Step:
+    """The container step that patches and prepares the exported source in `out`."""
+    return Step(
+        name=f"{STAGE}:source",
+        script=PREPARE_SCRIPT,
+        image=image_tag,
+        mounts=(
+            Mount(export, "EXPORT", "/in/export"),
+            Mount(spec.patches[0].path.parent if spec.patches else export, "PATCHDIR", "/in/patches"),
+            Mount(work, "WORK", "/work", writable=True),
+            Mount(out, "OUT", "/src", writable=True),
+        ),
+        env=(("PATCHES", "\n".join(p.name for p in spec.patches)),),
+    )
+
+
+def build_step(spec: VariantSpec, image_tag: str, src: Path, migdir: Path, build_dir: Path, out: Path) -> Step:
+    """The container step that configures and compiles one variant from the read-only prepared source."""
+    return Step(
+        name=spec.task,
+        script=BUILD_SCRIPT,
+        image=image_tag,
+        mounts=(
+            Mount(src, "SRC", "/usr/src/gnumach"),
+            Mount(migdir, "MIG_HOME", "/opt/mig"),
+            Mount(build_dir, "BUILD", "/usr/src/gnumach-build", writable=True),
+            Mount(out, "OUT", "/out", writable=True),
+        ),
+        env=(
+            ("HOST", spec.host),
+            ("CC", spec.cc),
+            ("LD", spec.ld),
+            ("MIG_TARGET", spec.mig_target),
+            ("CONFIGURE_EXTRA", " ".join(shlex.quote(a) for a in spec.configure_args())),
+            ("CFLAGS_BASE", spec.cflags),
+            ("JOBS", str(spec.jobs)),
+            ("VARIANT", spec.name),
+        ),
+    )
+
+
 def prepare(spec: SourceSpec, ctx: Context) -> Path:
     """The patched, configure-ready source tree at artifacts/gnumach/source (built once per identity)."""
     image_tag = ctx.image_tag(spec.image)
@@ -299,19 +340,7 @@ def prepare(spec: SourceSpec, ctx: Context) -> Path:
         elif spec.tarball:
             tarball = fetch_tarball(spec.tarball, ctx.cache)
             _extract_tarball(tarball, export)
-        patchdir = spec.patches[0].path.parent if spec.patches else export
-        step = Step(
-            name=f"{STAGE}:source",
-            script=PREPARE_SCRIPT,
-            image=image_tag,
-            mounts=(
-                Mount(export, "EXPORT", "/in/export"),
-                Mount(patchdir, "PATCHDIR", "/in/patches"),
-                Mount(work, "WORK", "/work", writable=True),
-                Mount(out, "OUT", "/src", writable=True),
-            ),
-            env=(("PATCHES", "\n".join(p.name for p in spec.patches)),),
-        )
+        step = prepare_step(spec, image_tag, export, work, out)
         result = ctx.executor().run(step, ctx.log(f"{STAGE}:source"), ctx.monitor())
         fsutil.write_json_atomic(
             out / ".hurdxen-source.json",
@@ -354,27 +383,7 @@ def build(spec: VariantSpec, ctx: Context) -> KernelResult:
         raise HurdxenError(f"{spec.task}: {spec.mig_target}-mig is not built", hint=f"run `doit mig:{spec.mig_target}`")
     final = out_dir(ctx, spec.name)
     with fsutil.scratch_dir(ctx.artifacts / "work", spec.task) as build_dir, fsutil.atomic_dir(final) as out:
-        step = Step(
-            name=spec.task,
-            script=BUILD_SCRIPT,
-            image=image_tag,
-            mounts=(
-                Mount(src, "SRC", "/usr/src/gnumach"),
-                Mount(migdir, "MIG_HOME", "/opt/mig"),
-                Mount(build_dir, "BUILD", "/usr/src/gnumach-build", writable=True),
-                Mount(out, "OUT", "/out", writable=True),
-            ),
-            env=(
-                ("HOST", spec.host),
-                ("CC", spec.cc),
-                ("LD", spec.ld),
-                ("MIG_TARGET", spec.mig_target),
-                ("CONFIGURE_EXTRA", " ".join(shlex.quote(a) for a in spec.configure_args())),
-                ("CFLAGS_BASE", spec.cflags),
-                ("JOBS", str(spec.jobs)),
-                ("VARIANT", spec.name),
-            ),
-        )
+        step = build_step(spec, image_tag, src, migdir, build_dir, out)
         result = ctx.executor().run(step, ctx.log(spec.task), ctx.monitor())
         compiler = (build_dir / ".compiler-version").read_text().strip()
         warnings = _verify_outputs(out, kernel_name(spec.name), spec.expectation(strict=True), spec.task)

@@ -125,6 +125,25 @@ def fetch_inputs(spec: MigSpec, ctx: Context) -> tuple[Path, Path, Path]:
     return orig, deb, headers
 
 
+def build_step(
+    spec: MigSpec, image_tag: str, orig: Path, debian_tar: Path, headers: Path, work: Path, out: Path
+) -> Step:
+    """The one container step of this stage (the benchmark runs it by hand, too)."""
+    return Step(
+        name=spec.task,
+        script=SCRIPT,
+        image=image_tag,
+        mounts=(
+            Mount(orig, "ORIG", "/in/mig.orig.tar.xz"),
+            Mount(debian_tar, "DEBIAN", "/in/mig.debian.tar.xz"),
+            Mount(headers, "HEADERS", "/in/headers"),
+            Mount(work, "WORK", "/work", writable=True),
+            Mount(out, "OUT", "/out", writable=True),
+        ),
+        env=(("TARGET", spec.target), ("COMPILER", spec.compiler), ("INCLUDE_SUBDIR", spec.include_subdir)),
+    )
+
+
 def build(spec: MigSpec, ctx: Context) -> MigResult:
     """Entry point: build MIG for one target into artifacts/mig/<target>/ (atomically)."""
     start = time.monotonic()
@@ -132,19 +151,7 @@ def build(spec: MigSpec, ctx: Context) -> MigResult:
     image_tag = ctx.image_tag(spec.image)
     final = out_dir(ctx, spec.target)
     with fsutil.atomic_dir(final) as out, fsutil.scratch_dir(ctx.artifacts / "work", spec.task) as work:
-        step = Step(
-            name=spec.task,
-            script=SCRIPT,
-            image=image_tag,
-            mounts=(
-                Mount(orig, "ORIG", "/in/mig.orig.tar.xz"),
-                Mount(debian_tar, "DEBIAN", "/in/mig.debian.tar.xz"),
-                Mount(headers, "HEADERS", "/in/headers"),
-                Mount(work, "WORK", "/work", writable=True),
-                Mount(out, "OUT", "/out", writable=True),
-            ),
-            env=(("TARGET", spec.target), ("COMPILER", spec.compiler), ("INCLUDE_SUBDIR", spec.include_subdir)),
-        )
+        step = build_step(spec, image_tag, orig, debian_tar, headers, work, out)
         result = ctx.executor().run(step, ctx.log(spec.task), ctx.monitor())
         manifest.write_stage_manifest(
             out,
