@@ -735,7 +735,7 @@ def case_inputs(ctx: Any, case: CaseSpec) -> dict[str, Path]:
     if case.ramdisk:
         files["ramdisk"] = hurdmodules.out_dir(ctx, case.ramdisk) / ramdisk.RAMDISK_NAME
     if case.pvgrub:
-        files["pvgrub"] = Path(ctx.artifacts) / "pvgrub2" / case.pvgrub / f"{case.pvgrub}.bin"
+        files["pvgrub"] = Path(ctx.artifacts) / "pvgrub2" / case.pvgrub / f"pv-grub-{case.pvgrub}"
     return files
 
 
