@@ -327,7 +327,10 @@ def task_gnumach() -> Iterator[TaskDict]:
             "doc": f"prebuilt kernel {pre.deb.package} {pre.deb.version} ({pre.deb.arch}), verified",
             "actions": [(act_gnumach_prebuilt, [pre, ctx])],
             "task_dep": [pin_task_name(pre.deb)],
-            "targets": [str(gnumach.out_dir(ctx, pre.name) / "manifest.json")],
+            "targets": [
+                str(gnumach.out_dir(ctx, pre.name) / n)
+                for n in (f"{gnumach.kernel_name(pre.name)}.gz", "manifest.json")
+            ],
             "uptodate": [config_changed(pre.identity())],
             "clean": [(remove_dir, [str(gnumach.out_dir(ctx, pre.name))])],
         }
@@ -437,7 +440,10 @@ def task_pvgrub2() -> Iterator[TaskDict]:
             "actions": [(act_pvgrub, [spec, recipe, kernels, modules, ctx])],
             "task_dep": [*image_deps(ctx, recipe.image), pin_task_name(grub_pin), *deps],
             "file_dep": [*kernels.values(), *modules.values()],
-            "targets": [str(pvgrub_out_dir(ctx, spec.name) / f"{spec.name}.bin.gz")],
+            "targets": [
+                str(pvgrub_out_dir(ctx, spec.name) / n)
+                for n in (f"pv-grub-{spec.name}", f"pv-grub-{spec.name}.gz", "manifest.json")
+            ],
             "uptodate": [
                 config_changed(
                     fsutil.identity(
@@ -606,9 +612,15 @@ def task_boot() -> Iterator[TaskDict]:
         "doc": "boot every case of recipes/boot.toml (HURDXEN_BOOT_CASES=a,b for some); verdicts in the manifest",
         "actions": [(act_boot_check, [recipe, ctx])],
         "task_dep": ["boot:hypervisor", "boot:dom0", *dict.fromkeys(deps)],
-        "uptodate": [False],  # a check: it runs every time it is asked for
+        # Booted again only when what it boots (the files), how (cases, hypervisor, dom0) or the selection changed;
+        # `doit forget boot:check` forces a new run.
+        "file_dep": sorted({str(p) for c in recipe.cases for p in boot.case_inputs(ctx, c).values()}),
+        "targets": [str(ctx.artifacts / "boot" / "boot-report.json")],
+        "uptodate": [config_changed(fsutil.identity(
+            [c.__dict__ for c in recipe.cases], recipe.hypervisor.identity(hv_tag), recipe.dom0.identity(dom0_tag),
+            os.environ.get("HURDXEN_BOOT_CASES", "")))],
         "verbosity": 2,
-    }
+    }  # fmt: skip
 
 
 def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:
