@@ -5,7 +5,6 @@ and no image registry is needed."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -217,7 +216,3 @@ def image_packages(tag: str) -> dict[str, str]:
     finally:
         client.remove_container(c["Id"], force=True)
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-
-
-def describe(result: ImageResult) -> str:
-    return json.dumps({"tag": result.tag, "id": result.image_id})

@@ -178,6 +178,7 @@ class DockerExecutor:
         shown = f"docker run --network {'host' if step.network else 'none'} --user {user} {step.image} bash -c <script>"
         _prepare_writable(step)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        mon.begin(step.name)
         start = time.monotonic()
         container = None
         try:
@@ -220,6 +221,7 @@ class DockerExecutor:
         seconds = time.monotonic() - start
         if code != 0:
             raise step_failed(step, code, log_path, shown)
+        mon.end(step.name, seconds)
         return StepResult(step.name, code, seconds, log_path, shown, self.kind, step.image, self.image_id(step.image))
 
 
@@ -244,6 +246,7 @@ class HostExecutor:
             raise HurdxenError("the host executor needs bash", hint="install bash or use the docker executor")
         shown = "bash -c <script> (host executor)"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        mon.begin(step.name)
         start = time.monotonic()
         try:
             code = self._run(step, env, cwd, shown, log_path, mon)
@@ -254,6 +257,7 @@ class HostExecutor:
         seconds = time.monotonic() - start
         if code != 0:
             raise step_failed(step, code, log_path, shown)
+        mon.end(step.name, seconds)
         return StepResult(step.name, code, seconds, log_path, shown, self.kind)
 
     @staticmethod

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Protocol
 
 
@@ -50,10 +47,3 @@ class ConsoleMonitor:
 def default_monitor() -> Monitor:
     return ConsoleMonitor()
 
-
-@contextmanager
-def complete_step(monitor: Monitor, what: str) -> Iterator[None]:
-    monitor.begin(what)
-    start = time.monotonic()
-    yield
-    monitor.end(what, time.monotonic() - start)

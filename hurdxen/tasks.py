@@ -631,7 +631,3 @@ def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> N
 def task_build() -> TaskDict:
     """build: everything the default recipes describe"""
     return {"actions": None, "task_dep": ["mig", "gnumach", "hurd-modules", "pvgrub2"]}
-
-
-def environment_summary() -> str:
-    return f"HURDXEN_EXECUTOR={os.environ.get('HURDXEN_EXECUTOR', 'docker')}"
