@@ -65,8 +65,10 @@ class Project:
         shutil.copytree(ROOT, self.root, ignore=COPY_IGNORE)
         (self.root / "hurdxen.local.toml").write_text(f'[gnumach.source]\ngit = "{git}"\n')
         if without_hurd_modules:
-            # The standalone pv-grub2 images embed the Hurd's boot modules: they go too.
+            # The standalone pv-grub2 images embed the Hurd's boot modules: they go too, and so does the boot check
+            # (its cases boot the ramdisks; it is not part of what is measured).
             (self.root / "recipes" / "hurd-modules.toml").unlink()
+            (self.root / "recipes" / "boot.toml").unlink()
             pvgrub = self.root / "recipes" / "pvgrub2.toml"
             head, *blocks = pvgrub.read_text().split("[[images]]")
             kept = [b for b in blocks if not re.search(r'^flavour\s*=\s*"standalone"', b, re.M)]

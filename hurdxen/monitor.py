@@ -46,4 +46,3 @@ class ConsoleMonitor:
 
 def default_monitor() -> Monitor:
     return ConsoleMonitor()
-

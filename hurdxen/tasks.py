@@ -599,14 +599,28 @@ def task_boot() -> Iterator[TaskDict]:
         "targets": [str(boot.dom0_dir(ctx, recipe.dom0, dom0_tag) / "dom0-initrd.img")],
         "uptodate": [config_changed(recipe.dom0.identity(dom0_tag))],
     }
+    known = {
+        "gnumach": {s.name for s in gnumach.variant_specs(r)} | {p.name for p in gnumach.prebuilt_specs(r)},
+        "hurd-modules": {s.name for s in hurdmodules.specs(r)} if "hurd-modules" in r else set(),
+        "pvgrub2": set(pvgrub_recipe(r).names) if "pvgrub2" in r else set(),
+    }
     deps: list[str] = []
-    for c in recipe.cases:
-        if c.kernel and c.kind != "pvgrub":
-            deps.append(f"gnumach:{c.kernel}")
-        if c.ramdisk:
-            deps.append(f"hurd-modules:{c.ramdisk}")
-        if c.pvgrub:
-            deps.append(f"pvgrub2:{c.pvgrub}")
+    for i, c in enumerate(recipe.cases):
+        for stage, key, name in (
+            ("gnumach", "kernel", c.kernel if c.kind != "pvgrub" else None),
+            ("hurd-modules", "ramdisk", c.ramdisk),
+            ("pvgrub2", "pvgrub", c.pvgrub),
+        ):
+            if name is None:
+                continue
+            if name not in known[stage]:
+                raise_recipe_error(
+                    r,
+                    "boot",
+                    f"cases[{i}].{key}: no {stage} output named {name!r}",
+                    f"one of: {', '.join(sorted(known[stage])) or '(none: recipes/' + stage + '.toml)'}",
+                )
+            deps.append(f"{stage}:{name}")
     yield {
         "name": "check",
         "doc": "boot every case of recipes/boot.toml (HURDXEN_BOOT_CASES=a,b for some); verdicts in the manifest",
