@@ -21,17 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-CODE = Path(__file__).resolve().parent.parent
-PARTS = ("dodo.py", "recipes", "containers")
-
-
-def shared_cache() -> Path:
-    env = os.environ.get("HURDXEN_CACHE")
-    if env:
-        return Path(env)
-    main = Path("/work/main/cache")
-    return main if main.is_dir() else CODE / "cache"
+from project import CODE, SHARED_CACHE, copy_project, docker_answers
 
 
 def _toml_value(v: Any) -> str:
@@ -78,13 +68,7 @@ class ProjectCopy:
 
     @classmethod
     def create(cls, root: Path, artifacts: Path | None = None) -> ProjectCopy:
-        root.mkdir(parents=True, exist_ok=True)
-        for part in PARTS:
-            src = CODE / part
-            if src.is_dir():
-                shutil.copytree(src, root / part)
-            else:
-                shutil.copy2(src, root / part)
+        copy_project(root, recipes=None)
         # No hurdxen.local.toml: the copy starts from the recipes alone (the main checkout's overlay stays there).
         return cls(root, artifacts or root.parent / f"{root.name}-artifacts")
 
@@ -101,7 +85,7 @@ class ProjectCopy:
         env.pop("HURDXEN_LOCAL", None)
         env.update(
             PYTHONPATH=str(CODE),
-            HURDXEN_CACHE=str(shared_cache()),
+            HURDXEN_CACHE=str(SHARED_CACHE),
             HURDXEN_ARTIFACTS=str(artifacts or self.artifacts),
         )
         env.update(self.env_extra)
@@ -145,16 +129,6 @@ def clone_artifacts(src: Path, dest: Path) -> Path:
     for stale in dest.glob(".lock"):
         stale.unlink()
     return dest
-
-
-def docker_answers() -> bool:
-    try:
-        from hurdxen.executors import connect_docker
-
-        connect_docker()
-        return True
-    except Exception:
-        return False
 
 
 def require_docker() -> None:

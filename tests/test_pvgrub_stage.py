@@ -8,21 +8,20 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aptrepo import AptRepo, GpgKey
+from aptrepo import AptRepo
 from elfstandins import ElfFactory, elves
 from fakemachrepo import FakeMach, make_fakemach_repo
 from projectcopy import ProjectCopy, clone_artifacts, require_docker
-from test_hurd_modules_stage import ARCHES, LIBC, publish_hurd, variant_overlay
+from test_hurd_modules_stage import LIBC, repos, variant_overlay
 
 from hurdxen.fsutil import sha256_file
 
-__all__ = ["elves"]
+__all__ = ["elves", "repos"]
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -48,17 +47,6 @@ def overlay_for(fake: FakeMach, repos: dict[int, AptRepo], notes: str | None = N
     over = fake.overlay({"xen-pae": {"configure": [f"--with-fake-notes={notes}"]}} if notes else None)
     over["hurd-modules"] = {"variants": {**variant_overlay(repos[32], 32), **variant_overlay(repos[64], 64)}}
     return over
-
-
-@pytest.fixture(scope="module")
-def repos(tmp_path_factory: pytest.TempPathFactory, elves: ElfFactory) -> Iterator[dict[int, AptRepo]]:
-    root = tmp_path_factory.mktemp("pvgrub-repos")
-    key = GpgKey.generate(root / "keys")
-    out = {bits: publish_hurd(AptRepo(root / ARCHES[bits], key), elves, bits) for bits in (32, 64)}
-    yield out
-    for r in out.values():
-        r.close()
-    key.close()
 
 
 @pytest.fixture(scope="module")
