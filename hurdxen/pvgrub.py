@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hurdxen import fsutil, xenverify
+from hurdxen import elfnotes, fsutil, xenverify
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import Executor, Mount, Step
 from hurdxen.monitor import Monitor
@@ -602,20 +602,13 @@ def _elf(f: Any) -> Any:
 
 def _parse_notes(data: bytes, little: bool = True) -> list[tuple[str, int, bytes]]:
     """ELF notes with 4-byte alignment (Xen's, in both classes); stops at the first malformed entry."""
-    e = "<" if little else ">"
-    out, off = [], 0
-    while off + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from(e + "III", data, off)
-        off += 12
-        name_end = off + namesz
-        desc_off = off + ((namesz + 3) & ~3)
-        desc_end = desc_off + descsz
-        if namesz > 64 or desc_off > len(data):
+    out = []
+    for n in elfnotes.parse_notes(data, little):
+        if n.namesz > 64 or len(n.name) < n.namesz:
             break
         # grub-mkimage 2.06's i386-xen image ends inside its last note (PAE_MODE declares 12 bytes, the file holds
         # "yes\0"): keep a truncated last descriptor rather than dropping it.
-        out.append((data[off:name_end].rstrip(b"\0").decode(errors="replace"), ntype, data[desc_off:desc_end]))
-        off = desc_off + ((descsz + 3) & ~3)
+        out.append((n.owner, n.type, n.desc))
     return out
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from hurdxen import elfnotes
 from hurdxen.errors import HurdxenError
 from hurdxen.fsutil import sha256_bytes
 
@@ -324,41 +325,35 @@ class _Elf:
 
 
 def _cstr(b: bytes) -> bytes:
-    return b.split(b"\0", 1)[0]
+    return elfnotes.cstr(b)
 
 
-def _decode_notes(blob: bytes, origin: str, little: bool, class_bits: int, xen_section: bool) -> tuple[XenNote, ...]:
+def _decode_notes(
+    blob: bytes, origin: str, little: bool, class_bits: int, xen_section: bool, label: str = "kernel"
+) -> tuple[XenNote, ...]:
     order: Literal["little", "big"] = "little" if little else "big"
     notes: list[XenNote] = []
-    off = 0
-    while off + 12 <= len(blob):
-        namesz, descsz, ntype = (int.from_bytes(blob[off + i : off + i + 4], order) for i in (0, 4, 8))
-        name_off = off + 12
-        desc_off = name_off + ((namesz + 3) & ~3)
-        nxt = desc_off + ((descsz + 3) & ~3)
+    for n in elfnotes.parse_notes(blob, little, f"{label}: {origin}"):
         # Xen compares the owner as a C string (elf_strval), not by namesz.
-        owner = _cstr(blob[name_off : name_off + namesz]).decode("latin-1")
-        desc = blob[desc_off : desc_off + descsz]
+        owner, desc = n.owner, n.desc
         misowned = xen_section and owner != "Xen"
         xen_like = owner == "Xen" or misowned
         name = ""
         value: str | int | tuple[int, ...] | None = None
-        if xen_like and ntype in XenNoteType._value2member_map_:
-            t = XenNoteType(ntype)
+        if xen_like and n.type in XenNoteType._value2member_map_:
+            t = XenNoteType(n.type)
             name = t.name
             if t in STRING_NOTES:
                 value = _cstr(desc).decode("latin-1")
-            elif descsz in (1, 2, 4, 8):
+            elif n.descsz in (1, 2, 4, 8):
                 value = int.from_bytes(desc, order)
             elif t in (XenNoteType.SUPPORTED_FEATURES, XenNoteType.L1_MFN_VALID):
                 unit = 4 if t is XenNoteType.SUPPORTED_FEATURES else class_bits // 8
-                value = tuple(int.from_bytes(desc[i : i + unit], order) for i in range(0, descsz - unit + 1, unit))
+                # by the bytes present, never by the header's descsz
+                value = tuple(int.from_bytes(desc[i : i + unit], order) for i in range(0, len(desc) - unit + 1, unit))
             else:
                 value = 0  # elf_note_numeric() reads other sizes as 0
-        notes.append(XenNote(origin, owner, ntype, name, value, desc, misowned))
-        if nxt <= off:
-            break
-        off = nxt
+        notes.append(XenNote(origin, owner, n.type, name, value, desc, misowned))
     return tuple(notes)
 
 
@@ -371,6 +366,7 @@ def _read_elf(data: bytes, label: str) -> _Elf:
         e_entry = int(elf.header["e_entry"])
         loads: list[LoadSegment] = []
         seg_notes: list[tuple[XenNote, ...]] = []
+        budget = elfnotes.AreaBudget(label)
         for i, seg in enumerate(elf.iter_segments()):  # type: ignore[no-untyped-call]
             ptype = seg["p_type"]
             if ptype == "PT_LOAD":
@@ -387,16 +383,16 @@ def _read_elf(data: bytes, label: str) -> _Elf:
             # libelf skips note segments with p_offset 0 (an old binutils bug).
             elif ptype == "PT_NOTE" and int(seg["p_offset"]) != 0:
                 off, size = int(seg["p_offset"]), int(seg["p_filesz"])
-                seg_notes.append(_decode_notes(data[off : off + size], f"segment {i}", little, class_bits, False))
+                area = budget.take(data, off, size)
+                seg_notes.append(_decode_notes(area, f"segment {i}", little, class_bits, False, label))
         sec_notes: list[tuple[XenNote, ...]] = []
         xen_guest: bytes | None = None
         for sec in elf.iter_sections():  # type: ignore[no-untyped-call]
             off, size = int(sec["sh_offset"]), int(sec["sh_size"])
             if sec["sh_type"] == "SHT_NOTE":
+                area = budget.take(data, off, size)
                 sec_notes.append(
-                    _decode_notes(
-                        data[off : off + size], f"section {sec.name}", little, class_bits, sec.name == ".note.Xen"
-                    )
+                    _decode_notes(area, f"section {sec.name}", little, class_bits, sec.name == ".note.Xen", label)
                 )
             if sec.name == "__xen_guest" and xen_guest is None:
                 # libelf reads a C string from the section start, not bounded by sh_size.
