@@ -213,7 +213,15 @@ def read_json(path: Path, what: str) -> Any:
 def _stage_outputs(artifacts: Path, stage: str, wanted: tuple[str, ...] | None) -> list[StageOutput]:
     base = artifacts / stage
     if wanted is None:
-        found = sorted(p.name for p in base.iterdir() if (p / MANIFEST).is_file()) if base.is_dir() else []
+        found = (
+            sorted(
+                p.name
+                for p in base.iterdir()
+                if (p / MANIFEST).is_file() and not (stage == "gnumach" and p.name == "source")
+            )
+            if base.is_dir()
+            else []
+        )
     else:
         found = list(wanted)
     out = []

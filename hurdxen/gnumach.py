@@ -7,7 +7,6 @@ as a non-root user with no network. Kernels whose Xen notes are wrong never reac
 
 from __future__ import annotations
 
-import json
 import shlex
 import tarfile
 from collections.abc import Mapping
@@ -15,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hurdxen import fsutil, manifest, xenverify
+from hurdxen import fsutil, manifest, mig, stage, xenverify
 from hurdxen.context import Context
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import Mount, Step, StepResult
-from hurdxen.mig import debpin
-from hurdxen.mig import out_dir as mig_out_dir
+from hurdxen.mig import MigSpec, debpin
 from hurdxen.recipes import Recipes
 from hurdxen.sources import DebPin, GitPin, TarballPin, export_git, extract_deb, fetch_deb, fetch_tarball
 
@@ -78,10 +76,23 @@ class SourceSpec:
     patches: tuple[Patch, ...]
     image: str
 
-    def identity(self, image_tag: str) -> str:
+    task = f"{STAGE}:source"
+    doc = "the patched, configure-ready GNU Mach source tree"
+
+    def identity(self, ctx: Context) -> str:
         pin = self.git.commit if self.git else self.tarball.sha256 if self.tarball else None
         return fsutil.identity(
-            STAGE, "source", pin, [(p.name, p.sha256) for p in self.patches], image_tag, PREPARE_SCRIPT
+            STAGE, "source", pin, [(p.name, p.sha256) for p in self.patches], ctx.image_tag(self.image), PREPARE_SCRIPT
+        )
+
+    def outputs(self, ctx: Context) -> dict[str, Path]:
+        return {}  # the tree itself, which variants mount; its manifest records what it was made from
+
+    def deps(self, ctx: Context) -> stage.Deps:
+        pin = self.git or self.tarball
+        return stage.Deps(
+            (*stage.image_deps(ctx, self.image), *([stage.pin_task(pin)] if pin else [])),
+            tuple(p.path for p in self.patches),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -106,6 +117,7 @@ class VariantSpec:
     jobs: int
     image: str
     source: SourceSpec
+    mig: MigSpec
 
     @property
     def bits(self) -> int:
@@ -114,6 +126,10 @@ class VariantSpec:
     @property
     def task(self) -> str:
         return f"{STAGE}:{self.name}"
+
+    @property
+    def doc(self) -> str:
+        return self.configure_line()
 
     def configure_line(self) -> str:
         words = [
@@ -137,9 +153,23 @@ class VariantSpec:
             bits=64 if self.bits == 64 else 32, pae=self.pae if self.bits == 32 else None, strict=strict
         )
 
-    def identity(self, image_tag: str, mig_identity: str) -> str:
-        d = {k: v for k, v in self.__dict__.items() if k != "source"}
-        return fsutil.identity(STAGE, d, self.source.identity(image_tag), mig_identity, image_tag, BUILD_SCRIPT)
+    def identity(self, ctx: Context) -> str:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("source", "mig")}
+        tag = ctx.image_tag(self.image)
+        return fsutil.identity(STAGE, d, self.source.identity(ctx), self.mig.identity(ctx), tag, BUILD_SCRIPT)
+
+    def outputs(self, ctx: Context) -> dict[str, Path]:
+        d, k = out_dir(ctx, self.name), kernel_name(self.name)
+        return {
+            "kernel": d / k,
+            "stripped": d / f"{k}.stripped",
+            "kernel.gz": d / f"{k}.gz",
+            "verify.json": d / "verify.json",
+            "verify.txt": d / "verify.txt",
+        }
+
+    def deps(self, ctx: Context) -> stage.Deps:
+        return stage.Deps((*stage.image_deps(ctx, self.image), self.source.task, self.mig.task))
 
 
 @dataclass(frozen=True)
@@ -154,8 +184,23 @@ class PrebuiltSpec:
     def task(self) -> str:
         return f"{STAGE}:{self.name}"
 
-    def identity(self) -> str:
+    @property
+    def doc(self) -> str:
+        return f"prebuilt kernel {self.deb.package} {self.deb.version} ({self.deb.arch}), verified"
+
+    def identity(self, ctx: Context | None = None) -> str:
         return fsutil.identity(STAGE, "prebuilt", self.__dict__)
+
+    def outputs(self, ctx: Context) -> dict[str, Path]:
+        d = out_dir(ctx, self.name)
+        return {
+            "kernel.gz": d / f"{kernel_name(self.name)}.gz",
+            "verify.json": d / "verify.json",
+            "verify.txt": d / "verify.txt",
+        }
+
+    def deps(self, ctx: Context) -> stage.Deps:
+        return stage.Deps((stage.pin_task(self.deb),))
 
 
 @dataclass(frozen=True)
@@ -224,6 +269,7 @@ def patch_series(recipes: Recipes) -> tuple[Patch, ...]:
 def variant_specs(recipes: Recipes) -> list[VariantSpec]:
     r = recipes["gnumach"]
     src = source_spec(recipes)
+    migs = stage.by_name(mig.specs(recipes))
     b = r.get("build", {})
     out = []
     for name, v in sorted(r["variants"].items()):
@@ -231,6 +277,11 @@ def variant_specs(recipes: Recipes) -> list[VariantSpec]:
             raise HurdxenError(
                 f"{recipes.files['gnumach']}: variants.{name}.pae: only for 32-bit variants",
                 hint="x86_64 kernels have no PAE switch; drop the key",
+            )
+        if v["mig"] not in migs:
+            raise HurdxenError(
+                f"{recipes.where('gnumach', f'variants.{name}.mig')}: no MIG target {v['mig']!r}",
+                hint="add it to recipes/mig.toml [targets]",
             )
         out.append(
             VariantSpec(
@@ -245,6 +296,7 @@ def variant_specs(recipes: Recipes) -> list[VariantSpec]:
                 jobs=int(b.get("jobs", 2)),
                 image=r.get("image", "builder"),
                 source=src,
+                mig=migs[v["mig"]],
             )
         )
     return out
@@ -274,12 +326,6 @@ def out_dir(ctx: Context, name: str) -> Path:
 
 def kernel_name(variant: str) -> str:
     return f"gnumach-{variant}"
-
-
-def outputs(ctx: Context, spec: VariantSpec) -> list[Path]:
-    d = out_dir(ctx, spec.name)
-    k = kernel_name(spec.name)
-    return [d / k, d / f"{k}.stripped", d / f"{k}.gz", d / "verify.json", d / manifest.MANIFEST]
 
 
 # ------------------------------------------------------------------ entry points
@@ -342,15 +388,7 @@ def prepare(spec: SourceSpec, ctx: Context) -> Path:
             _extract_tarball(tarball, export)
         step = prepare_step(spec, image_tag, export, work, out)
         result = ctx.executor().run(step, ctx.log(f"{STAGE}:source"), ctx.monitor())
-        fsutil.write_json_atomic(
-            out / ".hurdxen-source.json",
-            {
-                "identity": spec.identity(image_tag),
-                **spec.describe(),
-                "image": result.image,
-                "image_id": result.image_id,
-            },
-        )
+        manifest.write(out, spec, ctx, inputs=spec.describe(), step=result)
     return final
 
 
@@ -368,29 +406,35 @@ def _extract_tarball(tarball: Path, dest: Path) -> None:
             tar.extract(m, dest, filter="tar")
 
 
-def build(spec: VariantSpec, ctx: Context) -> KernelResult:
-    """Entry point: build, verify (strictly) and publish one variant into artifacts/gnumach/<variant>/."""
+def build(spec: SourceSpec | VariantSpec | PrebuiltSpec, ctx: Context) -> KernelResult | Path:
+    """Entry point: the prepared source tree, a compiled variant or a prebuilt kernel, by the spec's kind."""
+    if isinstance(spec, SourceSpec):
+        return prepare(spec, ctx)
+    if isinstance(spec, PrebuiltSpec):
+        return fetch_prebuilt(spec, ctx)
+    return compile_variant(spec, ctx)
+
+
+def compile_variant(spec: VariantSpec, ctx: Context) -> KernelResult:
+    """Build, verify (strictly) and publish one variant into artifacts/gnumach/<variant>/."""
     src = source_dir(ctx)
     image_tag = ctx.image_tag(spec.image)
-    marker = src / ".hurdxen-source.json"
-    if not marker.is_file() or json.loads(marker.read_text())["identity"] != spec.source.identity(image_tag):
+    if not (src / manifest.MANIFEST).is_file() or manifest.read(src).identity != spec.source.identity(ctx):
         raise HurdxenError(
             f"{spec.task}: the prepared source in {src} is missing or stale",
             hint="run `doit gnumach:source` first (doit build does)",
         )
-    migdir = mig_out_dir(ctx, spec.mig_target)
-    if not (migdir / "bin" / f"{spec.mig_target}-mig").is_file():
-        raise HurdxenError(f"{spec.task}: {spec.mig_target}-mig is not built", hint=f"run `doit mig:{spec.mig_target}`")
+    mig_built = manifest.read_task(ctx.artifacts, spec.mig.task)
+    mig_built.output("mig")  # the step runs it from the directory it was published in
     final = out_dir(ctx, spec.name)
     with fsutil.scratch_dir(ctx.artifacts / "work", spec.task) as build_dir, fsutil.atomic_dir(final) as out:
-        step = build_step(spec, image_tag, src, migdir, build_dir, out)
+        step = build_step(spec, image_tag, src, mig_built.directory, build_dir, out)
         result = ctx.executor().run(step, ctx.log(spec.task), ctx.monitor())
         compiler = (build_dir / ".compiler-version").read_text().strip()
         warnings = _verify_outputs(out, kernel_name(spec.name), spec.expectation(strict=True), spec.task)
-        mig_manifest = json.loads((migdir / manifest.MANIFEST).read_text())
-        _write_manifest(out, spec, image_tag, mig_manifest["identity"], result, compiler, warnings)
-    k = kernel_name(spec.name)
-    return KernelResult(spec.name, final, final / k, final / f"{k}.stripped", final / f"{k}.gz", warnings)
+        _write_manifest(out, spec, ctx, mig_built.identity, result, compiler, warnings)
+    outs = spec.outputs(ctx)
+    return KernelResult(spec.name, final, outs["kernel"], outs["stripped"], outs["kernel.gz"], warnings)
 
 
 def _verify_outputs(out: Path, name: str, expect: xenverify.KernelExpectation, task: str) -> tuple[str, ...]:
@@ -415,17 +459,16 @@ def _verify_outputs(out: Path, name: str, expect: xenverify.KernelExpectation, t
 def _write_manifest(
     out: Path,
     spec: VariantSpec,
-    image_tag: str,
+    ctx: Context,
     mig_identity: str,
     result: StepResult,
     compiler: str,
     warnings: tuple[str, ...],
 ) -> None:
-    manifest.write_stage_manifest(
+    manifest.write(
         out,
-        stage=STAGE,
-        variant=spec.name,
-        identity=spec.identity(image_tag, mig_identity),
+        spec,
+        ctx,
         inputs={"source": spec.source.describe(), "mig": {"target": spec.mig_target, "identity": mig_identity}},
         step=result,
         extra={
@@ -467,11 +510,10 @@ def fetch_prebuilt(spec: PrebuiltSpec, ctx: Context) -> KernelResult:
             raise HurdxenError(f"{spec.task}: {e.message}", hint=e.hint) from e
         fsutil.write_json_atomic(out / "verify.json", {gz.name: report.to_json()})
         fsutil.write_atomic(out / "verify.txt", xenverify.render_report(report))
-        manifest.write_stage_manifest(
+        manifest.write(
             out,
-            stage=STAGE,
-            variant=spec.name,
-            identity=spec.identity(),
+            spec,
+            ctx,
             inputs={
                 "debian": {
                     "package": spec.deb.package,
@@ -482,7 +524,7 @@ def fetch_prebuilt(spec: PrebuiltSpec, ctx: Context) -> KernelResult:
                     "path": spec.path,
                 }
             },
-            step=None,
+            step=manifest.in_process("hurdxen.gnumach.fetch_prebuilt"),
             extra={
                 "bits": spec.bits,
                 "pae": spec.pae,

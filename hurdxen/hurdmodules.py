@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hurdxen import fsutil, manifest, ramdisk
+from hurdxen import fsutil, manifest, ramdisk, stage
 from hurdxen.context import Context
 from hurdxen.errors import HurdxenError
 from hurdxen.recipes import Recipes
@@ -21,6 +21,22 @@ from hurdxen.sources import DebPin, extract_deb, fetch_deb
 
 STAGE = "hurd-modules"
 LIBC_PACKAGE = "libc0.3"
+
+
+@dataclass(frozen=True)
+class BootModule:
+    path: str  # where the Hurd has the file (/hurd/ext2fs.static); a memdisk holds it at the same path
+    args: tuple[str, ...]  # its command line as words (Hurd boot-script variables unexpanded)
+    output: str  # the name of the file among the stage's outputs
+
+
+def module_output(m: ramdisk.ModuleSpec) -> str:
+    return f"module:{m.name}"
+
+
+def module_file(m: ramdisk.ModuleSpec) -> str:
+    # The modules as files too: pv-grub2's standalone memdisk and users' own setups take them from here.
+    return f"modules/{Path(m.path).name}"
 
 
 @dataclass(frozen=True)
@@ -37,8 +53,26 @@ class HurdModulesSpec:
     def task(self) -> str:
         return f"{STAGE}:{self.name}"
 
-    def identity(self) -> str:
+    @property
+    def doc(self) -> str:
+        return f"libc0.3 {self.libc_version}, {self.bits}-bit, for {', '.join(self.kernels)}"
+
+    def identity(self, ctx: Context | None = None) -> str:
+        # No container step: the ramdisk writer is hurdxen's own code (ramdisk.FORMAT names its layout).
         return fsutil.identity(STAGE, self.__dict__)
+
+    def outputs(self, ctx: Context) -> dict[str, Path]:
+        d = out_dir(ctx, self.name)
+        return {"ramdisk": d / ramdisk.RAMDISK_NAME, **{module_output(m): d / module_file(m) for m in self.modules}}
+
+    def deps(self, ctx: Context) -> stage.Deps:
+        return stage.Deps(tuple(stage.pin_task(p) for p in self.debs), tuple(Path(p) for _, p, _ in self.files))
+
+    def boot_modules(self) -> tuple[BootModule, ...]:
+        """The ramdisk's modules as a boot loader loads them one by one (pv-grub2): path, words, output name."""
+        return tuple(
+            BootModule("/" + m.path.lstrip("/"), tuple(m.cmdline.split(" ")), module_output(m)) for m in self.modules
+        )
 
     def ramdisk_spec(self) -> ramdisk.RamdiskSpec:
         return ramdisk.RamdiskSpec(self.bits, self.libc_version, self.modules)
@@ -90,11 +124,6 @@ def out_dir(ctx: Context, name: str) -> Path:
     return ctx.artifacts / STAGE / name
 
 
-def outputs(ctx: Context, name: str) -> list[Path]:
-    d = out_dir(ctx, name)
-    return [d / ramdisk.RAMDISK_NAME, d / manifest.MANIFEST]
-
-
 def build(spec: HurdModulesSpec, ctx: Context) -> ramdisk.RamdiskResult:
     """Entry point: fetch and verify the inputs, check every module against the libc pin, write the ramdisk."""
     inputs: ramdisk.Inputs
@@ -127,22 +156,19 @@ def build(spec: HurdModulesSpec, ctx: Context) -> ramdisk.RamdiskResult:
         for f in staging.iterdir():
             f.rename(out / f.name)
         staging.rmdir()
-        # The modules as files too: pv-grub2's standalone memdisk and users' own setups take them from here.
-        modules_dir = out / "modules"
-        modules_dir.mkdir()
-        for m in result.modules:
-            shutil.copyfile(m.source, modules_dir / Path(m.path).name)
-        data = json.loads((out / manifest.MANIFEST).read_text())
+        (out / "modules").mkdir()
+        for ms, m in zip(spec.modules, result.modules, strict=True):
+            shutil.copyfile(m.source, out / module_file(ms))
+        facts = json.loads((out / manifest.MANIFEST).read_text())  # the ramdisk writer's: format, bits, modules
         inputs_desc: dict[str, object] = (
             {"debian": deb_info} if deb_info else {"files": {m: s for m, _, s in spec.files}}
         )
-        data.update(
-            stage=STAGE,
-            variant=spec.name,
-            identity=spec.identity(),
-            kernels=list(spec.kernels),
+        manifest.write(
+            out,
+            spec,
+            ctx,
             inputs=inputs_desc,
-            outputs=manifest.outputs_of(out),
+            step=manifest.in_process("hurdxen.ramdisk.build_hurd_modules", format=facts.pop("format", None)),
+            extra={**facts, "kernels": list(spec.kernels)},
         )
-        fsutil.write_json_atomic(out / manifest.MANIFEST, data)
     return dataclasses.replace(result, path=final / ramdisk.RAMDISK_NAME, manifest_path=final / manifest.MANIFEST)

@@ -1,46 +1,33 @@
-"""Stage manifests: what went in (pins, hashes, image, command) and what came out (sha256 of each output)."""
+"""Stage manifests: what went in (pins, hashes), how (the step: executor, image, command) and what came out (named
+outputs with their sha256). One writer for every stage, one typed reader for every consumer: a consumer asks for a
+producer's output or input by name and never re-spells its file layout.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
-from hurdxen import fsutil
+from hurdxen import fsutil, stage
+from hurdxen.errors import HurdxenError
 from hurdxen.executors import StepResult
 
+if TYPE_CHECKING:
+    from hurdxen.context import Context
+    from hurdxen.stage import Spec
+
 MANIFEST = "manifest.json"
+# The fields every manifest has; the rest (bits, pae, platform, verify, …) are the stage's own facts.
+CORE = ("stage", "variant", "identity", "inputs", "step", "outputs")
 
 
-def outputs_of(out_dir: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
-    """sha256 of every regular file below `out_dir`, by relative path."""
-    files: dict[str, str] = {}
-    for p in sorted(out_dir.rglob("*")):
-        rel = str(p.relative_to(out_dir))
-        if p.is_file() and not p.is_symlink() and rel not in exclude:
-            files[rel] = fsutil.sha256_file(p)
-    return files
-
-
-def write_stage_manifest(
-    out_dir: Path,
-    *,
-    stage: str,
-    variant: str,
-    identity: str,
-    inputs: Mapping[str, Any],
-    step: StepResult | None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "stage": stage,
-        "variant": variant,
-        "identity": identity,
-        "inputs": dict(inputs),
-        "outputs": outputs_of(out_dir),
-    }
-    if step is not None:
-        data["step"] = {
+def step_record(step: StepResult | Mapping[str, Any]) -> dict[str, Any]:
+    """A container step as recorded; an in-process step (no container) describes itself as a mapping."""
+    if isinstance(step, StepResult):
+        return {
             "executor": step.executor,
             "image": step.image,
             "image_id": step.image_id,
@@ -48,7 +35,130 @@ def write_stage_manifest(
             "seconds": round(step.seconds, 2),
             "log": step.log.name,
         }
-    if extra:
-        data.update(extra)
-    fsutil.write_json_atomic(out_dir / MANIFEST, data)
+    return {"executor": "in-process", **step}
+
+
+def in_process(function: str, **facts: Any) -> dict[str, Any]:
+    """The step record of a stage that runs in hurdxen itself (no container): which function did the work."""
+    return {"function": function, **facts}
+
+
+def write(
+    out: Path,
+    spec: Spec,
+    ctx: Context,
+    *,
+    inputs: Mapping[str, Any],
+    step: StepResult | Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write `out/manifest.json` for `spec`, whose outputs are being written in `out` (the temporary twin of its
+    published directory): its task, identity and every named output with its sha256."""
+    final = stage.out_dir(ctx, spec.task)
+    name_of_stage, variant = spec.task.split(":", 1)
+    named: dict[str, dict[str, str]] = {}
+    for name, path in spec.outputs(ctx).items():
+        rel = path.relative_to(final)
+        named[name] = {"path": rel.as_posix(), "sha256": fsutil.sha256_file(out / rel)}
+    data: dict[str, Any] = {
+        "stage": name_of_stage,
+        "variant": variant,
+        "identity": spec.identity(ctx),
+        "inputs": dict(inputs),
+        "step": step_record(step),
+        "outputs": named,
+    }
+    for k, v in (extra or {}).items():
+        if k in CORE:
+            raise ValueError(f"manifest extra key {k!r} would replace a core field")
+        data[k] = v
+    fsutil.write_json_atomic(out / MANIFEST, data)
     return data
+
+
+@dataclass(frozen=True)
+class Output:
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    directory: Path
+    stage: str
+    variant: str
+    identity: str
+    inputs: Mapping[str, Any]
+    step: Mapping[str, Any]
+    outputs: Mapping[str, Output]
+    facts: Mapping[str, Any]  # the stage's own fields (bits, pae, platform, verify, …)
+
+    @property
+    def task(self) -> str:
+        return f"{self.stage}:{self.variant}"
+
+    def output(self, name: str, *, verify: bool = True) -> Path:
+        """The output called `name`; with `verify`, its bytes must still be what the manifest recorded."""
+        o = self.outputs.get(name)
+        if o is None:
+            raise HurdxenError(
+                f"{self.task}: its manifest names no output {name!r} (it has {', '.join(self.outputs) or 'none'})",
+                hint=f"rebuild it: `doit {self.task}`",
+            )
+        if not o.path.is_file():
+            raise HurdxenError(f"{self.task}: {o.path} is missing", hint=f"rebuild it: `doit {self.task}`")
+        if verify and fsutil.sha256_file(o.path) != o.sha256:
+            raise HurdxenError(
+                f"{self.task}: {o.path} differs from its manifest", hint=f"rebuild it: `doit {self.task}`"
+            )
+        return o.path
+
+    def fact(self, key: str) -> Any:
+        if key not in self.facts:
+            raise HurdxenError(f"{self.task}: its manifest has no {key!r}", hint=f"rebuild it: `doit {self.task}`")
+        return self.facts[key]
+
+
+def _bad(directory: Path, what: str) -> HurdxenError:
+    return HurdxenError(f"{directory / MANIFEST}: {what}", hint="rebuild that stage (`doit <stage>:<name>`)")
+
+
+def read(directory: Path) -> Manifest:
+    """The manifest of one stage output directory, checked for shape (outputs stay inside `directory`)."""
+    path = directory / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HurdxenError(
+            f"{directory} has not been built ({MANIFEST} is missing)", hint="run its doit task"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise _bad(directory, f"unreadable ({e})") from None
+    if not isinstance(data, dict) or any(k not in data for k in CORE):
+        missing = [k for k in CORE if not isinstance(data, dict) or k not in data]
+        raise _bad(directory, f"lacks {', '.join(missing)}")
+    outs: dict[str, Output] = {}
+    raw = data["outputs"]
+    if not isinstance(raw, dict):
+        raise _bad(directory, "outputs is not a table")
+    for name, o in raw.items():
+        rel = PurePosixPath(str(o.get("path", ""))) if isinstance(o, dict) else PurePosixPath("")
+        if not rel.parts or rel.is_absolute() or ".." in rel.parts or not isinstance(o.get("sha256"), str):
+            raise _bad(directory, f"outputs.{name}: not a relative path with a sha256")
+        outs[str(name)] = Output(directory / rel, o["sha256"])
+    return Manifest(
+        directory=directory,
+        stage=str(data["stage"]),
+        variant=str(data["variant"]),
+        identity=str(data["identity"]),
+        inputs=data["inputs"] if isinstance(data["inputs"], dict) else {},
+        step=data["step"] if isinstance(data["step"], dict) else {},
+        outputs=outs,
+        facts={k: v for k, v in data.items() if k not in CORE},
+    )
+
+
+def read_task(artifacts: Path, task: str) -> Manifest:
+    """The manifest of the output of doit task `<stage>:<name>`."""
+    stage, name = task.split(":", 1)
+    return read(artifacts / stage / name)

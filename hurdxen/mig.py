@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen import fsutil, manifest
+from hurdxen import fsutil, manifest, stage
 from hurdxen.context import Context
 from hurdxen.executors import Mount, Step
 from hurdxen.recipes import Recipes
@@ -58,12 +58,28 @@ class MigSpec:
     headers: DebPin
     image: str
 
-    def identity(self, image_tag: str) -> str:
-        return fsutil.identity(STAGE, self.__dict__, image_tag, SCRIPT)
-
     @property
     def task(self) -> str:
         return f"{STAGE}:{self.target}"
+
+    @property
+    def doc(self) -> str:
+        return f"{self.target}-mig from {Path(self.source.url).name}"
+
+    def identity(self, ctx: Context) -> str:
+        return stage.identity(STAGE, self, ctx.image_tag(self.image), SCRIPT)
+
+    def outputs(self, ctx: Context) -> dict[str, Path]:
+        d = out_dir(ctx, self.target)
+        return {
+            "mig": d / "bin" / f"{self.target}-mig",
+            "migcom": d / "lib" / "mig" / f"{self.target}-migcom",
+            "gcc": d / "bin" / f"{self.target}-gcc",  # the compiler wrapper mig runs as its cpp
+        }
+
+    def deps(self, ctx: Context) -> stage.Deps:
+        pins = (self.source, self.patches, self.headers)
+        return stage.Deps((*stage.image_deps(ctx, self.image), *(stage.pin_task(p) for p in pins)))
 
 
 @dataclass(frozen=True)
@@ -113,11 +129,6 @@ def out_dir(ctx: Context, target: str) -> Path:
     return ctx.artifacts / STAGE / target
 
 
-def outputs(ctx: Context, target: str) -> list[Path]:
-    d = out_dir(ctx, target)
-    return [d / "bin" / f"{target}-mig", d / "lib" / "mig" / f"{target}-migcom", d / manifest.MANIFEST]
-
-
 def fetch_inputs(spec: MigSpec, ctx: Context) -> tuple[Path, Path, Path]:
     orig = fetch_tarball(spec.source, ctx.cache)
     deb = fetch_tarball(spec.patches, ctx.cache)
@@ -153,11 +164,10 @@ def build(spec: MigSpec, ctx: Context) -> MigResult:
     with fsutil.atomic_dir(final) as out, fsutil.scratch_dir(ctx.artifacts / "work", spec.task) as work:
         step = build_step(spec, image_tag, orig, debian_tar, headers, work, out)
         result = ctx.executor().run(step, ctx.log(spec.task), ctx.monitor())
-        manifest.write_stage_manifest(
+        manifest.write(
             out,
-            stage=STAGE,
-            variant=spec.target,
-            identity=spec.identity(image_tag),
+            spec,
+            ctx,
             inputs={
                 "source": {"url": spec.source.url, "sha256": spec.source.sha256},
                 "patches": {"url": spec.patches.url, "sha256": spec.patches.sha256},
@@ -171,10 +181,5 @@ def build(spec: MigSpec, ctx: Context) -> MigResult:
             },
             step=result,
         )
-    return MigResult(
-        spec.target,
-        final,
-        final / "bin" / f"{spec.target}-mig",
-        final / "lib" / "mig" / f"{spec.target}-migcom",
-        time.monotonic() - start,
-    )
+    outs = spec.outputs(ctx)
+    return MigResult(spec.target, final, outs["mig"], outs["migcom"], time.monotonic() - start)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,11 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from hurdxen import boot, containers, executors, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes
+from hurdxen import boot, containers, executors, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes, stage
 from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
+from hurdxen.manifest import MANIFEST
+from hurdxen.plan import Plan, make_plan
 from hurdxen.sources import (
     DebPin,
     GitPin,
@@ -95,6 +97,7 @@ def guarded(fn: Callable[..., object], *args: Any) -> TaskFailed | None:
 
 
 _loaded: tuple[recipes.Recipes, Context] | None = None
+_plan: Plan | None = None
 
 
 def load() -> tuple[recipes.Recipes, Context]:
@@ -104,6 +107,8 @@ def load() -> tuple[recipes.Recipes, Context]:
         try:
             r = recipes.load(ROOT)
             ctx = make_context(r)
+            global _plan
+            _plan = make_plan(r)
             check_specs(r)
         except HurdxenError as e:
             sys.stderr.write(e.render() + "\n")
@@ -119,15 +124,16 @@ def load() -> tuple[recipes.Recipes, Context]:
     return _loaded
 
 
+def the_plan() -> Plan:
+    """Every stage's specs (made, and checked across recipes, by `load()`)."""
+    load()
+    assert _plan is not None
+    return _plan
+
+
 def check_specs(r: recipes.Recipes) -> None:
     """What the schema cannot check (patch pins, cross-key rules) also fails here, as one line, not in a task
     generator (where doit would print a traceback)."""
-    mig.specs(r)
-    if "gnumach" in r:
-        gnumach.variant_specs(r)
-        gnumach.prebuilt_specs(r)
-    if "hurd-modules" in r:
-        hurdmodules.specs(r)
     if "pvgrub2" in r:
         pvgrub_recipe(r)
 
@@ -166,10 +172,6 @@ def image_present(tag: str) -> bool:
         return False  # no engine: let the task run and fail with its own clear line
 
 
-def act_mig(spec: mig.MigSpec, ctx: Context) -> TaskFailed | None:
-    return guarded(mig.build, spec, ctx)
-
-
 def remove_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -177,14 +179,11 @@ def remove_dir(path: str) -> None:
 # ------------------------------------------------------------------ task generators
 
 
-def pin_task_name(pin: TarballPin | GitPin | DebPin) -> str:
-    if isinstance(pin, DebPin):
-        return f"sources:{pin.package}_{pin.version.split(':')[-1]}_{pin.arch}"
-    return f"sources:{pin.name.replace(' ', '-')}"
+pin_task_name = stage.pin_task
 
 
 def image_deps(ctx: Context, image: str) -> list[str]:
-    return [f"image:{image}"] if ctx.executor_kind == "docker" else []
+    return list(stage.image_deps(ctx, image))
 
 
 def task_base() -> TaskDict:
@@ -217,24 +216,23 @@ def task_image() -> Iterator[TaskDict]:
 
 def all_pins() -> list[TarballPin | GitPin | DebPin]:
     r, _ = load()
+    p = the_plan()
     pins: list[TarballPin | GitPin | DebPin] = []
-    for s in mig.specs(r):
+    for s in p.mig:
         pins += [s.source, s.patches, s.headers]
-    if "gnumach" in r:
-        src = gnumach.source_spec(r)
-        pins += [p for p in (src.git, src.tarball) if p is not None]
-        pins += [p.deb for p in gnumach.prebuilt_specs(r)]
-    if "hurd-modules" in r:
-        for hm in hurdmodules.specs(r):
-            pins += list(hm.debs)
+    if p.gnumach_source:
+        pins += [x for x in (p.gnumach_source.git, p.gnumach_source.tarball) if x is not None]
+    pins += [k.deb for k in p.kernels if isinstance(k, gnumach.PrebuiltSpec)]
+    for hm in p.hurd_modules:
+        pins += list(hm.debs)
     if "pvgrub2" in r:
         pins.append(pvgrub_recipe(r).grub.deb_pin())
     if "boot" in r:
         hv = boot_recipe(r).hypervisor
         pins.append(TarballPin("xen orig tarball", hv.url, hv.sha256, "boot.xen.url"))
     unique: dict[str, TarballPin | GitPin | DebPin] = {}
-    for p in pins:
-        unique.setdefault(pin_task_name(p), p)
+    for pin in pins:
+        unique.setdefault(pin_task_name(pin), pin)
     return list(unique.values())
 
 
@@ -251,113 +249,57 @@ def task_sources() -> Iterator[TaskDict]:
         }
 
 
-def task_mig() -> Iterator[TaskDict]:
-    """mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)"""
-    r, ctx = load()
-    yield {"basename": "mig", "name": None, "doc": task_mig.__doc__}
-    for spec in mig.specs(r):
-        outs = mig.outputs(ctx, spec.target)
+def act_stage(build: Callable[[Any, Context], object], spec: Any, ctx: Context) -> TaskFailed | None:
+    return guarded(build, spec, ctx)
+
+
+def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> Iterator[TaskDict]:
+    """The doit tasks of one stage, from its specs: the same shape for every stage."""
+    yield {"basename": st.name, "name": None, "doc": st.doc}
+    for spec in specs:
+        deps = spec.deps(ctx)
         yield {
-            "name": spec.target,
-            "doc": f"{spec.target}-mig from {Path(spec.source.url).name}",
-            "actions": [(act_mig, [spec, ctx])],
-            "task_dep": [
-                *image_deps(ctx, spec.image),
-                *(pin_task_name(p) for p in (spec.source, spec.patches, spec.headers)),
-            ],
-            "targets": [str(p) for p in outs],
-            "uptodate": [config_changed(spec.identity(ctx.image_tag(spec.image)))],
-            "clean": [(remove_dir, [str(mig.out_dir(ctx, spec.target))])],
+            "basename": st.name,
+            "name": spec.task.split(":", 1)[1],
+            "doc": spec.doc,
+            "actions": [(act_stage, [st.build, spec, ctx])],
+            "task_dep": list(deps.tasks),
+            "file_dep": [str(p) for p in deps.files],
+            "targets": [*(str(p) for p in spec.outputs(ctx).values()), str(stage.out_dir(ctx, spec.task) / MANIFEST)],
+            "uptodate": [config_changed(spec.identity(ctx))],
+            "clean": [(remove_dir, [str(stage.out_dir(ctx, spec.task))])],
         }
 
 
-def act_gnumach_source(spec: gnumach.SourceSpec, ctx: Context) -> TaskFailed | None:
-    return guarded(gnumach.prepare, spec, ctx)
+MIG = stage.Stage("mig", "mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)", mig.build)
+GNUMACH = stage.Stage(
+    "gnumach", "gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels", gnumach.build
+)
+HURD_MODULES = stage.Stage(
+    "hurd-modules",
+    "hurd-modules: the Xen boot ramdisk (ext2fs.static + ld.so) per Hurd arch, pinned to a libc version",
+    hurdmodules.build,
+)
 
 
-def act_gnumach(spec: gnumach.VariantSpec, ctx: Context) -> TaskFailed | None:
-    return guarded(gnumach.build, spec, ctx)
-
-
-def act_gnumach_prebuilt(spec: gnumach.PrebuiltSpec, ctx: Context) -> TaskFailed | None:
-    return guarded(gnumach.fetch_prebuilt, spec, ctx)
+def task_mig() -> Iterator[TaskDict]:
+    """mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)"""
+    _, ctx = load()
+    yield from stage_tasks(MIG, the_plan().mig, ctx)
 
 
 def task_gnumach() -> Iterator[TaskDict]:
-    """gnumach: GNU Mach for Xen per variant (xen-pae, xen-nopae, xen-amd64), verified; plus prebuilt kernels"""
-    r, ctx = load()
-    yield {"basename": "gnumach", "name": None, "doc": task_gnumach.__doc__}
-    if "gnumach" not in r:
-        return
-    src = gnumach.source_spec(r)
-    src_pin = src.git or src.tarball
-    assert src_pin is not None
-    yield {
-        "name": "source",
-        "doc": "the patched, configure-ready GNU Mach source tree",
-        "actions": [(act_gnumach_source, [src, ctx])],
-        "task_dep": [*image_deps(ctx, src.image), pin_task_name(src_pin)],
-        "file_dep": [str(p.path) for p in src.patches],
-        "targets": [str(gnumach.source_dir(ctx) / ".hurdxen-source.json")],
-        "uptodate": [config_changed(src.identity(ctx.image_tag(src.image)))],
-        "clean": [(remove_dir, [str(gnumach.source_dir(ctx))])],
-    }
-    migs = {s.target: s for s in mig.specs(r)}
-    for spec in gnumach.variant_specs(r):
-        if spec.mig_target not in migs:
-            raise_recipe_error(
-                r,
-                "gnumach",
-                f"variants.{spec.name}.mig: no MIG target {spec.mig_target!r}",
-                "add it to recipes/mig.toml [targets]",
-            )
-        mig_id = migs[spec.mig_target].identity(ctx.image_tag(migs[spec.mig_target].image))
-        yield {
-            "name": spec.name,
-            "doc": spec.configure_line(),
-            "actions": [(act_gnumach, [spec, ctx])],
-            "task_dep": [*image_deps(ctx, spec.image), "gnumach:source", f"mig:{spec.mig_target}"],
-            "targets": [str(p) for p in gnumach.outputs(ctx, spec)],
-            "uptodate": [config_changed(spec.identity(ctx.image_tag(spec.image), mig_id))],
-            "clean": [(remove_dir, [str(gnumach.out_dir(ctx, spec.name))])],
-        }
-    for pre in gnumach.prebuilt_specs(r):
-        yield {
-            "name": pre.name,
-            "doc": f"prebuilt kernel {pre.deb.package} {pre.deb.version} ({pre.deb.arch}), verified",
-            "actions": [(act_gnumach_prebuilt, [pre, ctx])],
-            "task_dep": [pin_task_name(pre.deb)],
-            "targets": [
-                str(gnumach.out_dir(ctx, pre.name) / n)
-                for n in (f"{gnumach.kernel_name(pre.name)}.gz", "manifest.json")
-            ],
-            "uptodate": [config_changed(pre.identity())],
-            "clean": [(remove_dir, [str(gnumach.out_dir(ctx, pre.name))])],
-        }
-
-
-def act_hurd_modules(spec: hurdmodules.HurdModulesSpec, ctx: Context) -> TaskFailed | None:
-    return guarded(hurdmodules.build, spec, ctx)
+    """gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels"""
+    _, ctx = load()
+    p = the_plan()
+    source = [p.gnumach_source] if p.gnumach_source else []
+    yield from stage_tasks(GNUMACH, [*source, *p.kernels], ctx)
 
 
 def task_hurd_modules() -> Iterator[TaskDict]:
     """hurd-modules: the Xen boot ramdisk (ext2fs.static + ld.so) per Hurd arch, pinned to a libc version"""
-    r, ctx = load()
-    yield {"basename": "hurd-modules", "name": None, "doc": task_hurd_modules.__doc__}
-    if "hurd-modules" not in r:
-        return
-    for spec in hurdmodules.specs(r):
-        yield {
-            "basename": "hurd-modules",
-            "name": spec.name,
-            "doc": f"libc0.3 {spec.libc_version}, {spec.bits}-bit, for {', '.join(spec.kernels)}",
-            "actions": [(act_hurd_modules, [spec, ctx])],
-            "task_dep": [pin_task_name(p) for p in spec.debs],
-            "file_dep": [p for _, p, _ in spec.files],
-            "targets": [str(p) for p in hurdmodules.outputs(ctx, spec.name)],
-            "uptodate": [config_changed(spec.identity())],
-            "clean": [(remove_dir, [str(hurdmodules.out_dir(ctx, spec.name))])],
-        }
+    _, ctx = load()
+    yield from stage_tasks(HURD_MODULES, the_plan().hurd_modules, ctx)
 
 
 def pvgrub_recipe(r: recipes.Recipes) -> pvgrub.PvGrubRecipe:
@@ -375,26 +317,29 @@ def pvgrub_inputs(
     if spec.flavour != "standalone":
         return {}, {}, []
     variant = spec.kernels[0]
-    kernels = {variant: str(gnumach.out_dir(ctx, variant) / f"{gnumach.kernel_name(variant)}.gz")}
-    deps = [f"gnumach:{variant}"]
+    p = the_plan()
+    k = p.kernel(variant)
+    if k is None:
+        raise_recipe_error(r, "pvgrub2", f"images.{spec.name}.kernels: no gnumach kernel {variant!r}", "")
+        raise AssertionError
+    kernels = {variant: str(k.outputs(ctx)["kernel.gz"])}
+    deps = [k.task]
     modules: dict[str, str] = {}
-    if "hurd-modules" in r:
-        for hm in hurdmodules.specs(r):
-            if variant in hm.kernels:
-                mdir = hurdmodules.out_dir(ctx, hm.name) / "modules"
-                made = [m.path.rsplit("/", 1)[-1] for m in hm.modules]
-                for m in spec.boot_modules:
-                    if m.path.rsplit("/", 1)[-1] not in made:
-                        raise_recipe_error(
-                            r,
-                            "pvgrub2",
-                            f"images.{spec.name}.boot_modules: hurd-modules:{hm.name} makes no {m.path} "
-                            f"(it makes {', '.join(made)})",
-                            "boot modules of a standalone image come from the hurd-modules stage: name its files",
-                        )
-                modules = {m.path: str(mdir / m.path.rsplit("/", 1)[-1]) for m in spec.boot_modules}
-                deps.append(f"hurd-modules:{hm.name}")
-                break
+    hm = p.hurd_modules_for(variant)
+    if hm is not None:
+        outs = hm.outputs(ctx)
+        made = {m.path.rsplit("/", 1)[-1]: f"module:{m.name}" for m in hm.modules}
+        for m in spec.boot_modules:
+            if m.path.rsplit("/", 1)[-1] not in made:
+                raise_recipe_error(
+                    r,
+                    "pvgrub2",
+                    f"images.{spec.name}.boot_modules: hurd-modules:{hm.name} makes no {m.path} "
+                    f"(it makes {', '.join(made)})",
+                    "boot modules of a standalone image come from the hurd-modules stage: name its files",
+                )
+        modules = {m.path: str(outs[made[m.path.rsplit("/", 1)[-1]]]) for m in spec.boot_modules}
+        deps.append(hm.task)
     return kernels, modules, deps
 
 
@@ -600,27 +545,27 @@ def task_boot() -> Iterator[TaskDict]:
         "uptodate": [config_changed(recipe.dom0.identity(dom0_tag))],
     }
     known = {
-        "gnumach": {s.name for s in gnumach.variant_specs(r)} | {p.name for p in gnumach.prebuilt_specs(r)},
-        "hurd-modules": {s.name for s in hurdmodules.specs(r)} if "hurd-modules" in r else set(),
+        "gnumach": {k.name for k in the_plan().kernels},
+        "hurd-modules": {s.name for s in the_plan().hurd_modules},
         "pvgrub2": set(pvgrub_recipe(r).names) if "pvgrub2" in r else set(),
     }
     deps: list[str] = []
     for i, c in enumerate(recipe.cases):
-        for stage, key, name in (
+        for stg, key, name in (
             ("gnumach", "kernel", c.kernel if c.kind != "pvgrub" else None),
             ("hurd-modules", "ramdisk", c.ramdisk),
             ("pvgrub2", "pvgrub", c.pvgrub),
         ):
             if name is None:
                 continue
-            if name not in known[stage]:
+            if name not in known[stg]:
                 raise_recipe_error(
                     r,
                     "boot",
-                    f"cases[{i}].{key}: no {stage} output named {name!r}",
-                    f"one of: {', '.join(sorted(known[stage])) or '(none: recipes/' + stage + '.toml)'}",
+                    f"cases[{i}].{key}: no {stg} output named {name!r}",
+                    f"one of: {', '.join(sorted(known[stg])) or '(none: recipes/' + stg + '.toml)'}",
                 )
-            deps.append(f"{stage}:{name}")
+            deps.append(f"{stg}:{name}")
     yield {
         "name": "check",
         "doc": "boot every case of recipes/boot.toml (HURDXEN_BOOT_CASES=a,b for some); verdicts in the manifest",

@@ -16,6 +16,7 @@ from aptrepo import AptRepo, GpgKey
 from elfstandins import ElfFactory, elves
 from projectcopy import ProjectCopy
 
+from hurdxen import manifest
 from hurdxen.fsutil import sha256_file
 from hurdxen.ramdisk import RAMDISK_NAME, parse_ramdisk
 
@@ -101,7 +102,11 @@ def test_ramdisk_written_with_manifest_and_modules(built: ProjectCopy, elves: El
         ("hurd", HURD, ARCHES[bits]),
         ("libc0.3", LIBC, ARCHES[bits]),
     }
-    assert m["outputs"][RAMDISK_NAME] == sha256_file(d / RAMDISK_NAME)
+    built_m = manifest.read(d)
+    assert built_m.output("ramdisk") == d / RAMDISK_NAME
+    assert built_m.outputs["ramdisk"].sha256 == sha256_file(d / RAMDISK_NAME)
+    assert built_m.output("module:ext2fs.static") == d / "modules" / "ext2fs.static"
+    assert built_m.output(f"module:{ldso}") == d / "modules" / ldso
 
 
 def test_dump_through_the_cli(built: ProjectCopy) -> None:

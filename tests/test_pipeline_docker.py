@@ -15,7 +15,7 @@ import pytest
 from project import SHARED_CACHE, DoitRun, Project, copy_project, docker_answers, edit
 from tmpfs import small_tmpfs
 
-from hurdxen import fsutil, recipes
+from hurdxen import manifest, recipes
 from hurdxen.containers import IMAGE_REPOSITORY
 from hurdxen.context import make_context
 from hurdxen.executors import ARTIFACTS_LABEL, DockerExecutor, Mount, Step
@@ -44,10 +44,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, DoitRun]:
 
 
 def outputs_match_manifest(out: Path) -> dict[str, str]:
-    manifest = json.loads((out / "manifest.json").read_text())
-    for rel, sha in manifest["outputs"].items():
-        assert fsutil.sha256_file(out / rel) == sha, rel
-    return dict(manifest["outputs"])
+    """Every named output, checked against its sha256 by the typed reader: relative path -> sha256."""
+    m = manifest.read(out)
+    return {str(m.output(n).relative_to(out)): o.sha256 for n, o in m.outputs.items()}
 
 
 def files_below(d: Path) -> list[Path]:
@@ -69,9 +68,9 @@ def test_build_builds_base_image_and_both_migs(built: tuple[Project, DoitRun]) -
             f"bin/{target}-mig",
             f"lib/mig/{target}-migcom",
         ]
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["step"]["image"].startswith(f"{IMAGE_REPOSITORY}/builder:")
-        assert manifest["step"]["executor"] == "docker"
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["step"]["image"].startswith(f"{IMAGE_REPOSITORY}/builder:")
+        assert m["step"]["executor"] == "docker"
         # Outputs belong to whoever ran doit, although the step ran as another user (65534 when we are root).
         for p in [out, *files_below(out)]:
             assert p.stat().st_uid == os.getuid(), p
@@ -155,8 +154,8 @@ def test_changing_a_pin_reruns_only_that_target(built: tuple[Project, DoitRun]) 
     assert run.returncode == 0, run.output
     assert run.executed == ["mig:x86_64-gnu"]
     assert (project.artifacts / "mig" / "i686-gnu" / "manifest.json").read_text() == before_i686
-    manifest = json.loads((project.artifacts / "mig" / "x86_64-gnu" / "manifest.json").read_text())
-    assert manifest["inputs"]["configure"] == "--target=x86_64-gnu TARGET_CC='gcc -O0'"
+    mig_m = json.loads((project.artifacts / "mig" / "x86_64-gnu" / "manifest.json").read_text())
+    assert mig_m["inputs"]["configure"] == "--target=x86_64-gnu TARGET_CC='gcc -O0'"
     assert project.doit("build").executed == []
 
 

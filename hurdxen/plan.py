@@ -1,0 +1,41 @@
+"""Every stage's specs, made from the recipes once, before any task is generated: the cross-recipe checks (a
+variant's MIG target, a pv-grub2 image's kernel and boot modules, a boot case's names) all fail here, as one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hurdxen import gnumach, hurdmodules, mig
+from hurdxen.recipes import Recipes
+
+Kernel = gnumach.VariantSpec | gnumach.PrebuiltSpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    mig: tuple[mig.MigSpec, ...]
+    gnumach_source: gnumach.SourceSpec | None
+    kernels: tuple[Kernel, ...]  # compiled variants, then prebuilt kernels
+    hurd_modules: tuple[hurdmodules.HurdModulesSpec, ...]
+
+    def kernel(self, name: str) -> Kernel | None:
+        return next((k for k in self.kernels if k.name == name), None)
+
+    def hurd_modules_for(self, kernel: str) -> hurdmodules.HurdModulesSpec | None:
+        """The ramdisk made for `kernel` (hurd-modules' `kernels`)."""
+        return next((h for h in self.hurd_modules if kernel in h.kernels), None)
+
+
+def make_plan(recipes: Recipes) -> Plan:
+    kernels: list[Kernel] = []
+    source = None
+    if "gnumach" in recipes:
+        source = gnumach.source_spec(recipes)
+        kernels = [*gnumach.variant_specs(recipes), *gnumach.prebuilt_specs(recipes)]
+    return Plan(
+        mig=tuple(mig.specs(recipes)),
+        gnumach_source=source,
+        kernels=tuple(kernels),
+        hurd_modules=tuple(hurdmodules.specs(recipes)) if "hurd-modules" in recipes else (),
+    )
