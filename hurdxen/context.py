@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hurdxen import pinlock
 from hurdxen.containers import BaseSpec, ImageSpec
 from hurdxen.executors import Executor, make_executor
 from hurdxen.monitor import Monitor, default_monitor
 from hurdxen.recipes import Recipes
-from hurdxen.sources import Cache, Network
+from hurdxen.sources import DEFAULT_SNAPSHOT, Cache, Network
 
 # doit's dependency database, kept beside the artifacts it describes.
 DEP_FILE = ".doit.sqlite3"
@@ -63,9 +64,11 @@ def make_context(recipes: Recipes) -> Context:
         proxy=settings.get("proxy") or os.environ.get("HURDXEN_PROXY") or None,
         timeout=int(settings.get("timeout", 60)),
         offline=bool(settings.get("offline", False)) or os.environ.get("HURDXEN_OFFLINE") == "1",
+        snapshot=settings.get("snapshot") or os.environ.get("HURDXEN_SNAPSHOT") or DEFAULT_SNAPSHOT,
     )
     cache_dir = settings.get("cache") or os.environ.get("HURDXEN_CACHE")
-    cache = Cache(Path(cache_dir), network) if cache_dir else Cache(recipes.root / "cache", network)
+    lock = pinlock.path_for(recipes.root)
+    cache = Cache(Path(cache_dir) if cache_dir else recipes.root / "cache", network, lock)
     b = recipes["base"]["base"]
     base = BaseSpec(
         suite=b["suite"],

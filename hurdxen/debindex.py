@@ -7,6 +7,7 @@ The chain of trust is apt's: keyring → InRelease (clearsigned) → SHA256 of t
 from __future__ import annotations
 
 import bz2
+import email.utils
 import gzip
 import hashlib
 import lzma
@@ -14,6 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from debian import deb822
@@ -42,6 +44,16 @@ class Release:
     architectures: tuple[str, ...]
     components: tuple[str, ...]
     sha256: Mapping[str, IndexEntry]
+    valid_until: datetime | None = None  # absent in some archives: then the index never expires (as in apt)
+    issued: datetime | None = None  # the Date field
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A verified InRelease: its signed text and who signed it."""
+
+    text: str
+    signer: str  # fingerprint of the primary key whose (sub)key made the good signature
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,11 @@ class PackageEntry:
     filename: str  # relative to the archive root, e.g. pool/main/h/hurd/hurd_…_hurd-i386.deb
     sha256: str
     size: int
+    depends: str = ""  # the entry's Depends field, for the update command's consistency checks
+
+
+class PackageMissing(HurdxenError):
+    """The signed index does not list the pinned version (it may be in a snapshot)."""
 
 
 def _check_clearsigned_shape(data: bytes, where: str) -> None:
@@ -71,6 +88,11 @@ def _check_clearsigned_shape(data: bytes, where: str) -> None:
 
 def verify_inrelease(inrelease: bytes, keyring: Path, where: str = "InRelease") -> str:
     """The signed Release text of `inrelease`, if a key of `keyring` made a good signature; else raise."""
+    return verify_inrelease_signed(inrelease, keyring, where).text
+
+
+def verify_inrelease_signed(inrelease: bytes, keyring: Path, where: str = "InRelease") -> Signed:
+    """`verify_inrelease`, also naming the key that signed (the lock records it)."""
     if not keyring.is_file():
         raise HurdxenError(
             f"{where}: keyring {keyring} does not exist",
@@ -112,9 +134,41 @@ def verify_inrelease(inrelease: bytes, keyring: Path, where: str = "InRelease") 
             "and the recipe's keyring",
         )
     try:
-        return p.stdout.decode()
+        text = p.stdout.decode()
     except UnicodeDecodeError:
         raise HurdxenError(f"{where}: signed text is not UTF-8", hint="not a Debian Release file?") from None
+    # VALIDSIG <sig fpr> <date> <ts> <expire> <ver> <rsv> <pk algo> <hash algo> <class> <primary fpr>
+    signer = ""
+    for line in status.splitlines():
+        words = line.split()
+        if line.startswith("[GNUPG:] VALIDSIG") and len(words) > 2:
+            signer = words[-1] if len(words) >= 12 else words[2]
+    return Signed(text, signer)
+
+
+def keyring_fingerprints(keyring: Path) -> tuple[str, ...]:
+    """The primary key fingerprints in a binary or armoured keyring (recorded in the lock)."""
+    with tempfile.TemporaryDirectory(prefix="hurdxen-gpg-") as home:
+        try:
+            p = subprocess.run(
+                ["gpg", "--homedir", home, "--batch", "--with-colons", "--show-keys", str(keyring)],
+                capture_output=True,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise HurdxenError("gpg not found", hint="install gpg") from None
+    out: list[str] = []
+    want = False
+    for line in p.stdout.decode(errors="replace").splitlines():
+        f = line.split(":")
+        if f[0] == "pub":
+            want = True
+        elif f[0] == "fpr" and want and len(f) > 9:
+            out.append(f[9])
+            want = False
+        elif f[0] == "sub":
+            want = False
+    return tuple(sorted(out))
 
 
 def _signature_problem(status: str) -> str:
@@ -150,7 +204,40 @@ def parse_release(release_text: str, where: str = "Release") -> Release:
         architectures=tuple(rel.get("Architectures", "").split()),
         components=tuple(rel.get("Components", "").split()),
         sha256=entries,
+        valid_until=_date(rel.get("Valid-Until"), "Valid-Until", where),
+        issued=_date(rel.get("Date"), "Date", where),
     )
+
+
+def _date(text: str | None, field: str, where: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        d = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        raise HurdxenError(f"{where}: {field} {text!r} is not a date", hint="not a Debian Release file?") from None
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def check_fresh(release: Release, at: datetime, where: str = "Release", *, snapshot: bool = False) -> None:
+    """Refuse an index that had expired at `at` (apt's Valid-Until check), or that claims to be from after `at`.
+
+    Live resolution judges at the current time; a snapshot's index is judged at the snapshot's own time, so a
+    years-old snapshot is accepted while a frozen or replayed live mirror is not."""
+    when = at.strftime("%Y-%m-%d %H:%M UTC")
+    if release.valid_until is not None and release.valid_until < at:
+        until = release.valid_until.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        raise HurdxenError(
+            f"{where}: the index expired at {until} (Valid-Until), judged at {when}",
+            hint="the snapshot timestamp is past the index's validity; pick the snapshot that served it"
+            if snapshot
+            else "the mirror is stale or replays an old index (refused as apt does); use an up-to-date mirror",
+        )
+    if snapshot and release.issued is not None and release.issued > at:
+        raise HurdxenError(
+            f"{where}: the index is dated {release.issued:%Y-%m-%d %H:%M} UTC, after the snapshot time {when}",
+            hint="the snapshot server served an index newer than the snapshot it claims; check the snapshot URL",
+        )
 
 
 def decompress(path: str, data: bytes) -> bytes:
@@ -195,6 +282,46 @@ def verify_index(release_text: str, index_path: str, data: bytes, where: str = "
         raise HurdxenError(f"{index_path} is not UTF-8", hint="not a Debian Packages index?") from None
 
 
+def _entry(para: Mapping[str, str], name: str, version: str, arch: str, where: str) -> PackageEntry:
+    try:
+        return PackageEntry(
+            name,
+            version,
+            para["Architecture"],
+            para["Filename"],
+            para["SHA256"].lower(),
+            int(para["Size"]),
+            para.get("Depends", ""),
+        )
+    except (KeyError, ValueError):
+        raise HurdxenError(
+            f"{where}: {name} {version} ({arch}): index entry lacks Filename, SHA256 or Size",
+            hint="archives without SHA256 per package are refused",
+        ) from None
+
+
+def newest_package(packages_text: str, name: str, arch: str, where: str = "Packages") -> PackageEntry:
+    """The entry of the highest version of `name` for `arch` (or `all`) in a Packages index."""
+    from debian.debian_support import Version
+
+    best: tuple[Version, dict[str, str]] | None = None
+    for para in deb822.Packages.iter_paragraphs(packages_text.splitlines(keepends=True), use_apt_pkg=False):
+        if para.get("Package") != name or para.get("Architecture") not in (arch, "all"):
+            continue
+        try:
+            v = Version(para.get("Version", ""))
+        except ValueError:
+            continue
+        if best is None or v > best[0]:
+            best = (v, dict(para))
+    if best is None:
+        raise PackageMissing(
+            f"{where}: package {name} for {arch} is not in the index",
+            hint="check the package name, suite and architecture",
+        )
+    return _entry(best[1], name, str(best[0]), arch, where)
+
+
 def find_package(packages_text: str, name: str, version: str, arch: str, where: str = "Packages") -> PackageEntry:
     """The index entry (filename, sha256, size) of `name` `version` for `arch` (or `all`) in a Packages index."""
     matches: set[PackageEntry] = set()
@@ -205,19 +332,10 @@ def find_package(packages_text: str, name: str, version: str, arch: str, where: 
         versions.add(para.get("Version", "?"))
         if para.get("Version") != version:
             continue
-        try:
-            entry = PackageEntry(
-                name, version, para["Architecture"], para["Filename"], para["SHA256"].lower(), int(para["Size"])
-            )
-        except (KeyError, ValueError):
-            raise HurdxenError(
-                f"{where}: {name} {version} ({arch}): index entry lacks Filename, SHA256 or Size",
-                hint="archives without SHA256 per package are refused",
-            ) from None
-        matches.add(entry)
+        matches.add(_entry(para, name, version, arch, where))
     if not matches:
         have = ", ".join(sorted(versions)) or "none"
-        raise HurdxenError(
+        raise PackageMissing(
             f"{where}: package {name} {version} for {arch} is not in the index (versions there: {have})",
             hint="update the pinned version, or point the archive at a snapshot that still carries it",
         )
@@ -243,12 +361,18 @@ __all__ = [
     "DEBIAN_KEYRING",
     "IndexEntry",
     "PackageEntry",
+    "PackageMissing",
     "Release",
+    "Signed",
+    "check_fresh",
     "decompress",
     "find_package",
+    "keyring_fingerprints",
+    "newest_package",
     "parse_release",
     "release_checksum",
     "verify_deb",
     "verify_index",
     "verify_inrelease",
+    "verify_inrelease_signed",
 ]

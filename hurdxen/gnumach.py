@@ -18,7 +18,7 @@ from hurdxen import fsutil, manifest, mig, stage, xenverify
 from hurdxen.context import Context
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import Mount, Step, StepResult
-from hurdxen.mig import MigSpec, debpin
+from hurdxen.mig import MigSpec
 from hurdxen.recipes import Recipes
 from hurdxen.sources import DebPin, GitPin, TarballPin, export_git, extract_deb, fetch_deb, fetch_tarball
 
@@ -307,7 +307,11 @@ def prebuilt_specs(recipes: Recipes) -> list[PrebuiltSpec]:
     for name, p in sorted(recipes["gnumach"].get("prebuilt", {}).items()):
         out.append(
             PrebuiltSpec(
-                name, debpin(p["package"], f"gnumach.prebuilt.{name}.package"), p["path"], int(p["bits"]), p.get("pae")
+                name,
+                DebPin.from_recipe(p["package"], f"gnumach.prebuilt.{name}.package"),
+                p["path"],
+                int(p["bits"]),
+                p.get("pae"),
             )
         )
     return out

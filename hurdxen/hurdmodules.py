@@ -95,19 +95,8 @@ def specs(recipes: Recipes) -> list[HurdModulesSpec]:
                     f"libc_version {v['libc_version']}",
                     hint="the libc0.3 package is the pin: make the two versions the same",
                 )
-            for pkg, version in sorted(pkgs.items()):
-                debs.append(
-                    DebPin(
-                        package=pkg,
-                        version=version,
-                        arch=d["arch"],
-                        suite=d["suite"],
-                        archive=d["archive"],
-                        component=d.get("component", "main"),
-                        keyring=d.get("keyring", DebPin.keyring),
-                        key=f"hurd-modules.variants.{name}.debian",
-                    )
-                )
+            for pkg in sorted(pkgs):
+                debs.append(DebPin.from_recipe(d, f"hurd-modules.variants.{name}.debian", package=pkg))
         files = tuple((m, f["path"], f["sha256"]) for m, f in sorted(v.get("files", {}).items()))
         if "modules" in v:
             modules = tuple(

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hurdxen import fsutil, manifest, stage
 from hurdxen.context import Context
@@ -91,20 +89,6 @@ class MigResult:
     seconds: float
 
 
-def debpin(d: Mapping[str, Any], key: str) -> DebPin:
-    return DebPin(
-        package=d["package"],
-        version=d["version"],
-        arch=d["arch"],
-        suite=d["suite"],
-        archive=d["archive"],
-        component=d.get("component", "main"),
-        keyring=d.get("keyring", DebPin.keyring),
-        sha256=d.get("sha256"),
-        key=key,
-    )
-
-
 def specs(recipes: Recipes) -> list[MigSpec]:
     r = recipes["mig"]
     source = TarballPin("mig orig tarball", r["source"]["url"], r["source"]["sha256"], "mig.source.url")
@@ -118,7 +102,7 @@ def specs(recipes: Recipes) -> list[MigSpec]:
                 include_subdir=t.get("include_subdir", "usr/include"),
                 source=source,
                 patches=patches,
-                headers=debpin(t["headers"], f"mig.targets.{target}.headers"),
+                headers=DebPin.from_recipe(t["headers"], f"mig.targets.{target}.headers"),
                 image=r.get("image", "builder"),
             )
         )

@@ -38,6 +38,7 @@ from hurdxen import elfnotes, fsutil, xenverify
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import Executor, Mount, Step
 from hurdxen.monitor import Monitor
+from hurdxen.sources import DebPin
 
 SCHEMA = "pvgrub2"
 PREFIX = "(memdisk)/boot/grub"
@@ -130,35 +131,6 @@ SCRIPT_KEYWORDS = frozenset({"if", "then", "elif", "else", "fi", "for", "in", "d
 
 
 @dataclass(frozen=True)
-class DebPinSpec:
-    package: str
-    version: str
-    arch: str
-    suite: str
-    archive: str
-    component: str = "main"
-    keyring: str | None = None
-    sha256: str | None = None
-
-    def deb_pin(self, key: str = "pvgrub2.grub") -> Any:
-        """The hurdxen.sources.DebPin to fetch (and verify) the package with."""
-        from hurdxen.sources import DebPin
-
-        extra = {"keyring": self.keyring} if self.keyring else {}
-        return DebPin(
-            self.package,
-            self.version,
-            self.arch,
-            self.suite,
-            self.archive,
-            key,
-            self.component,
-            sha256=self.sha256,
-            **extra,
-        )
-
-
-@dataclass(frozen=True)
 class BootModule:
     path: str  # on the guest disk (hurd flavour) or in the memdisk (standalone)
     args: tuple[str, ...]  # the module's command line, as words
@@ -189,7 +161,7 @@ class PvGrubImageSpec:
 @dataclass(frozen=True)
 class PvGrubRecipe:
     image: str  # builder image name
-    grub: DebPinSpec
+    grub: DebPin
     images: tuple[PvGrubImageSpec, ...]
 
     def get(self, name: str) -> PvGrubImageSpec:
@@ -222,17 +194,7 @@ def spec_from_recipe(data: Mapping[str, Any], shown: str = "recipes/pvgrub2.toml
                 f"{shown}: defaults.{opt} = true is not supported",
                 hint=f"pv-grub2 runs on Xen's plain-text PV console: {opt} only add megabytes; set it to false",
             )
-    g = data["grub"]
-    pin = DebPinSpec(
-        g["package"],
-        g["version"],
-        g["arch"],
-        g["suite"],
-        g["archive"],
-        g.get("component", "main"),
-        g.get("keyring"),
-        g.get("sha256"),
-    )
+    pin = DebPin.from_recipe(data["grub"], "pvgrub2.grub")
     images = []
     seen: set[str] = set()
     for n, img in enumerate(data["images"]):
@@ -270,7 +232,7 @@ def fetch_grub_tree(recipe: PvGrubRecipe, cache: Any) -> Path:
     (a hurdxen.sources.Cache); pass it as `grub_tree`."""
     from hurdxen import sources
 
-    return sources.extract_deb(sources.fetch_deb(recipe.grub.deb_pin(), cache), cache)
+    return sources.extract_deb(sources.fetch_deb(recipe.grub, cache), cache)
 
 
 def load_recipe(path: Path) -> PvGrubRecipe:

@@ -226,7 +226,7 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     for hm in p.hurd_modules:
         pins += list(hm.debs)
     if "pvgrub2" in r:
-        pins.append(pvgrub_recipe(r).grub.deb_pin())
+        pins.append(pvgrub_recipe(r).grub)
     if "boot" in r:
         hv = boot_recipe(r).hypervisor
         pins.append(TarballPin("xen orig tarball", hv.url, hv.sha256, "boot.xen.url"))
@@ -234,6 +234,18 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     for pin in pins:
         unique.setdefault(pin_task_name(pin), pin)
     return list(unique.values())
+
+
+def act_pins(root: Path) -> TaskFailed | None:
+    from hurdxen import pins
+
+    return guarded(pins.cli, ["update", "--root", str(root)])
+
+
+def task_pins() -> TaskDict:
+    """pins: move the Debian pins to the newest signed versions, check them, rewrite recipes and recipes/pins.lock"""
+    _, ctx = load()
+    return {"actions": [(act_pins, [ctx.root])], "uptodate": [False], "verbosity": 2}
 
 
 def task_sources() -> Iterator[TaskDict]:
@@ -375,7 +387,7 @@ def task_pvgrub2() -> Iterator[TaskDict]:
     if "pvgrub2" not in r:
         return
     recipe = pvgrub_recipe(r)
-    grub_pin = recipe.grub.deb_pin()
+    grub_pin = recipe.grub
     for spec in recipe.images:
         kernels, modules, deps = pvgrub_inputs(r, ctx, spec)
         yield {

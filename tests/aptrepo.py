@@ -92,12 +92,13 @@ class Deb:
     version: str
     arch: str
     path: Path  # the built .deb, outside the archive tree
+    pool: str = "pool"  # debian-ports: one pool per architecture (pool-hurd-i386)
 
     @property
     def pool_path(self) -> str:
         source_dir = self.name[:4] if self.name.startswith("lib") else self.name[0]
         version = self.version.split(":", 1)[-1]  # epochs are not part of file names
-        return f"pool/main/{source_dir}/{self.name}/{self.name}_{version}_{self.arch}.deb"
+        return f"{self.pool}/main/{source_dir}/{self.name}/{self.name}_{version}_{self.arch}.deb"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -106,8 +107,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class AptRepo:
-    def __init__(self, root: Path, key: GpgKey | None = None) -> None:
+    def __init__(self, root: Path, key: GpgKey | None = None, *, ports: bool = False) -> None:
         self.root = root
+        self.ports = ports  # debian-ports layout: pool-<arch>/ instead of pool/
+        self.date = 1700000000  # Release's Date
+        self.valid_until: int | None = None  # Release's Valid-Until (absent: never expires)
         self.archive = root / "archive"  # what is served
         self.build_dir = root / "build"
         self.archive.mkdir(parents=True, exist_ok=True)
@@ -170,7 +174,7 @@ class AptRepo:
         # Fixed mtimes and root ownership make the .deb reproducible.
         env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
         _run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(tree), str(out)], env=env)
-        deb = Deb(name, version, arch, out)
+        deb = Deb(name, version, arch, out, f"pool-{arch}" if self.ports else "pool")
         self.debs.append(deb)
         return deb
 
@@ -225,7 +229,8 @@ class AptRepo:
             "Label: hurdxen-test",
             f"Suite: {self.suite}",
             f"Codename: {self.suite}",
-            f"Date: {email.utils.formatdate(1700000000, usegmt=True)}",
+            f"Date: {email.utils.formatdate(self.date, usegmt=True)}",
+            *([f"Valid-Until: {email.utils.formatdate(self.valid_until, usegmt=True)}"] if self.valid_until else []),
             f"Architectures: {' '.join(self.archs)}",
             f"Components: {self.component}",
             "Description: hurdxen test archive",
@@ -244,6 +249,18 @@ class AptRepo:
         release = (self.dists / "Release").read_bytes()
         (self.dists / "InRelease").write_bytes(key.clearsign(release))
         (self.dists / "Release.gpg").write_bytes(key.detach_sign(release))
+
+    def drop(self, name: str, version: str) -> None:
+        """Remove a package version from the archive, as debian-ports does when a newer one comes (publish again)."""
+        for deb in [d for d in self.debs if d.name == name and d.version == version]:
+            self.debs.remove(deb)
+            self.path_of(deb).unlink(missing_ok=True)
+
+    def snapshot(self, root: Path, archive: str, stamp: str) -> Path:
+        """Copy the archive as it is now into a snapshot-shaped tree: root/archive/<archive>/<stamp>/."""
+        dest = root / "archive" / archive / stamp
+        shutil.copytree(self.archive, dest)
+        return dest
 
     # -- breaking ---------------------------------------------------------------------------------------------
 

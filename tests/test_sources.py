@@ -371,13 +371,20 @@ def test_deb_pinned_sha256_must_match(repo: AptRepo, apt_server: str, cache: Cac
 
 
 def test_deb_version_not_in_index(repo: AptRepo, apt_server: str, cache: Cache) -> None:
-    p = DebPin("hello-headers", "2:9.9-9", "i386", "testing", apt_server, "k", keyring=str(repo.keyring_path))
+    p = DebPin.from_recipe(
+        {"package": "hello-headers", "version": "2:9.9-9", "arch": "i386", "suite": "testing", "archive": apt_server}
+        | {"keyring": str(repo.keyring_path)},
+        "k",
+    )
+    offline_snapshot = Cache(cache.root, Network(timeout=10, snapshot="file:///nonexistent"))
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(p, cache)
+        sources.fetch_deb(p, offline_snapshot)
     assert info.value.render() == (
-        f"error: {apt_server}/dists/testing/main/binary-i386/Packages.xz: package hello-headers 2:9.9-9 for i386 "
-        "is not in the index (versions there: 2:1.0-1) "
-        "(hint: update the pinned version, or point the archive at a snapshot that still carries it)"
+        f"error: hello-headers 2:9.9-9 (i386, testing): not in {apt_server} ({apt_server}/dists/testing/main/"
+        "binary-i386/Packages.xz: package hello-headers 2:9.9-9 for i386 is not in the index (versions there: "
+        "2:1.0-1)) nor in the snapshot service (no snapshot timestamp: set `k.snapshot`) "
+        "(hint: run `hurdxen pins update` (or `doit pins`) to move `k.version` to a version that exists, "
+        "or set `k.snapshot` to a snapshot timestamp that carries it)"
     )
 
 
