@@ -16,6 +16,7 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     task_hurd_modules,
     task_image,
     task_mig,
+    task_pins,
     task_publish,
     task_pvgrub2,
     task_reproduce,
