@@ -541,7 +541,7 @@ def task_boot() -> Iterator[TaskDict]:
     hv_dir = boot.hypervisor_dir(ctx, recipe.hypervisor, hv_tag)
     yield {
         "name": "hypervisor",
-        "doc": "Xen 4.17 with " + ", ".join(f"{k}={v}" for k, v in recipe.hypervisor.config),
+        "doc": "Xen 4.17 with " + ", ".join(f"{k}={v}" for k, v in recipe.hypervisor.build_config),
         "actions": [(act_boot_hypervisor, [recipe, ctx])],
         "task_dep": [*image_deps(ctx, recipe.image), pin_task_name(
             TarballPin("xen orig tarball", recipe.hypervisor.url, recipe.hypervisor.sha256, "boot.xen.url"))],

@@ -18,6 +18,79 @@ int _dl_start(void) { return 0; }
 """
 STATIC_SRC = "void _start(void) { for (;;) ; }\n"
 DYNAMIC_SRC = "int main(void) { return 0; }\n"
+# A 64-bit Xen PV kernel small enough to read: the boot check's crash and XPASS tests boot it. Its command line
+# (`extra`) picks what it does: "fault" (a page fault in fake_fault, called from fake_step ← fake_main), "panic"
+# (a GNU Mach-style panic line, then a crash shutdown), anything else (GNU Mach's last boot line, then poweroff).
+PV_KERNEL_SRC = r"""/* Its Xen notes are what libxc needs to lay it out. */
+#define VIRT_BASE 0xffffffff80000000
+typedef unsigned long ulong;
+struct start_info {
+    char magic[32];
+    ulong nr_pages, shared_info;
+    unsigned int flags;
+    ulong store_mfn;
+    unsigned int store_evtchn;
+    union { struct { ulong mfn; unsigned int evtchn; } domU; } console;
+    ulong pt_base, nr_pt_frames, mfn_list, mod_start, mod_len;
+    char cmd_line[1024];
+};
+extern char hypercall_page[];
+
+#define NOTE(type, desc) \
+    ".pushsection .note.Xen,\"a\",@note\n.balign 4\n.long 4, 2f-1f, " #type "\n.asciz \"Xen\"\n.balign 4\n" \
+    "1: " desc "\n2: .balign 4\n.popsection\n"
+__asm__(
+    NOTE(6, ".asciz \"hurdxen-fake\"") NOTE(7, ".asciz \"1\"") NOTE(5, ".asciz \"xen-3.0\"")
+    NOTE(3, ".quad 0xffffffff80000000") NOTE(4, ".quad 0xffffffff80000000") NOTE(1, ".quad _start")
+    NOTE(2, ".quad hypercall_page") NOTE(8, ".asciz \"generic\"")
+    ".pushsection .text.entry,\"ax\"\n.globl _start\n_start:\n  mov %rsi, %rdi\n  call fake_main\n1: jmp 1b\n"
+    ".balign 4096\n.globl hypercall_page\nhypercall_page:\n .fill 4096, 1, 0xcc\n.popsection\n");
+
+static long hypercall3(int nr, ulong a, ulong b, ulong c) {
+    long ret;
+    register ulong rdx __asm__("rdx") = c;
+    __asm__ volatile("call *%[entry]" : "=a"(ret), "+D"(a), "+S"(b), "+r"(rdx)
+                     : [entry] "r"(hypercall_page + nr * 32) : "memory", "rcx", "r11", "r8", "r9", "r10");
+    return ret;
+}
+static ulong len(const char *s) { ulong n = 0; while (s[n]) n++; return n; }
+static void say(const char *s) { hypercall3(18, 0, len(s), (ulong)s); }  /* console_io(CONSOLEIO_write) */
+static int has(const char *s, const char *w) {
+    for (; *s; s++) { ulong i = 0; while (w[i] && s[i] == w[i]) i++; if (!w[i]) return 1; }
+    return 0;
+}
+static void shutdown(unsigned int reason) { hypercall3(29, 2, (ulong)&reason, 0); }  /* sched_op(SCHEDOP_shutdown) */
+
+__attribute__((noinline)) void fake_fault(volatile ulong *where) {
+    *where = 0x1d;  /* nothing is mapped there: a page fault Xen cannot bounce (no trap table): the domain crashes */
+    __asm__ volatile("" ::: "memory");
+}
+__attribute__((noinline)) void fake_step(const struct start_info *si) {
+    if (has(si->cmd_line, "fault")) fake_fault((volatile ulong *)0xdead0000);
+    if (has(si->cmd_line, "panic")) {
+        say("panic ../kern/fake.c:42: fake_step: fake panic for the boot check\n");
+        shutdown(3);
+    }
+    say("task loaded: exec /hurd/exec\n");
+    __asm__ volatile("" ::: "memory");
+}
+__attribute__((noinline)) void fake_main(const struct start_info *si) {
+    say("fake kernel: Running on xen-3.0-x86_64.\n");
+    fake_step(si);
+    shutdown(0);
+    for (;;) ;
+}
+"""
+PV_KERNEL_LDS = """ENTRY(_start)
+SECTIONS {
+  . = 0xffffffff80000000;
+  .text : { *(.text.entry) *(.text .text.*) }
+  .rodata : { *(.rodata .rodata.*) }
+  .note.Xen : { *(.note.Xen) }
+  .data : { *(.data .data.* .bss .bss.* COMMON) }
+  /DISCARD/ : { *(.note.GNU-stack) *(.comment) *(.eh_frame) }
+}
+"""
 
 
 class ElfFactory:
@@ -49,6 +122,18 @@ class ElfFactory:
 
     def dynamic(self, bits: int) -> bytes:
         return self._gcc(("dynamic", bits, ""), DYNAMIC_SRC, ["-Wl,--build-id=none"])
+
+    def pv_kernel(self) -> Path:
+        """The fake PV kernel, unstripped (its own symbol file), as a file."""
+        lds = self.workdir / "pvkernel.lds"
+        lds.write_text(PV_KERNEL_LDS)
+        flags = [
+            "-g", "-ffreestanding", "-fno-pie", "-no-pie", "-nostdlib", "-static", "-mcmodel=kernel", "-mno-red-zone",
+            "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fno-optimize-sibling-calls",
+            "-Wl,--build-id=none", f"-Wl,-T,{lds}",
+        ]  # fmt: skip
+        self._gcc(("pvkernel", 64, ""), PV_KERNEL_SRC, flags)
+        return self.workdir / "pvkernel-64-x"
 
 
 @pytest.fixture(scope="session")

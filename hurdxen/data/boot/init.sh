@@ -1,5 +1,10 @@
 #!/bin/busybox sh
-# dom0 init for the boot check: start the Xen toolstack, create every guest in /guests, show their consoles.
+# dom0 init for the boot check: start the Xen toolstack, then do what the boot stage asks on the console (Xen passes
+# serial input to dom0), one command a line:
+#   create NAME    create /guests/NAME.cfg paused, attach its console, unpause; say "created NAME domid N"
+#                  (or "xl create NAME failed"); xl stays to report the guest's end as "[xl:NAME] … has shut down"
+#   destroy NAME   remove the guest (on_crash="preserve" keeps a crashed one until then); say "destroyed NAME"
+#   poweroff       end
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin
@@ -14,35 +19,39 @@ while read -r m; do
 done < /modules.order
 mount -t xenfs xenfs /proc/xen
 mkdir -p /var/run/xen /var/run/xenstored /var/lib/xen /var/lib/xenstored /var/log/xen/console /run/lock /tmp
-say "starting xenstored"
 xenstored --pid-file=/var/run/xenstored.pid
-xen-init-dom0 || say "xen-init-dom0 failed"
+xen-init-dom0 >/dev/null || say "xen-init-dom0 failed"
 xenconsoled --log=guest --log-dir=/var/log/xen/console --pid-file=/var/run/xenconsoled.pid
 say "toolstack up"
-wait_s=$(cat /guests/wait 2>/dev/null || echo 60)
-for cfg in /guests/*.cfg; do
-  [ -e "$cfg" ] || continue
-  name=$(basename "$cfg" .cfg)
-  say "xl create $name"
-  # Created paused, unpaused once xenconsoled has attached the console: a guest that writes early and then
-  # resets its ring (pv-grub2 handing over to GNU Mach) would otherwise lose that output.
-  if xl $([ -e /guests/debug ] && echo -vvv) create -p "$cfg"; then
-    log="/var/log/xen/console/guest-$name.log"
-    n=0; while [ ! -e "$log" ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
-    [ -e "$log" ] || say "no console log for $name"
-    ( tail -n +1 -f "$log" 2>/dev/null | while IFS= read -r l; do echo "[$name] $l"; done ) &
-    xl unpause "$name"
-    say "created $name"
-  else
-    say "xl create $name failed"
-  fi
+
+create() {
+  cfg="/guests/$1.cfg" log="/var/log/xen/console/guest-$1.log" out="/tmp/xl-$1"
+  if [ ! -e "$cfg" ]; then say "xl create $1 failed: no such guest"; return; fi
+  rm -f "$out"
+  # -p: created paused, unpaused once xenconsoled has attached the console (a guest that writes early and then
+  # resets its ring, pv-grub2 handing over to GNU Mach, would lose that output). -F: xl waits for the guest's end.
+  ( xl create -F -p "$cfg" 2>&1; echo "exit $?" ) | while IFS= read -r l; do
+    echo "[xl:$1] $l"; echo "$l" >> "$out"
+  done &
+  n=0
+  until grep -q "^Waiting for domain\|^exit " "$out" 2>/dev/null || [ $n -ge 1200 ]; do sleep 0.05; n=$((n+1)); done
+  domid=$(sed -n 's/^Waiting for domain .* (domid \([0-9]*\)).*/\1/p' "$out" 2>/dev/null)
+  if [ -z "$domid" ]; then say "xl create $1 failed"; return; fi
+  n=0; while [ ! -e "$log" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done
+  ( tail -n +1 -f "$log" 2>/dev/null | while IFS= read -r l; do echo "[$1] $l"; done ) &
+  xl unpause "$1"
+  say "created $1 domid $domid"
+}
+
+stty -echo 2>/dev/null
+say "ready"
+while IFS=' ' read -r cmd name _; do
+  case "$cmd" in
+    create) create "$name" ;;
+    destroy) xl destroy "$name" >/dev/null 2>&1; say "destroyed $name" ;;
+    poweroff) break ;;
+    "") ;;
+    *) say "unknown command $cmd" ;;
+  esac
 done
-# Debugging aid: a /guests/debug file makes the init list the domains every few seconds.
-[ -e /guests/debug ] && ( while sleep 4; do xl list; ls -la /var/log/xen/console; cat /var/log/xen/console/*; ps; done ) &
-i=0
-while [ $i -lt "$wait_s" ]; do
-  sleep 1; i=$((i+1))
-done
-xl list
-say "done"
 poweroff -f

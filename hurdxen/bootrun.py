@@ -1,0 +1,407 @@
+"""The boot harness: Xen in QEMU (TCG), driven through its serial console.
+
+- Guest and pv-grub2 cases share one QEMU + Xen + Linux dom0 (a *session*): the dom0's init (data/boot/init.sh)
+  reads commands on its console (Xen passes serial input to dom0): `create NAME` boots a guest from the configs and
+  files packed into the initramfs, `destroy NAME` removes it (a crashed guest is kept by `on_crash = "preserve"`
+  until its diagnostics are in the log), `poweroff` ends the session. One guest runs at a time, so the slice of the
+  serial log between its `create` and `destroy` is its log, and its verdict is judged on that slice alone.
+- A `dom0` case (the quick path: GNU Mach itself as Xen's dom0) is one short QEMU run of its own.
+
+Every file QEMU opens is staged under a plain temporary name: QEMU splits `-initrd` at spaces and commas, so the
+project path may hold anything.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+from hurdxen import fsutil
+from hurdxen.bootcases import BootCase, BootReport, BootResult, Verdict, clean, find_output, judge
+from hurdxen.bootimages import DEFAULT_SOURCE_DATE_EPOCH, CpioEntry, Dom0Result, HypervisorResult, gzip_n, write_cpio
+from hurdxen.errors import HurdxenError
+from hurdxen.monitor import Monitor, NullMonitor
+
+XEN_APPEND = "console=com1 com1=115200,8n1 guest_loglvl=all noreboot"
+# 256 MB is plenty for the toolstack and boots faster than the usual 512 MB (less memory for Linux to set up).
+DOM0_MEM = "dom0_mem=256M,max:256M"
+DOM0_ARGS = "console=hvc0 earlyprintk=xen quiet"
+QUICK_DOM0_MEM = "dom0_mem=128M"
+DOM0_READY = "hurdxen-dom0: ready"
+DOM0_BOOT_TIMEOUT = 180.0  # seconds for Xen and the Linux dom0 to come up (TCG on a loaded machine)
+DESTROY_TIMEOUT = 20.0
+MAX_LOG = 64 << 20  # a guest that floods the console cannot fill the disk or the memory
+SAFE_PATH = re.compile(r"[A-Za-z0-9/_.+-]+")
+CASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+# ------------------------------------------------------------------ staging and the QEMU command line
+
+
+@contextlib.contextmanager
+def staging() -> Iterator[Path]:
+    """A temporary directory whose path QEMU can take as it is (no space, comma or other special character)."""
+    base = tempfile.gettempdir()
+    if not SAFE_PATH.fullmatch(base):
+        base = "/tmp"
+    d = Path(tempfile.mkdtemp(prefix="hurdxen-boot-", dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def stage(d: Path, name: str, src: Path) -> Path:
+    """`src` under the plain name `d/name` (a symlink: QEMU opens it, the bytes are not copied)."""
+    if not src.is_file():
+        raise HurdxenError(f"boot: {src} is missing", hint="build it first")
+    link = d / name
+    link.symlink_to(src.resolve())
+    return link
+
+
+def qemu_command(hypervisor: Path, modules: Sequence[tuple[Path, str]], append: str) -> list[str]:
+    """QEMU booting Xen (multiboot) with `modules` ((file, command line) pairs: dom0 kernel first); the serial
+    console on stdin/stdout. Every path must be a staged one."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise HurdxenError("boot: qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86")
+    for p in (hypervisor, *(m for m, _ in modules)):
+        if not SAFE_PATH.fullmatch(str(p)):
+            raise HurdxenError(f"boot: {p} is not a staged path", hint="pass files through bootrun.stage")
+    mods = ",".join(f"{m} {args}".strip().replace(",", ",,") for m, args in modules)
+    return [
+        qemu, "-accel", "tcg", "-cpu", "qemu64", "-m", "1024", "-smp", "1",
+        "-display", "none", "-monitor", "none", "-parallel", "none", "-nic", "none", "-no-reboot",
+        "-serial", "stdio",
+        "-kernel", str(hypervisor), "-append", append, "-initrd", mods,
+    ]  # fmt: skip
+
+
+class Console:
+    """A QEMU process and its serial console: everything it prints goes to `log` and to memory."""
+
+    def __init__(self, cmd: list[str], log: Path, monitor: Monitor, label: str) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log: IO[bytes] = open(log, "wb")  # noqa: SIM115 (closed in close())
+        self._buf = bytearray()
+        self._arrivals: list[tuple[int, float]] = []  # (buffer length after a chunk, when it came)
+        self._lock = threading.Lock()
+        self._mon, self._label = monitor, label
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            with self._lock:
+                if len(self._buf) < MAX_LOG:
+                    self._buf += chunk
+                    self._arrivals.append((len(self._buf), time.monotonic()))
+                    self._log.write(chunk)
+                    self._log.flush()
+            self._mon.output(self._label, chunk)
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self._buf)
+
+    def since(self, mark: int) -> bytes:
+        with self._lock:
+            return bytes(self._buf[mark:])
+
+    def arrival(self, offset: int) -> float:
+        """When the byte at `offset` came (time.monotonic())."""
+        with self._lock:
+            i = bisect.bisect_right(self._arrivals, (offset, float("inf")))
+            return self._arrivals[min(i, len(self._arrivals) - 1)][1] if self._arrivals else time.monotonic()
+
+    @property
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def send(self, line: str) -> None:
+        if self.proc.stdin is None or self.exited:
+            return
+        with contextlib.suppress(OSError):
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+
+    def wait_for(self, pattern: str, since: int, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pattern.encode() in self.since(since):
+                return True
+            if self.exited:
+                time.sleep(0.2)  # the reader may still hold the last bytes
+                return pattern.encode() in self.since(since)
+            time.sleep(0.05)
+        return False
+
+    def close(self, grace: float = 5.0) -> str:
+        """Stop QEMU (after `grace` seconds); QEMU's own error output."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._log.close()
+        return err.strip()[-500:]
+
+
+# ------------------------------------------------------------------ guests packed into the dom0 initramfs
+
+
+def guest_config(case: BootCase, root: str = "/guests") -> str:
+    d = f"{root}/{case.name}"
+    # A fixed uuid: xl otherwise asks libuuid for a random one, which waits ~3 s for entropy in a fresh dom0.
+    uid = uuid.uuid5(uuid.NAMESPACE_URL, f"hurdxen-boot:{case.name}")
+    lines = [f'name = "{case.name}"', f'uuid = "{uid}"', 'type = "pv"', f"memory = {case.memory_mb}", "vcpus = 1"]
+    if case.kind == "pvgrub":
+        lines.append(f'kernel = "{d}/pvgrub"')
+    else:
+        lines.append(f'kernel = "{d}/kernel"')
+        if case.ramdisk:
+            lines.append(f'ramdisk = "{d}/ramdisk"')
+    if case.cmdline and case.kind != "pvgrub":
+        lines.append(f'extra = "{case.cmdline}"')
+    lines += ['on_crash = "preserve"', 'on_poweroff = "preserve"', 'on_reboot = "preserve"']
+    return "\n".join(lines) + "\n"
+
+
+def guests_cpio(cases: Sequence[BootCase], mtime: int) -> bytes:
+    entries = []
+    for c in cases:
+        entries.append(CpioEntry(f"guests/{c.name}.cfg", stat.S_IFREG | 0o644, guest_config(c).encode()))
+        files = {"pvgrub": c.pvgrub} if c.kind == "pvgrub" else {"kernel": c.kernel, "ramdisk": c.ramdisk}
+        for n, p in files.items():
+            if p is not None:
+                entries.append(CpioEntry(f"guests/{c.name}/{n}", stat.S_IFREG | 0o644, _read_guest_file(p)))
+    return gzip_n(write_cpio(entries, mtime))
+
+
+def _read_guest_file(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise HurdxenError(f"boot: cannot read {p} ({e.strerror})", hint="build the artefact first") from e
+
+
+# ------------------------------------------------------------------ running cases
+
+
+def _watch(case: BootCase, con: Console, since: int, started: float) -> tuple[Verdict, str, Any, dict[str, float]]:
+    """Poll the case's output until its verdict is known (or the timeout, or QEMU's end)."""
+    while True:
+        time.sleep(0.1)
+        text = clean(con.since(since))
+        over = time.monotonic() - started > case.timeout or con.exited
+        verdict = judge(case, text, over)
+        if verdict is not None:
+            v, reason, ending = verdict
+            if con.exited and v == "fail":
+                reason = f"qemu exited; {reason}"
+            return v, reason, ending, _timeline(case, con, since, started)
+
+
+TIMELINE_MARKS = ("[xl:{name}] Waiting for domain", "hurdxen-dom0: created {name}", "[xl:{name}] Domain")
+
+
+def _timeline(case: BootCase, con: Console, since: int, started: float) -> dict[str, float]:
+    """When each expected line (and the toolstack's steps) came, in seconds after the case started."""
+    raw = con.since(since).decode("latin-1")  # one character per byte: offsets stay byte offsets
+    out: dict[str, float] = {}
+    for m in (*(t.format(name=case.name) for t in TIMELINE_MARKS), *case.expect):
+        at = find_output(raw, m)
+        if at >= 0:
+            out[m] = con.arrival(since + at) - started
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+def _result(case: BootCase, v: Verdict, reason: str, ending: Any, seconds: float, log: Path, raw: bytes,
+            timeline: dict[str, float]) -> BootResult:  # fmt: skip
+    fsutil.write_atomic(log, raw)
+    text = clean(raw)
+    matched = tuple(p for p in case.expect if find_output(text, p) >= 0)
+    return BootResult(case, v, seconds, log, matched, reason, tuple(timeline.items()), ending)
+
+
+def run_session(
+    cases: Sequence[BootCase],
+    hypervisor: Path,
+    dom0: Dom0Result,
+    log_dir: Path,
+    label: str = "session",
+    mtime: int = DEFAULT_SOURCE_DATE_EPOCH,
+    monitor: Monitor | None = None,
+) -> tuple[list[BootResult], dict[str, Any]]:
+    """Boot Xen and the dom0 once, then each guest case in turn; the session's serial log is `<label>.log`, each
+    case's slice of it `<case>.log`."""
+    mon = monitor or NullMonitor()
+    session_log = log_dir / f"{label}.log"
+    start = time.monotonic()
+    mon.begin(f"boot:{label} (Xen + dom0 for {', '.join(c.name for c in cases)})")
+    results: list[BootResult] = []
+    with staging() as d:
+        initrd = d / "dom0-initrd.img"
+        # Linux unpacks concatenated (compressed) cpio archives in order: the dom0 userland, then the guests.
+        fsutil.write_atomic(initrd, dom0.initrd.read_bytes() + guests_cpio(cases, mtime))
+        cmd = qemu_command(
+            stage(d, "xen", hypervisor),
+            [(stage(d, "dom0-kernel", dom0.kernel), DOM0_ARGS), (initrd, "")],
+            f"{XEN_APPEND} {DOM0_MEM}",
+        )
+        con = Console(cmd, session_log, mon, f"boot:{label}")
+        try:
+            up = con.wait_for(DOM0_READY, 0, DOM0_BOOT_TIMEOUT)
+            ready = time.monotonic() - start
+            for case in cases:
+                results.append(_guest_case(case, con, up, log_dir, mon))
+            con.send("poweroff")
+        finally:
+            err = con.close()
+    seconds = time.monotonic() - start
+    mon.end(f"boot:{label}", seconds)
+    if not up:
+        tail = clean(con.since(0))[-300:].strip().replace("\n", " | ")
+        why = f"the dom0 did not come up in {DOM0_BOOT_TIMEOUT:.0f} s ({err or 'no qemu error'}); last output: {tail}"
+        results = [
+            BootResult(r.case, "fail", r.seconds, r.log, (), why, r.timeline, None) for r in results
+        ]  # fmt: skip
+    summary = {"label": label, "log": str(session_log), "cases": [c.name for c in cases],
+               "seconds": round(seconds, 1), "dom0_ready_s": round(ready, 1) if up else None}  # fmt: skip
+    return results, summary
+
+
+def _guest_case(case: BootCase, con: Console, up: bool, log_dir: Path, mon: Monitor) -> BootResult:
+    log = log_dir / f"{case.name}.log"
+    since = con.mark()
+    started = time.monotonic()
+    if not up:
+        return _result(case, "fail", "no dom0", None, 0.0, log, b"", {})
+    mon.begin(f"boot:{case.name}")
+    con.send(f"create {case.name}")
+    v, reason, ending, timeline = _watch(case, con, since, started)
+    seconds = time.monotonic() - started
+    # The guest's diagnostics are in the log by now (a verdict on a crash waits for them): remove it, so the next
+    # guest starts alone.
+    con.send(f"destroy {case.name}")
+    con.wait_for(f"hurdxen-dom0: destroyed {case.name}", since, DESTROY_TIMEOUT)
+    mon.end(f"boot:{case.name} {v}" + (f": {reason}" if reason and v != "pass" else ""), seconds)
+    return _result(case, v, reason, ending, seconds, log, con.since(since), timeline)
+
+
+def run_dom0_case(
+    case: BootCase, hypervisor: Path, log_dir: Path, monitor: Monitor | None = None
+) -> tuple[BootResult, dict[str, Any]]:
+    """The quick path: GNU Mach started as Xen's dom0 in a QEMU of its own."""
+    assert case.kernel is not None
+    mon = monitor or NullMonitor()
+    log = log_dir / f"{case.name}.log"
+    mon.begin(f"boot:{case.name}")
+    started = time.monotonic()
+    with staging() as d:
+        mods = [(stage(d, "kernel", case.kernel), case.cmdline)]
+        if case.ramdisk:
+            mods.append((stage(d, "ramdisk", case.ramdisk), ""))
+        cmd = qemu_command(stage(d, "xen", hypervisor), mods, f"{XEN_APPEND} {QUICK_DOM0_MEM}")
+        con = Console(cmd, log.with_suffix(".serial"), mon, f"boot:{case.name}")
+        try:
+            v, reason, ending, timeline = _watch(case, con, 0, started)
+        finally:
+            err = con.close(grace=0)
+    seconds = time.monotonic() - started
+    if err and v == "fail":
+        reason = f"{reason}; qemu: {err}"
+    mon.end(f"boot:{case.name} {v}", seconds)
+    result = _result(case, v, reason, ending, seconds, log, log.with_suffix(".serial").read_bytes(), timeline)
+    log.with_suffix(".serial").unlink(missing_ok=True)
+    return result, {"label": case.name, "log": str(log), "cases": [case.name], "seconds": round(seconds, 1)}
+
+
+def run_boot_checks(
+    cases: Sequence[BootCase],
+    hypervisor: HypervisorResult,
+    dom0: Dom0Result | None,
+    log_dir: Path,
+    mtime: int = DEFAULT_SOURCE_DATE_EPOCH,
+    monitor: Monitor | None = None,
+    jobs: int | None = None,
+) -> BootReport:
+    """Run every case; verdicts in case order. The guest cases share one session (one dom0 boot); the quick dom0
+    cases run beside it, `jobs` QEMUs at a time (TCG uses one host core per QEMU)."""
+    names = [c.name for c in cases]
+    dups = {n for n in names if names.count(n) > 1}
+    if dups:
+        raise HurdxenError(f"boot: case names must be unique ({', '.join(sorted(dups))})")
+    for c in cases:
+        if not CASE_NAME.fullmatch(c.name):
+            raise HurdxenError(f"boot: case name {c.name!r} is not a plain file name", hint="use letters, digits, -_.")
+    guests = [c for c in cases if c.kind != "dom0"]
+    if guests and dom0 is None:
+        raise HurdxenError("boot: guest cases need the dom0 kernel and initrd", hint="build_dom0 first")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    jobs = max(1, jobs or min(2, os.cpu_count() or 1))
+    by_name: dict[str, BootResult] = {}
+    sessions: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = []
+        if guests:
+            assert dom0 is not None
+            futures.append(pool.submit(run_session, guests, hypervisor.xen, dom0, log_dir, "session", mtime, monitor))
+        for c in cases:
+            if c.kind == "dom0":
+                futures.append(pool.submit(_one, c, hypervisor.xen, log_dir, monitor))
+        for f in futures:
+            res, summary = f.result()
+            sessions.append(summary)
+            by_name.update((r.case.name, r) for r in res)
+    return BootReport(tuple(by_name[n] for n in names), hypervisor.summary(), dom0.summary() if dom0 else {},
+                      tuple(sessions))  # fmt: skip
+
+
+def _one(
+    case: BootCase, hypervisor: Path, log_dir: Path, monitor: Monitor | None
+) -> tuple[list[BootResult], dict[str, Any]]:
+    result, summary = run_dom0_case(case, hypervisor, log_dir, monitor)
+    return [result], summary
+
+
+def print_report(report: BootReport) -> None:
+    from rich.console import Console as RichConsole
+
+    RichConsole(stderr=True).print(report.table())
+    for r in report.results:
+        if r.ending is not None and r.ending.crash is not None:
+            RichConsole(stderr=True).print(f"{r.case.name}: " + r.ending.headline, markup=False, highlight=False)
+            for ln in r.ending.crash.lines[:12]:
+                RichConsole(stderr=True).print(f"  (XEN) {ln}", markup=False, highlight=False)
+        elif r.ending is not None:
+            RichConsole(stderr=True).print(f"{r.case.name}: {r.ending.headline}", markup=False, highlight=False)
