@@ -124,30 +124,29 @@ def case_inputs(ctx: Any, case: CaseSpec) -> dict[str, Path]:
 
 
 def kernel_symbols(ctx: Any, case: CaseSpec) -> Path | None:
-    """The unstripped kernel that names a crash site: the gnumach stage's output of that name, read through its
-    manifest (for a pv-grub2 case, of the kernel its manifest says it embeds). None when the kernel stage kept none
-    (a prebuilt Debian kernel) or the manifests are missing."""
-    from hurdxen import gnumach
+    """The unstripped kernel that names a crash site: the gnumach stage's output `kernel`, read through its manifest
+    (for a pv-grub2 case, of the kernel its manifest says it embeds). None when the kernel stage keeps none (a
+    prebuilt Debian kernel) or a manifest is missing or does not match its files: the report then shows raw RIPs."""
+    from hurdxen import manifest
 
     variant = case.kernel
     if case.kind == "pvgrub" and case.pvgrub:
-        kernels = _manifest(Path(ctx.artifacts) / "pvgrub2" / case.pvgrub).get("kernels") or []
-        variant = str(kernels[0]) if kernels and isinstance(kernels, list) else None
+        kernels = _json(Path(ctx.artifacts) / "pvgrub2" / case.pvgrub / manifest.MANIFEST).get("kernels")
+        variant = str(kernels[0]) if isinstance(kernels, list) and kernels else None
     if not variant:
         return None
-    out = gnumach.out_dir(ctx, variant)
-    name = gnumach.kernel_name(variant)  # the unstripped kernel (`.stripped` and `.gz` are the others)
-    outputs = _manifest(out).get("outputs") or {}
-    return out / name if isinstance(outputs, dict) and name in outputs and (out / name).is_file() else None
+    try:
+        m = manifest.read_task(Path(ctx.artifacts), f"gnumach:{variant}")
+        return m.output("kernel") if "kernel" in m.outputs else None
+    except HurdxenError:
+        return None
 
 
-def _manifest(d: Path) -> dict[str, Any]:
+def _json(path: Path) -> dict[str, Any]:
     import json
 
-    from hurdxen import manifest
-
     try:
-        data = json.loads((d / manifest.MANIFEST).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
