@@ -12,6 +12,7 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     task_boot,
     task_build,
     task_bundle,
+    task_canary,
     task_gnumach,
     task_hurd_modules,
     task_image,

@@ -508,7 +508,19 @@ def make_manifest(
         "stages": {so.key: so.manifest for so in g.stages},
         "tools": {"stages": {so.key: so.manifest for so in g.extra_stages}, "bundler": _tools()},
         "inputs": resolved_dependencies([*g.stages, *g.extra_stages], spec.revision),
+        "images": image_packages([*g.stages, *g.extra_stages]),
     }
+
+
+def image_packages(stages: Iterable[StageOutput]) -> dict[str, list[str]]:
+    """Each step image's installed packages (`name version arch`), as the stage manifests recorded them: the
+    toolchain that built the release, like a .buildinfo."""
+    out: dict[str, list[str]] = {}
+    for so in stages:
+        step = so.manifest.get("step") or {}
+        if isinstance(step, Mapping) and isinstance(step.get("image"), str) and step.get("image_packages"):
+            out.setdefault(step["image"], list(step["image_packages"]))
+    return dict(sorted(out.items()))
 
 
 def make_provenance(spec: BundleSpec, subjects: Mapping[str, str], manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,12 +31,24 @@ class BaseSpec:
     include: tuple[str, ...]
     source_date_epoch: int
     proxy: str | None = None
+    snapshot: str | None = None  # a snapshot.debian.org timestamp: the rootfs (and pinned packages) come from it
+    snapshot_service: str = "https://snapshot.debian.org"
 
     @property
     def identity(self) -> str:
-        # The proxy changes how bytes arrive, not what the image is.
-        d = {k: v for k, v in self.__dict__.items() if k != "proxy"}
+        # The proxy and the snapshot service's address change how bytes arrive, not what the image is. An unset
+        # snapshot leaves the identity as it was before snapshots existed.
+        d = {k: v for k, v in self.__dict__.items() if k not in ("proxy", "snapshot_service")}
+        if d["snapshot"] is None:
+            del d["snapshot"]
         return fsutil.identity("base", d)[:16]
+
+    @property
+    def snapshot_mirror(self) -> str | None:
+        """The archive as the snapshot service kept it at `snapshot` (/archive/debian/<ts>/)."""
+        if not self.snapshot:
+            return None
+        return f"{self.snapshot_service.rstrip('/')}/archive/debian/{self.snapshot}"
 
     @property
     def tag(self) -> str:
@@ -131,7 +143,10 @@ def _mmdebstrap(spec: BaseSpec, tarball: Path, log_path: Path, mon: Monitor) -> 
         cmd.append(f"--include={','.join(spec.include)}")
     if spec.proxy:
         cmd.append(f'--aptopt=Acquire::http::Proxy "{spec.proxy}"')
-    cmd += [spec.suite, str(tmp), spec.mirror]
+    if spec.snapshot_mirror:
+        # A snapshot's InRelease is past its Valid-Until; apt still requires its good signature.
+        cmd.append('--aptopt=Acquire::Check-Valid-Until "false"')
+    cmd += [spec.suite, str(tmp), spec.snapshot_mirror or spec.mirror]
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(spec.source_date_epoch))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -164,7 +179,7 @@ def ensure_image(spec: ImageSpec, log_path: Path, monitor: Monitor | None = None
         return ImageResult(spec.tag, existing, 0.0, True)
     start = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    buildargs = {"BASE": spec.base.tag}
+    buildargs = {"BASE": spec.base.tag, "SUITE": spec.base.suite, "SNAPSHOT_MIRROR": spec.base.snapshot_mirror or ""}
     if spec.base.proxy:
         buildargs.update(http_proxy=spec.base.proxy, https_proxy=spec.base.proxy)
     error: str | None = None
@@ -200,19 +215,31 @@ def ensure_image(spec: ImageSpec, log_path: Path, monitor: Monitor | None = None
     return ImageResult(spec.tag, image_id, time.monotonic() - start, False)
 
 
-def image_packages(tag: str) -> dict[str, str]:
-    """Package versions inside an image, for stage manifests."""
+PACKAGES_FORMAT = "${binary:Package} ${Version} ${Architecture}\\n"
+
+
+def installed_packages(tag: str, cache_root: Path) -> list[str]:
+    """An image's installed packages as `name version arch` lines (like a .buildinfo), sorted; asked of the image once
+    and kept in the cache by image id (an image's content never changes under its id)."""
     client = connect_docker()
+    image_id = _image_id(client, tag)
+    if image_id is None:
+        raise HurdxenError(f"image {tag} does not exist", hint="build it: `doit image`")
+    path = cache_root / "images" / f"{image_id.replace(':', '-')}.packages"
+    if path.is_file():
+        return path.read_text().splitlines()
     c = client.create_container(
-        tag,
-        command=["dpkg-query", "-W", "-f", "${Package} ${Version}\\n"],
+        image_id,
+        command=["dpkg-query", "-W", "-f", PACKAGES_FORMAT],
         host_config=client.create_host_config(network_mode="none"),
         network_disabled=True,
     )
     try:
         client.start(c["Id"])
         client.wait(c["Id"])
-        out = client.logs(c["Id"], stdout=True, stderr=False).decode()
+        out = client.logs(c["Id"], stdout=True, stderr=False).decode(errors="replace")
     finally:
         client.remove_container(c["Id"], force=True)
-    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    lines = sorted((line for line in out.splitlines() if line.count(" ") == 2), key=lambda s: s.encode())
+    fsutil.write_atomic(path, "".join(f"{line}\n" for line in lines))
+    return lines

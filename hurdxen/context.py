@@ -78,6 +78,8 @@ def make_context(recipes: Recipes) -> Context:
         include=tuple(b.get("include", [])),
         source_date_epoch=int(b["source_date_epoch"]),
         proxy=network.proxy,
+        snapshot=b.get("snapshot"),
+        snapshot_service=network.snapshot,
     )
     images = tuple(
         (name, ImageSpec(name, recipes.root / "containers" / name, base)) for name in sorted(recipes["images"]["image"])

@@ -38,6 +38,15 @@ def step_record(step: StepResult | Mapping[str, Any]) -> dict[str, Any]:
     return {"executor": "in-process", **step}
 
 
+def _image_packages(step: StepResult | Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """The step image's installed packages (name version arch), so a manifest says which toolchain built it."""
+    if not isinstance(step, StepResult) or step.executor != "docker" or not step.image:
+        return {}
+    from hurdxen import containers
+
+    return {"image_packages": containers.installed_packages(step.image, ctx.cache.root)}
+
+
 def in_process(function: str, **facts: Any) -> dict[str, Any]:
     """The step record of a stage that runs in hurdxen itself (no container): which function did the work."""
     return {"function": function, **facts}
@@ -65,7 +74,7 @@ def write(
         "variant": variant,
         "identity": spec.identity(ctx),
         "inputs": dict(inputs),
-        "step": step_record(step),
+        "step": {**step_record(step), **_image_packages(step, ctx)},
         "outputs": named,
     }
     for k, v in (extra or {}).items():

@@ -96,6 +96,8 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 def record(path: Path, pin: DebPin, entry: Mapping[str, Any]) -> bool:
     """Add or replace the entry for `pin`; True when the lock changed."""
+    if not all(isinstance(entry.get(k), str) for k in ("version", "sha256", "url")):
+        raise ValueError(f"lock entry for {pin.lock_id} lacks version, sha256 or url")
     with locked(path):
         pins = load(path)
         old = pins.get(pin.lock_id)

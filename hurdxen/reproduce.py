@@ -123,6 +123,39 @@ def _same_json_modulo_volatile(a: Path, b: Path) -> bool:
         return False
 
 
+def _packages_in(node: object, out: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "image_packages" and isinstance(v, list):
+                for line in v:
+                    name, _, rest = str(line).partition(" ")
+                    out[name] = rest
+            else:
+                _packages_in(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _packages_in(v, out)
+
+
+def package_drift(a: Path, b: Path, most: int = 5) -> str | None:
+    """`name old → new` for packages whose version (or presence) differs between two manifests' image lists."""
+    try:
+        pa: dict[str, str] = {}
+        pb: dict[str, str] = {}
+        _packages_in(json.loads(a.read_text()), pa)
+        _packages_in(json.loads(b.read_text()), pb)
+    except (OSError, ValueError):
+        return None
+    moved = [
+        f"{n} {pa.get(n, '(absent)').split(' ')[0]} → {pb.get(n, '(absent)').split(' ')[0]}"
+        for n in sorted(set(pa) | set(pb))
+        if pa.get(n) != pb.get(n)
+    ]
+    if not moved:
+        return None
+    return ", ".join(moved[:most]) + (f" (+{len(moved) - most} more)" if len(moved) > most else "")
+
+
 def compare_trees(
     reference: Path, rebuild: Path, report_dir: Path, exclude: tuple[str, ...] = DEFAULT_EXCLUDE
 ) -> ReproduceResult:
@@ -140,6 +173,9 @@ def compare_trees(
         elif fsutil.sha256_file(a[rel]) != fsutil.sha256_file(b[rel]):
             if rel.endswith(".json") and _same_json_modulo_volatile(a[rel], b[rel]):
                 volatile.append(rel)
+            elif rel.endswith(".json") and (drift := package_drift(a[rel], b[rel])):
+                # The toolchain moved: say which packages, not just that a manifest differs.
+                diffs.append(Difference(rel, f"image packages differ: {drift}"))
             else:
                 html, text = diffoscope(a[rel], b[rel], report_dir, rel)
                 diffs.append(Difference(rel, "content", html, text))

@@ -442,8 +442,8 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
     rec = _deb_record(cache, pin)
     sha = _known_sha256(pin, cache)
     if sha and cache.has(sha):
-        if cache.lock and rec.is_file() and pinlock.lookup(cache.lock, pin) is None:
-            pinlock.record(cache.lock, pin, json.loads(rec.read_text()))
+        if cache.lock and pinlock.lookup(cache.lock, pin) is None:
+            _fill_lock(pin, cache, rec, sha)
         return cache.blob(sha)
     res = resolve_deb(pin, cache, strict=sha is None)
     if sha and sha != res.entry.sha256:
@@ -462,6 +462,27 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
     if cache.lock:
         pinlock.record(cache.lock, pin, info)
     return path
+
+
+def _fill_lock(pin: DebPin, cache: Cache, rec: Path, sha: str) -> None:
+    """Record a cached pin in the lock. A record from before the lock existed lacks where the .deb came from and who
+    signed it: resolve once more (online) to learn it; offline, the lock waits for the next online build."""
+    from hurdxen import pinlock
+
+    info = json.loads(rec.read_text()) if rec.is_file() else {}
+    if "url" not in info:
+        if cache.network.offline:
+            return
+        try:
+            res = resolve_deb(pin, cache, strict=False)
+        except HurdxenError:
+            return
+        if res.entry.sha256 != sha:
+            return
+        info = lock_entry(pin, res)
+        fsutil.write_json_atomic(rec, info)
+    assert cache.lock is not None
+    pinlock.record(cache.lock, pin, info)
 
 
 def lock_entry(pin: DebPin, res: Resolution) -> dict[str, Any]:

@@ -248,6 +248,18 @@ def task_pins() -> TaskDict:
     return {"actions": [(act_pins, [ctx.root])], "uptodate": [False], "verbosity": 2}
 
 
+def act_canary(root: Path) -> TaskFailed | None:
+    from hurdxen import canary
+
+    return guarded(canary.cli, ["--root", str(root)])
+
+
+def task_canary() -> TaskDict:
+    """canary: build with floating inputs (GNU Mach master, newest packages) in a copy; report drift against the pins"""
+    _, ctx = load()
+    return {"actions": [(act_canary, [ctx.root])], "uptodate": [False], "verbosity": 2}
+
+
 def task_sources() -> Iterator[TaskDict]:
     """sources: fetch and verify every pinned input into the cache (then builds run offline)"""
     _, ctx = load()

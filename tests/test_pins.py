@@ -324,3 +324,38 @@ def test_rewrite_keeps_everything_else(tmp_path: Path) -> None:
     for n, changed in (("hurd-modules", 1), ("pvgrub2", 1), ("mig", 1), ("gnumach", 0)):
         new = (tmp_path / "recipes" / f"{n}.toml").read_text().splitlines()
         assert sum(a != b for a, b in zip(lines(n), new, strict=True)) == changed
+
+
+def test_canary_builds_floating_inputs_in_a_copy(
+    apt_signing_key: GpgKey, elves: ElfFactory, http_server: TestServer, tmp_path: Path
+) -> None:
+    """GNU Mach's branch head and the newest packages are built in a copy; the project's recipes stay as pinned."""
+    import git
+
+    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "art")
+    mach = git.Repo.init(tmp_path / "gnumach", initial_branch="master")
+    (tmp_path / "gnumach" / "README").write_text("GNU Mach\n")
+    mach.index.add(["README"])
+    head = mach.index.commit("head of master").hexsha
+    with AptRepo(tmp_path / "ports", apt_signing_key, ports=True) as ports:
+        publish_set(ports, elves, "1:0.9.git20261101-1", "2.42-2")
+        where = {"archive": http_server.serve_dir("/debian-ports", ports.archive), "keyring": str(ports.keyring_path)}
+        proj.overlay(
+            {
+                "gnumach": {"source": {"git": str(tmp_path / "gnumach")}},
+                "hurd-modules": {"variants": {a: {"debian": where} for a, _, _ in ARCHES.values()}},
+            }
+        )
+        before = {p: p.read_text() for p in (proj.root / "recipes").glob("*.toml")}
+        r = proj.run_hurdxen("canary", "--root", str(proj.root), "hurd-modules:hurd-i386")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "canary: 5 input(s) moved; the floating set builds" in r.stdout
+        assert {p: p.read_text() for p in (proj.root / "recipes").glob("*.toml")} == before  # release path untouched
+        report = json.loads((proj.artifacts / "canary" / "report.json").read_text())
+        drift = {d["input"]: d for d in report["drift"]}
+        assert drift["gnumach.source.commit"]["floating"] == head and drift["gnumach.source.commit"]["moved"]
+        assert drift[f'{VARIANT}.packages."libc0.3"']["floating"] == "2.42-2"
+        assert drift[f"{VARIANT}.packages.hurd"]["floating"] == "1:0.9.git20261101-1"
+        m = json.loads((proj.artifacts / "canary/artifacts/hurd-modules/hurd-i386/manifest.json").read_text())
+        assert m["libc_version"] == "2.42-2"
+        assert report["build"]["ok"] is True

@@ -71,6 +71,9 @@ def test_build_builds_base_image_and_both_migs(built: tuple[Project, DoitRun]) -
         m = json.loads((out / "manifest.json").read_text())
         assert m["step"]["image"].startswith(f"{IMAGE_REPOSITORY}/builder:")
         assert m["step"]["executor"] == "docker"
+        # The image's installed set, like a .buildinfo: exactly containers/builder/packages.lock.
+        lock = (project.root / "containers" / "builder" / "packages.lock").read_text().splitlines()
+        assert m["step"]["image_packages"] == [line for line in lock if not line.startswith("#")]
         # Outputs belong to whoever ran doit, although the step ran as another user (65534 when we are root).
         for p in [out, *files_below(out)]:
             assert p.stat().st_uid == os.getuid(), p

@@ -52,7 +52,7 @@ BROKEN = [
         'variant = "minbase"',
         'variant = "minbase"\nflavour = "x"',
         "error: recipes/base.toml: base.flavour: unknown key "
-        "(hint: allowed here: components, include, mirror, source_date_epoch, suite, variant)",
+        "(hint: allowed here: components, include, mirror, snapshot, source_date_epoch, suite, variant)",
         id="unknown-key",
     ),
     pytest.param(
@@ -339,7 +339,7 @@ def test_command_line_beats_overlay(recipe_root: Path) -> None:
         (
             {"base.colour": "blue"},
             "error: the command line: base.colour: unknown key "
-            "(hint: allowed here: components, include, mirror, source_date_epoch, suite, variant)",
+            "(hint: allowed here: components, include, mirror, snapshot, source_date_epoch, suite, variant)",
         ),
         (
             {"nope.x": "1"},

@@ -41,6 +41,7 @@ ALLOWED: tuple[tuple[tuple[str, ...], str], ...] = (
     (("sudo", "sysctl", "-w", "kernel.apparmor_restrict_unprivileged_userns=0"), "mmdebstrap's user namespaces"),
     (("gh", "release", "create"), "attach the bundle to the GitHub release"),
     (("sha256sum",), "the release tarball's checksum file"),
+    (("git", "diff", "--exit-code", "--", "recipes/pins.lock"), "the build used only locked pins"),
     (("find",), "collect files to cache or attach"),
     (("xargs",), "feed collected files to an allowed command (checked too)"),
     (("mkdir",), "directories"),
