@@ -2,7 +2,44 @@
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from typing import NoReturn
+
+MAX_SHOWN = 200  # characters of one echoed value (a recipe string, a member name)
+MAX_LINE = 2000  # characters of a whole rendered error line
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*):[^/@\s]*@")
+
+
+def escape_controls(text: str) -> str:
+    """Control characters (ESC, newline, CR, …) as visible escapes: input can never forge or erase output lines."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def redact_urls(text: str) -> str:
+    """`scheme://user:secret@host` -> `scheme://user:***@host`."""
+    return _URL_USERINFO.sub(r"\1:***@", text)
+
+
+def printable(value: object, limit: int = MAX_SHOWN) -> str:
+    """A value from outside, safe to print: controls escaped, credentials redacted, cut to `limit` characters."""
+    text = escape_controls(redact_urls(str(value)))
+    if len(text) > limit:
+        text = f"{text[:limit]}…[{len(text) - limit} more characters]"
+    return text
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password hidden (for messages and logs)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return redact_urls(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}"))
 
 
 class HurdxenError(Exception):
@@ -14,9 +51,10 @@ class HurdxenError(Exception):
         self.hint = hint
 
     def render(self) -> str:
-        line = f"error: {self.message}"
+        # Messages quote input (names, recipe values, URLs): one line, no control bytes, no passwords, bounded.
+        line = f"error: {printable(self.message, MAX_LINE)}"
         if self.hint:
-            line += f" (hint: {self.hint})"
+            line += f" (hint: {printable(self.hint, MAX_SHOWN)})"
         return line
 
     def __str__(self) -> str:

@@ -8,13 +8,12 @@ as a non-root user with no network. Kernels whose Xen notes are wrong never reac
 from __future__ import annotations
 
 import shlex
-import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hurdxen import fsutil, manifest, mig, stage, xenverify
+from hurdxen import fsutil, manifest, mig, safeextract, stage, xenverify
 from hurdxen.context import Context
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import Mount, Step, StepResult
@@ -397,17 +396,7 @@ def prepare(spec: SourceSpec, ctx: Context) -> Path:
 
 
 def _extract_tarball(tarball: Path, dest: Path) -> None:
-    with tarfile.open(tarball) as tar:
-        members = tar.getmembers()
-        tops = {m.name.split("/", 1)[0] for m in members}
-        strip = len(tops) == 1
-        for m in members:
-            if strip:
-                parts = m.name.split("/", 1)
-                if len(parts) < 2:
-                    continue
-                m.name = parts[1]
-            tar.extract(m, dest, filter="tar")
+    safeextract.extract(tarball, dest, f"gnumach source tarball {tarball.name}", strip_single_top=True)
 
 
 def build(spec: SourceSpec | VariantSpec | PrebuiltSpec, ctx: Context) -> KernelResult | Path:
@@ -490,7 +479,7 @@ def fetch_prebuilt(spec: PrebuiltSpec, ctx: Context) -> KernelResult:
     """Entry point: a Debian-built kernel, verified like any package, checked like our own (non-strict)."""
     deb = fetch_deb(spec.deb, ctx.cache)
     tree = extract_deb(deb, ctx.cache)
-    src = tree / spec.path
+    src = safeextract.tree_path(tree, spec.path, f"gnumach.prebuilt.{spec.name}.path")
     if not src.is_file():
         raise HurdxenError(
             f"{spec.task}: {spec.deb.package} has no {spec.path}",

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hurdxen import fsutil, manifest, stage
+from hurdxen import fsutil, manifest, safeextract, stage
 from hurdxen.context import Context
 from hurdxen.executors import Mount, Step
 from hurdxen.recipes import Recipes
@@ -116,6 +116,9 @@ def out_dir(ctx: Context, target: str) -> Path:
 def fetch_inputs(spec: MigSpec, ctx: Context) -> tuple[Path, Path, Path]:
     orig = fetch_tarball(spec.source, ctx.cache)
     deb = fetch_tarball(spec.patches, ctx.cache)
+    # GNU tar unpacks them inside the step (possibly on the host): check every member first
+    safeextract.check(orig, f"{spec.source.name} {orig.name}", strip_single_top=True)
+    safeextract.check(deb, f"{spec.patches.name} {deb.name}")
     headers = extract_deb(fetch_deb(spec.headers, ctx.cache), ctx.cache)
     return orig, deb, headers
 

@@ -19,18 +19,19 @@ import json
 import os
 import re
 import shutil
-import tarfile
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from hurdxen import fsutil
+from hurdxen import fsutil, safeextract
 from hurdxen.bundle import MANIFEST, PROVENANCE, SIGNATURE, SUMS, BundleResult, load_result
-from hurdxen.errors import HurdxenError
+from hurdxen.errors import HurdxenError, printable
 
 INDEX = "index.json"
 LATEST = "latest"
@@ -61,10 +62,12 @@ class VerifyReport:
         return not self.problems
 
     def render(self) -> str:
-        lines = [f"{self.target}: {'OK' if self.ok else 'FAILED'}" + (f" ({self.release})" if self.release else "")]
-        lines += [f"  ok: {c}" for c in self.checked]
-        lines += [f"  warning: {w}" for w in self.warnings]
-        lines += [f"  problem: {p}" for p in self.problems]
+        # every line quotes the bundle (names, manifest values): controls escaped so none can forge a line
+        head = f"{self.target}: {'OK' if self.ok else 'FAILED'}" + (f" ({self.release})" if self.release else "")
+        lines = [printable(head, 1000)]
+        lines += [f"  ok: {printable(c, 1000)}" for c in self.checked]
+        lines += [f"  warning: {printable(w, 1000)}" for w in self.warnings]
+        lines += [f"  problem: {printable(p, 1000)}" for p in self.problems]
         return "\n".join(lines) + "\n"
 
     def raise_for_problems(self) -> None:
@@ -85,41 +88,92 @@ class _Checks:
 
 def _safe_extract(tarball: Path, dest: Path) -> Path:
     """Extract regular files and directories only, below one top-level directory; return that directory."""
-    try:
-        with tarfile.open(tarball, "r:gz") as tar:
-            return _extract_members(tar, tarball, dest)
-    except (OSError, EOFError, tarfile.TarError) as e:
-        raise HurdxenError(f"{tarball.name} is not a readable gzipped tarball: {e}", hint="download it again") from e
-
-
-def _extract_members(tar: tarfile.TarFile, tarball: Path, dest: Path) -> Path:
-    tops = set()
-    for m in tar.getmembers():
-        parts = Path(m.name).parts
-        if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
-            raise HurdxenError(f"{tarball.name}: unsafe member {m.name!r}", hint="do not unpack this tarball")
-        tops.add(parts[0])
-    if len(tops) != 1:
+    names = safeextract.extract(tarball, dest, tarball.name, BUNDLE_LIMITS)
+    tops = {n.split("/", 1)[0] for n in names}
+    if len(tops) != 1 or not (dest / next(iter(tops))).is_dir():
         raise HurdxenError(f"{tarball.name}: expected one top-level directory, found {len(tops)}")
-    tar.extractall(dest, filter="data")
+    odd = [n for n, kind in _tree_entries(dest)[1]]
+    if odd:
+        raise HurdxenError(f"{tarball.name}: unsafe member {printable(odd[0])!r} (only files and directories)")
     return dest / tops.pop()
+
+
+# A bundle holds a few kernels, ramdisks and images (tens of MiB): far below these.
+BUNDLE_LIMITS = safeextract.Limits(max_bytes=2 << 30, max_members=10_000, max_ratio=100, ratio_floor=64 << 20)
+MAX_META = 16 << 20  # bytes of SHA256SUMS, manifest.json or provenance read
 
 
 def parse_sums(text: str) -> tuple[dict[str, str], list[str]]:
     """coreutils `sha256sum` lines → ({name: sha256}, [bad lines])."""
     out: dict[str, str] = {}
     bad: list[str] = []
-    for i, line in enumerate(text.splitlines(), 1):
-        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
-        if m is None or m.group(2).startswith("/") or ".." in Path(m.group(2)).parts:
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line and i > 1:
+            continue
+        m = re.fullmatch(r"([0-9a-f]{64}) [ *]([^\x00-\x1f\x7f]+)", line)
+        if m is None or m.group(2).startswith("/") or {".", ".."} & set(m.group(2).split("/")) or m.group(2) in out:
             bad.append(f"line {i}")
             continue
         out[m.group(2)] = m.group(1)
     return out, bad
 
 
+def _tree_entries(d: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """(regular files by relative name, [(name, kind)] of anything else but directories: links, FIFOs, devices)."""
+    files: dict[str, Path] = {}
+    odd: list[tuple[str, str]] = []
+    for top, dirs, names in os.walk(d):  # never follows a directory symlink
+        for n in sorted(dirs + names):
+            p = Path(top, n)
+            mode = p.lstat().st_mode
+            rel = str(p.relative_to(d))
+            if stat.S_ISREG(mode):
+                files[rel] = p
+            elif not stat.S_ISDIR(mode):
+                odd.append((rel, "symlink" if stat.S_ISLNK(mode) else "special file"))
+    return dict(sorted(files.items())), odd
+
+
 def _files_below(d: Path) -> dict[str, Path]:
-    return {str(p.relative_to(d)): p for p in sorted(d.rglob("*")) if p.is_file() or p.is_symlink()}
+    return _tree_entries(d)[0]
+
+
+def _read_meta(c: _Checks, path: Path) -> bytes | None:
+    """A bundle's metadata file, bounded in size; None (with a problem) when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_META + 1)
+    except OSError as e:
+        c.problems.append(f"{path.name}: unreadable ({e.strerror})")
+        return None
+    if len(data) > MAX_META:
+        c.problems.append(f"{path.name}: larger than {MAX_META >> 20} MiB")
+        return None
+    return data
+
+
+def _load_json(c: _Checks, path: Path, schema_name: str) -> dict[str, Any] | None:
+    """manifest.json / provenance: JSON, then the shape the verifier relies on (hurdxen/schemas/bundle/)."""
+    import jsonschema
+
+    data = _read_meta(c, path)
+    if data is None:
+        return None
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        c.problems.append(f"{path.name}: not JSON ({printable(e)})")
+        return None
+    schema = json.loads(
+        resources.files("hurdxen").joinpath("schemas", "bundle", f"{schema_name}.schema.json").read_text()
+    )
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if err is not None:
+        at = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        c.problems.append(f"{path.name}: {printable(at)}: {printable(err.message, 120)}")
+        return None
+    assert isinstance(doc, dict)
+    return doc
 
 
 def _check_signature(c: _Checks, sums: Path, sig: Path, keyring: Path | None, fingerprint: str | None) -> str | None:
@@ -135,14 +189,21 @@ def _check_signature(c: _Checks, sums: Path, sig: Path, keyring: Path | None, fi
                 keyring, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns("S.*", "*.lock", "private-keys-v1.d")
             )
             gpg = gnupg.GPG(gnupghome=home)
+        elif not keyring.is_file():
+            c.problems.append(f"keyring {printable(keyring)} does not exist")
+            return None
         else:
             gpg = gnupg.GPG(gnupghome=home)
-            imported = gpg.import_keys(keyring.read_bytes())
+            imported = gpg.import_keys(keyring.read_bytes()[: 16 << 20])
             if not imported.fingerprints:
                 c.problems.append(f"keyring {keyring} holds no OpenPGP key")
                 return None
-        with open(sig, "rb") as f:
-            v = gpg.verify_file(f, str(sums))
+        try:
+            with open(sig, "rb") as f:
+                v = gpg.verify_file(f, str(sums))
+        except OSError as e:
+            c.problems.append(f"{printable(sig)}: unreadable ({e.strerror})")
+            return None
     if v.valid:
         fpr = str(v.fingerprint or "")
         if fingerprint and fpr.upper() != fingerprint.replace(" ", "").upper():
@@ -233,23 +294,31 @@ def _verify_tree(
     if not sums_path.is_file():
         c.problems.append(f"{SUMS} is missing")
         return None, None
-    sums, bad = parse_sums(sums_path.read_text(errors="replace"))
+    raw_sums = _read_meta(c, sums_path)
+    if raw_sums is None:
+        return None, None
+    sums, bad = parse_sums(raw_sums.decode(errors="replace"))
     if bad:
         c.problems.append(f"{SUMS}: malformed {', '.join(bad[:3])}")
-    present = _files_below(d)
+    present, odd = _tree_entries(d)
+    for name, kind in odd:
+        # only regular files and directories: a FIFO blocks a reader, a device or link reaches outside the bundle
+        c.problems.append(f"{printable(name)}: a {kind}, not a regular file")
     actual: dict[str, str] = {}
     for name, want in sorted(sums.items()):
         p = present.get(name)
-        if p is None or not p.is_file() or p.is_symlink():
-            c.problems.append(f"{name}: listed in {SUMS} but missing")
+        if p is None:
+            c.problems.append(f"{printable(name)}: listed in {SUMS} but missing")
             continue
         actual[name] = fsutil.sha256_file(p)
         if actual[name] != want:
-            c.problems.append(f"{name}: sha256 mismatch ({SUMS} says {want[:16]}…, file is {actual[name][:16]}…)")
+            c.problems.append(
+                f"{printable(name)}: sha256 mismatch ({SUMS} says {want[:16]}…, file is {actual[name][:16]}…)"
+            )
     allowed_extra = {SUMS, SIGNATURE} | ({tarball.name} if tarball else set())
     for name in present:
         if name not in sums and name not in allowed_extra:
-            c.problems.append(f"{name}: not listed in {SUMS}")
+            c.problems.append(f"{printable(name)}: not listed in {SUMS}")
     if not c.problems:
         c.checked.append(f"{SUMS}: {len(sums)} files")
 
@@ -263,21 +332,21 @@ def _verify_tree(
     if MANIFEST not in sums:
         c.problems.append(f"{MANIFEST}: not listed in {SUMS}")
         return release, signed_by
-    try:
-        m = json.loads((d / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
-        c.problems.append(f"{MANIFEST}: unreadable ({e})")
+    m = _load_json(c, d / MANIFEST, "manifest")
+    if m is None:
         return release, signed_by
     release = m.get("release")
     files = m.get("files", {})
     for name, want in sorted(files.items()):
         if name not in actual:
-            c.problems.append(f"{MANIFEST}: lists {name}, which the bundle does not hold")
+            c.problems.append(f"{MANIFEST}: lists {printable(name)}, which the bundle does not hold")
         elif actual[name] != want:
-            c.problems.append(f"{MANIFEST}: {name} sha256 {want[:16]}… does not match the file ({actual[name][:16]}…)")
+            c.problems.append(
+                f"{MANIFEST}: {printable(name)} sha256 {want[:16]}… does not match the file ({actual[name][:16]}…)"
+            )
     for name in actual:
         if name not in files and name not in (MANIFEST, PROVENANCE, SUMS):
-            c.problems.append(f"{MANIFEST}: does not list {name}")
+            c.problems.append(f"{MANIFEST}: does not list {printable(name)}")
     if m.get("signed") and sig is None:
         c.problems.append(f"{MANIFEST} says signed by {m.get('signing_key')}, but {SIGNATURE} is missing")
     if not m.get("signed"):
@@ -288,19 +357,17 @@ def _verify_tree(
     if not boot.get("passed"):
         c.warnings.append("released without a passing boot check (allow_unbooted)")
     # Provenance: its subjects must be exactly these files.
-    try:
-        prov = json.loads((d / PROVENANCE).read_text())
+    prov = _load_json(c, d / PROVENANCE, "provenance")
+    if prov is not None:
         subjects = {s["name"]: s["digest"]["sha256"] for s in prov.get("subject", [])}
         wrong = sorted(n for n, h in subjects.items() if actual.get(n) != h)
         if wrong:
             c.problems.append(
-                f"{PROVENANCE}: subject {wrong[0]} does not match the file"
+                f"{PROVENANCE}: subject {printable(wrong[0])} does not match the file"
                 + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else "")
             )
         elif set(subjects) != set(actual) - {PROVENANCE, SUMS}:
             c.problems.append(f"{PROVENANCE}: subjects are not the bundle's files")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        c.problems.append(f"{PROVENANCE}: unreadable ({e})")
     if not any(p.startswith(f"{MANIFEST}") or p.startswith(PROVENANCE) for p in c.problems):
         c.checked.append(f"{MANIFEST} and {PROVENANCE} match the files")
     if kernel_check is not None:

@@ -14,8 +14,6 @@ import http.client
 import json
 import os
 import shutil
-import subprocess
-import tarfile
 import tempfile
 import time
 import urllib.error
@@ -27,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hurdxen import debindex, fsutil
+from hurdxen import debindex, fsutil, safeextract
 from hurdxen.errors import HurdxenError
 
 DEFAULT_TIMEOUT = 60
@@ -369,9 +367,11 @@ def export_git(pin: GitPin, cache: Cache, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile() as f:
         repo.archive(f, pin.commit, format="tar")
+        packed = f.tell()
         f.seek(0)
-        with tarfile.open(fileobj=f) as tar:
-            tar.extractall(dest, filter="tar")
+        # a mirror can serve any tree: its links are checked like a tarball's (git archive's size is the tree's)
+        limits = safeextract.Limits(max_ratio=2)
+        safeextract.extract_stream(f, packed, dest, f"{pin.name} at {pin.commit[:12]}", limits)
 
 
 # ---------------------------------------------------------------- Debian packages
@@ -682,10 +682,5 @@ def extract_deb(deb: Path, cache: Cache) -> Path:
     if final.is_dir():
         return final
     with fsutil.atomic_dir(final) as tmp:
-        if shutil.which("dpkg-deb"):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True, capture_output=True)
-        else:
-            from debian.debfile import DebFile
-
-            DebFile(str(deb)).data.tgz().extractall(tmp, filter="tar")
+        safeextract.extract_deb(deb, tmp, f"Debian package {deb}")
     return final
