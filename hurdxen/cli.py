@@ -33,6 +33,9 @@ def recipes_cli(argv: list[str]) -> int:
         print(recipes.reference(), end="")
         return 0
     r = recipes.load(args.root, overrides={})
+    from hurdxen import tasks
+
+    tasks.check_specs(r)  # the same checks doit makes before any task: one validator, one answer
     for shown in sorted(r.files.values()):
         print(f"{shown}: ok")
     return 0

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import jsonschema
 
-from hurdxen.errors import HurdxenError
+from hurdxen.errors import HurdxenError, printable
 
 LOCAL_OVERLAY = "hurdxen.local.toml"
 # Keys of the overlay that are not recipes: how bytes are fetched and where steps run.
@@ -78,6 +78,11 @@ def read_toml(path: Path, shown: str) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise HurdxenError(f"{shown}: not valid TOML: {e}", hint="fix the syntax at the line named") from e
+    except UnicodeDecodeError as e:
+        raise HurdxenError(
+            f"{shown}: not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r})",
+            hint="TOML files are UTF-8; re-save the file as UTF-8",
+        ) from None
     except OSError as e:
         raise HurdxenError(f"{shown}: cannot read ({e.strerror})", hint="check the file's permissions") from e
 
@@ -165,10 +170,10 @@ def describe_error(err: jsonschema.ValidationError) -> tuple[str, str, str | Non
             opts = ", ".join(repr(o) for o in cast(list[Any], err.validator_value))
             return key, f"unknown name (expected one of {opts})", s.get("x-hint")
         expect = s.get("x-expect") or f"a name matching {s.get('pattern')}"
-        return key, f"bad name {name!r} (expected {expect})", s.get("x-hint")
+        return key, f"bad name {_show(name)} (expected {expect})", s.get("x-hint")
     if v == "pattern" or v == "format":
         expect = s.get("x-expect") or f"a value matching {s.get('pattern')}"
-        return _key_path(path), f"expected {expect}, got {err.instance!r}", s.get("x-hint")
+        return _key_path(path), f"expected {expect}, got {_show(err.instance)}", s.get("x-hint")
     if v == "type":
         want = err.validator_value
         wants = want if isinstance(want, list) else [want]
@@ -177,14 +182,14 @@ def describe_error(err: jsonschema.ValidationError) -> tuple[str, str, str | Non
         return _key_path(path), f"expected {want_s}, got {_type_name(err.instance)}", hint
     if v == "enum":
         opts = ", ".join(repr(o) for o in cast(list[Any], err.validator_value))
-        return _key_path(path), f"expected one of {opts}, got {err.instance!r}", s.get("x-hint")
+        return _key_path(path), f"expected one of {opts}, got {_show(err.instance)}", s.get("x-hint")
     if v == "const":
-        return _key_path(path), f"expected {err.validator_value!r}, got {err.instance!r}", s.get("x-hint")
+        return _key_path(path), f"expected {err.validator_value!r}, got {_show(err.instance)}", s.get("x-hint")
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         bound = {"minimum": "≥", "maximum": "≤", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[str(v)]
         return (
             _key_path(path),
-            f"{err.instance!r} is out of range (must be {bound} {err.validator_value})",
+            f"{_show(err.instance)} is out of range (must be {bound} {err.validator_value})",
             s.get("x-hint") or f"use a value {bound} {err.validator_value}",
         )
     if v == "minItems":
@@ -194,7 +199,44 @@ def describe_error(err: jsonschema.ValidationError) -> tuple[str, str, str | Non
         return _key_path(path), "has duplicate entries", "list each entry once"
     if v == "minLength":
         return _key_path(path), "must not be empty", s.get("x-hint")
-    return _key_path(path), err.message, s.get("x-hint")
+    if v == "maxLength":
+        n = err.validator_value
+        return _key_path(path), f"is longer than {n} characters ({len(str(err.instance))})", s.get("x-hint")
+    if v in ("oneOf", "anyOf", "not"):
+        return _key_path(path), f"does not fit any allowed form ({_show(err.instance)})", s.get("x-hint")
+    return _key_path(path), printable(err.message, 160), s.get("x-hint")
+
+
+def _show(value: Any) -> str:
+    """A recipe value in a message: repr, controls escaped, at most 80 characters (a 1 MB string is not echoed)."""
+    return printable(repr(value), 80)
+
+
+MAX_STRING = 4096  # characters of any recipe string (URLs, paths, flags); the schemas set tighter bounds
+MAX_INT = 2**53  # beyond this a TOML integer is a mistake or an attack (and not exact as JSON)
+
+
+def _bounds(data: Any, path: list[Any]) -> tuple[str, str, str | None] | None:
+    """(key path, what, hint) of the first value no recipe may hold: NUL bytes, huge strings or integers."""
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            found = _bounds(k, path) if isinstance(k, str) and ("\0" in k or len(k) > 256) else None
+            found = found or _bounds(v, [*path, k])
+            if found:
+                return found
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found = _bounds(v, [*path, i])
+            if found:
+                return found
+    elif isinstance(data, str):
+        if "\0" in data:
+            return _key_path(path), "contains a NUL character", "remove the \\u0000"
+        if len(data) > MAX_STRING:
+            return _key_path(path), f"is longer than {MAX_STRING} characters ({len(data)})", "shorten it"
+    elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_INT:
+        return _key_path(path), f"{_show(data)} is out of range", "use a smaller number"
+    return None
 
 
 def validate(
@@ -205,17 +247,23 @@ def validate(
     prefix: str = "",
 ) -> None:
     """Raise one clear line for the first problem (the rest are counted). `prefix` goes before every key path."""
-    validator = jsonschema.Draft202012Validator(schema(schema_name))
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
-    if not errors:
-        return
-    key, what, hint = describe_error(errors[0])
+    bad = _bounds(data, [])
+    if bad is not None:
+        key, what, hint = bad
+        errors: list[jsonschema.ValidationError] = []
+    else:
+        validator = jsonschema.Draft202012Validator(schema(schema_name))
+        errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+        if not errors:
+            return
+        key, what, hint = describe_error(errors[0])
     where = shown
     if origin:
         # Name the file the offending value came from when an overlay or the command line set it, and the key as
         # written there (`mig.source.url`; `base.mirror` for a recipe whose file is one table named after itself).
+        # A key the overlay added below the failing one counts too (`[mig.sorce]`, a git source turned tarball).
         for at, src in origin.items():
-            if key == at or key.startswith(at + ".") or key.startswith(at + "["):
+            if key == at or key.startswith((at + ".", at + "[")) or at.startswith((key + ".", key + "[")):
                 where = src
                 if src != shown and not _self_named(schema_name):
                     key = f"{schema_name}.{key}"
@@ -307,6 +355,11 @@ def load(root: Path, overrides: Mapping[str, str] | None = None, overlay: Path |
                 origin[name][p] = shown
     for word, value in (overrides if overrides is not None else cli_overrides()).items():
         name, _, keypath = word.partition(".")
+        if "" in word.split(".") or "\0" in word:
+            raise HurdxenError(
+                f"the command line: {printable(word, 80)}: empty key component",
+                hint="write RECIPE.KEY.SUBKEY=VALUE without doubled or trailing dots",
+            )
         if name == "settings" and keypath:
             settings = deep_merge(settings, _nest(keypath.split("."), _parse_value(value)))
             validate(settings, SETTINGS_SCHEMA, "the command line", prefix="settings")

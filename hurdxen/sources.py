@@ -123,6 +123,9 @@ def toml_key(name: str) -> str:
     return name if name and all(c.isalnum() or c in "_-" for c in name) and name.isascii() else json.dumps(name)
 
 
+_VERIFIED: set[tuple[str, int, int, int]] = set()  # blobs hashed by this process (path, inode, size, mtime)
+
+
 class Cache:
     """Content-addressed store: blobs/sha256/<hex>, git mirrors, extracted package trees."""
 
@@ -143,6 +146,25 @@ class Cache:
 
     def has(self, sha256: str) -> bool:
         return self.blob(sha256).is_file()
+
+    def verified(self, sha256: str) -> bool:
+        """The blob is there and still hashes to its name; a changed blob is removed (the caller refetches).
+
+        The cache is not trusted: anyone who can write it (another user, a restored backup, bit rot) could swap a
+        source under a pin. Hashing is cheap next to a compile; each blob is hashed once per process."""
+        path = self.blob(sha256)
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in _VERIFIED:
+            return True
+        if fsutil.sha256_file(path) != sha256:
+            path.unlink(missing_ok=True)
+            return False
+        _VERIFIED.add(key)
+        return True
 
     def tmpdir(self) -> Path:
         """Where downloads land before their hash is checked. The first call also sweeps stale ones."""
@@ -246,7 +268,7 @@ def _store(cache: Cache, tmp: Path, sha256: str) -> Path:
 
 
 def fetch_url_pinned(cache: Cache, url: str, sha256: str, what: str, key: str, pinned_by: str = "the recipe") -> Path:
-    if cache.has(sha256):
+    if cache.verified(sha256):
         return cache.blob(sha256)
     tmp, got = download(url, cache.tmpdir(), cache.network, what, key)
     if got != sha256:
@@ -416,6 +438,16 @@ def _deb_record(cache: Cache, pin: DebPin) -> Path:
     return cache.root / "debian" / f"{pin.package}_{pin.version}_{pin.arch}.{ident[:16]}.json"
 
 
+def _read_record(rec: Path) -> dict[str, Any] | None:
+    """The cached index answer for a package, or None when absent or damaged (then the index is asked again)."""
+    try:
+        known = json.loads(rec.read_bytes())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(known, dict) and isinstance(known.get("sha256"), str) and len(known["sha256"]) == 64
+    return known if ok else None
+
+
 def _known_sha256(pin: DebPin, cache: Cache) -> str | None:
     from hurdxen import pinlock
 
@@ -424,8 +456,8 @@ def _known_sha256(pin: DebPin, cache: Cache) -> str | None:
     locked = pinlock.lookup(cache.lock, pin) if cache.lock else None
     if locked:
         return str(locked["sha256"])
-    rec = _deb_record(cache, pin)
-    return str(json.loads(rec.read_text())["sha256"]) if rec.is_file() else None
+    known = _read_record(_deb_record(cache, pin))
+    return str(known["sha256"]) if known is not None else None
 
 
 def is_cached_deb(pin: DebPin, cache: Cache) -> bool:
@@ -441,7 +473,7 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
 
     rec = _deb_record(cache, pin)
     sha = _known_sha256(pin, cache)
-    if sha and cache.has(sha):
+    if sha and cache.verified(sha):  # re-hashed: an edited cached blob is refetched
         if cache.lock and pinlock.lookup(cache.lock, pin) is None:
             _fill_lock(pin, cache, rec, sha)
         return cache.blob(sha)
@@ -469,7 +501,7 @@ def _fill_lock(pin: DebPin, cache: Cache, rec: Path, sha: str) -> None:
     signed it: resolve once more (online) to learn it; offline, the lock waits for the next online build."""
     from hurdxen import pinlock
 
-    info = json.loads(rec.read_text()) if rec.is_file() else {}
+    info = _read_record(rec) or {}
     if "url" not in info:
         if cache.network.offline:
             return

@@ -44,7 +44,7 @@ BROKEN = [
         "mig.toml",
         f'sha256 = "{ORIG_SHA}"',
         'sha256 = "abc"',
-        "error: recipes/mig.toml: source.sha256: expected 64 hex digits, got 'abc' (hint: sha256sum FILE prints it)",
+        "error: recipes/mig.toml: source.sha256: expected 64 lower-case hex digits, got 'abc' (hint: sha256sum FILE prints it in lower case)",
         id="bad-sha256",
     ),
     pytest.param(
@@ -329,8 +329,8 @@ def test_command_line_beats_overlay(recipe_root: Path) -> None:
     [
         (
             {"mig.source.sha256": "abc"},
-            "error: the command line: mig.source.sha256: expected 64 hex digits, got 'abc' "
-            "(hint: sha256sum FILE prints it)",
+            "error: the command line: mig.source.sha256: expected 64 lower-case hex digits, got 'abc' "
+            "(hint: sha256sum FILE prints it in lower case)",
         ),
         (
             {"base.mirror": "nope"},
