@@ -44,7 +44,8 @@ BROKEN = [
         "mig.toml",
         f'sha256 = "{ORIG_SHA}"',
         'sha256 = "abc"',
-        "error: recipes/mig.toml: source.sha256: expected 64 lower-case hex digits, got 'abc' (hint: sha256sum FILE prints it in lower case)",
+        "error: recipes/mig.toml: source.sha256: expected 64 lower-case hex digits, got 'abc' "
+        "(hint: sha256sum FILE prints it in lower case)",
         id="bad-sha256",
     ),
     pytest.param(
