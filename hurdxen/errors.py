@@ -7,7 +7,7 @@ import urllib.parse
 from typing import NoReturn
 
 MAX_SHOWN = 200  # characters of one echoed value (a recipe string, a member name)
-MAX_LINE = 2000  # characters of a whole rendered error line
+MAX_LINE = 8000  # characters of a rendered error message (a step failure quotes its log's last lines)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*):[^/@\s]*@")
 
@@ -42,6 +42,19 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}"))
 
 
+def _message_text(message: str) -> str:
+    """Escaped like `printable`, except the newlines of an indented quote block (a failed step's log tail: each
+    quoted line starts with four spaces, so nothing from input can start a line of its own)."""
+    pieces = message.split("\n")
+    out = printable(pieces[0], MAX_LINE)
+    for i, piece in enumerate(pieces[1:], 1):
+        if piece.startswith("    ") or (i == len(pieces) - 1 and piece == ""):
+            out += "\n" + printable(piece, 400)
+        else:
+            out += "\\n" + printable(piece, MAX_LINE)
+    return out[: MAX_LINE * 2]
+
+
 class HurdxenError(Exception):
     """A failure the user can act on: `message` says what and where, `hint` how to fix it."""
 
@@ -52,7 +65,7 @@ class HurdxenError(Exception):
 
     def render(self) -> str:
         # Messages quote input (names, recipe values, URLs): one line, no control bytes, no passwords, bounded.
-        line = f"error: {printable(self.message, MAX_LINE)}"
+        line = f"error: {_message_text(self.message)}"
         if self.hint:
             line += f" (hint: {printable(self.hint, MAX_SHOWN)})"
         return line

@@ -225,10 +225,21 @@ class DockerExecutor:
         return StepResult(step.name, code, seconds, log_path, shown, self.kind, step.image, self.image_id(step.image))
 
 
+STEP_GROUPS = ".step-groups"  # artifacts/.step-groups/<pgid>: a host step's process group, while it runs
+STEP_TOKEN_ENV = "HURDXEN_STEP_TOKEN"  # in every host step's environment: proves a process is ours to end
+
+
 class HostExecutor:
-    """Runs the same scripts directly on the host, for machines that already have the tools."""
+    """Runs the same scripts directly on the host, for machines that already have the tools.
+
+    Each step runs in its own process group (a new session), recorded under `state` while it runs: if the build is
+    killed (SIGKILL leaves bash, configure, make running), the next build ends that group before it sweeps the
+    directories those processes write into (`end_stale_steps`)."""
 
     kind = "host"
+
+    def __init__(self, state: Path | None = None) -> None:
+        self.state = state
 
     def image_id(self, image: str) -> str | None:
         return None
@@ -249,7 +260,7 @@ class HostExecutor:
         mon.begin(step.name)
         start = time.monotonic()
         try:
-            code = self._run(step, env, cwd, shown, log_path, mon)
+            code = self._run(step, env, cwd, shown, log_path, mon, self.state)
         except OSError as e:
             if fsutil.is_disk_full(e):
                 raise fsutil.disk_full(step.name, log_path.parent) from e
@@ -261,24 +272,90 @@ class HostExecutor:
         return StepResult(step.name, code, seconds, log_path, shown, self.kind)
 
     @staticmethod
-    def _run(step: Step, env: dict[str, str], cwd: str | None, shown: str, log_path: Path, mon: Monitor) -> int:
+    def _run(
+        step: Step, env: dict[str, str], cwd: str | None, shown: str, log_path: Path, mon: Monitor, state: Path | None
+    ) -> int:
+        token = os.urandom(16).hex()
+        env = {**env, STEP_TOKEN_ENV: token}
         with open(log_path, "wb") as log:
             log.write(f"# {shown}\n".encode())
             proc = subprocess.Popen(
-                ["bash", "-c", _script(step)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                ["bash", "-c", _script(step)],
+                env=env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: ended as one, now or by the next build
             )
+            record = _record_group(state, proc.pid, token)
             assert proc.stdout is not None
             try:
                 for line in proc.stdout:
                     log.write(line)
                     log.flush()
                     mon.output(step.name, line)
-            except BaseException:
-                # The log cannot be written (full disk) or we were interrupted: the step must not run on unseen.
-                proc.kill()
+                code = proc.wait()
+            finally:
+                # The log cannot be written (full disk), we were interrupted, or the step left processes behind:
+                # nothing of the step runs on unseen.
+                _kill_group(proc.pid)
                 proc.wait()
-                raise
-            return proc.wait()
+                if record is not None:
+                    record.unlink(missing_ok=True)
+            return code
+
+
+def _record_group(state: Path | None, pgid: int, token: str) -> Path | None:
+    if state is None:
+        return None
+    d = state / STEP_GROUPS
+    d.mkdir(parents=True, exist_ok=True)
+    record = d / str(pgid)
+    fsutil.write_atomic(record, token)
+    return record
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, 9)
+
+
+def _group_members(pgid: int, token: str) -> list[int]:
+    """Processes still in group `pgid` that carry our token (a recycled group id is someone else's)."""
+    out = []
+    marker = f"{STEP_TOKEN_ENV}={token}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # field 5 of /proc/PID/stat is the process group; the command name (field 2) may hold spaces
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                out.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def end_stale_steps(state: Path) -> list[int]:
+    """End the process groups of host steps a killed build left running; only the lock holder may call this."""
+    d = state / STEP_GROUPS
+    ended: list[int] = []
+    if not d.is_dir():
+        return ended
+    for record in d.iterdir():
+        try:
+            pgid, token = int(record.name), record.read_text().strip()
+        except (OSError, ValueError):
+            record.unlink(missing_ok=True)
+            continue
+        if _group_members(pgid, token):
+            _kill_group(pgid)
+            ended.append(pgid)
+        record.unlink(missing_ok=True)
+    return ended
 
 
 def _reason(e: BaseException) -> str:
@@ -363,5 +440,5 @@ def make_executor(kind: str | None = None, artifacts: Path | None = None) -> Exe
     if kind == "docker":
         return DockerExecutor(labels={ARTIFACTS_LABEL: str(artifacts.resolve())} if artifacts else None)
     if kind == "host":
-        return HostExecutor()
+        return HostExecutor(artifacts)
     raise HurdxenError(f"unknown executor {kind!r}", hint="HURDXEN_EXECUTOR must be `docker` or `host`")

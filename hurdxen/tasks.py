@@ -119,6 +119,7 @@ def load() -> tuple[recipes.Recipes, Context]:
             # Containers first: a killed build's step may still be writing into its temp dirs.
             if ctx.executor_kind == "docker":
                 executors.remove_stale_containers(ctx.artifacts)
+            executors.end_stale_steps(ctx.artifacts)  # host steps of a killed build, before their dirs go
             fsutil.sweep_tmp(ctx.artifacts)
         _loaded = (r, ctx)
     return _loaded
