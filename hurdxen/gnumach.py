@@ -236,7 +236,8 @@ def patch_series(recipes: Recipes) -> tuple[Patch, ...]:
             f"{recipes.where('gnumach', 'patches.dir')}: {series} has no series file",
             hint="list the patches, one per line, in `series`",
         )
-    names = [ln.split()[0] for ln in series.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = series.read_text(errors="replace").splitlines()
+    names = [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     pinned: Mapping[str, str] = p["sha256"]
     out = []
     for name in names:

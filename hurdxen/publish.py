@@ -407,7 +407,8 @@ def verify_cli(argv: list[str]) -> int:
         kernel_check=None if a.no_kernel_check else xen_kernel_check,
     )
     print(report.render(), end="")
-    return 0 if report.ok else 1
+    report.raise_for_problems()  # the report above, then one `error:` line (stderr) and exit 1
+    return 0
 
 
 def _compare_tarball(c: _Checks, d: Path, tarball: Path) -> None:

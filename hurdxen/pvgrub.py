@@ -19,7 +19,6 @@ machine, Xen notes, `grub-file --is-…-xen-…-domu`, the module count and the 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import re
@@ -580,10 +579,7 @@ def elf_facts(path: Path) -> ElfFacts:
     raw = path.read_bytes()
     gz = raw[:2] == GZIP_MAGIC
     if gz:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise HurdxenError(f"{path}: not a valid gzip file ({e})", hint="give the kernel as ELF or .gz") from e
+        raw = xenverify._gunzip(raw, str(path))[0]
     try:
         elf = _elf(io.BytesIO(raw))
         notes: dict[int, bytes] = {}

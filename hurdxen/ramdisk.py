@@ -32,7 +32,7 @@ from typing import Literal
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from hurdxen.errors import HurdxenError
+from hurdxen.errors import HurdxenError, printable
 from hurdxen.fsutil import TMP_PREFIX, atomic_dir, sha256_bytes, write_atomic, write_json_atomic
 
 PAGE = 4096
@@ -157,6 +157,10 @@ def build_ramdisk(modules: Sequence[Module]) -> bytes:
     return bytes(out)
 
 
+MAX_RECORDS = 1024  # bounds the work on a crafted table (the overlap checks compare records pairwise)
+MAX_CMDLINE = 4096  # bytes searched for a command line's NUL
+
+
 def _fail(message: str, hint: str | None = None) -> HurdxenError:
     return HurdxenError(message, hint=hint or "this is not a hurd-modules ramdisk, or it is damaged; rebuild it")
 
@@ -189,6 +193,8 @@ def parse_ramdisk(data: bytes, where: str = "ramdisk") -> Ramdisk:
         rec = RECORD.unpack_from(data, off)
         if rec[0] == 0:
             break
+        if i >= MAX_RECORDS:
+            raise _fail(f"{where}: more than {MAX_RECORDS} records (a hurd-modules ramdisk holds a handful)")
         if off + RECORD.size > data_floor:
             raise _no_terminator(where, i, off, data_floor)
         raw.append(rec)
@@ -546,7 +552,8 @@ def dump(path: Path) -> str:
         except HurdxenError as e:
             out.append(f"      {e.message}")
     out.extend(f"  warning: {w}" for w in rd.warnings)
-    return "\n".join(out) + "\n"
+    # command lines and names come from the file: escape controls so none can rewrite the terminal or forge lines
+    return "\n".join(printable(line, 8192) for line in out) + "\n"
 
 
 def _ramdisk_ldso(data: bytes, where: str) -> tuple[Record, ElfInfo]:

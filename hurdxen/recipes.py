@@ -78,6 +78,8 @@ def read_toml(path: Path, shown: str) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise HurdxenError(f"{shown}: not valid TOML: {e}", hint="fix the syntax at the line named") from e
+    except RecursionError:
+        raise HurdxenError(f"{shown}: nested too deeply", hint="a recipe is a few levels of tables") from None
     except UnicodeDecodeError as e:
         raise HurdxenError(
             f"{shown}: not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r})",

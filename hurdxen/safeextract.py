@@ -386,17 +386,24 @@ def _zstd_to_tempfile(src: _Window, where: str, limits: Limits) -> Iterator[IO[b
 
 
 def gunzip(raw: bytes, where: str, limit: int = 1 << 30) -> bytes:
-    """gzip data decompressed, refusing to produce more than `limit` bytes (a gzip bomb costs nothing to send)."""
-    d = zlib.decompressobj(wbits=31)
-    try:
-        out = d.decompress(raw, limit + 1)
-    except zlib.error as e:
-        raise HurdxenError(f"{where}: corrupt gzip data ({e})", hint="download or build the file again") from None
-    if len(out) > limit:
-        raise HurdxenError(f"{where}: gzip data unpacks past {limit >> 20} MiB", hint="a gzip bomb?")
-    if not d.eof:
-        raise HurdxenError(f"{where}: truncated gzip data", hint="download or build the file again")
-    return out
+    """gzip data (one or more members) decompressed, refusing to produce more than `limit` bytes: a gzip bomb costs
+    its sender nothing."""
+    out = bytearray()
+    rest = raw
+    while rest:
+        d = zlib.decompressobj(wbits=31)
+        try:
+            out += d.decompress(rest, limit + 1 - len(out))
+        except zlib.error as e:
+            raise HurdxenError(f"{where}: corrupt gzip data ({e})", hint="download or build the file again") from None
+        if len(out) > limit:
+            raise HurdxenError(f"{where}: gzip data unpacks past {limit >> 20} MiB", hint="a gzip bomb?")
+        if not d.eof:
+            raise HurdxenError(f"{where}: truncated gzip data", hint="download or build the file again")
+        rest = d.unused_data
+        if rest.strip(b"\0") == b"":  # gzip(1) ignores trailing zero padding
+            break
+    return bytes(out)
 
 
 def read_tar_bytes(data: bytes, where: str, limits: Limits = DEFAULT) -> list[tuple[tarfile.TarInfo, bytes]]:

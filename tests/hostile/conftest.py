@@ -1,0 +1,3 @@
+from tests.hostile.harness import canary
+
+__all__ = ["canary"]
