@@ -262,8 +262,12 @@ def test_deb_hardlink_to_host_refused(tmp_path: Path, canary: Canaries) -> None:
 
 def test_deb_absolute_symlink_stays_in_the_tree(tmp_path: Path, canary: Canaries) -> None:
     """dpkg packages use absolute links (/lib/x): unpacked, they point inside the tree, never at the host."""
-    members = [Member("./lib/", type=D), Member("./lib/ld.so.1", b"ELF"), Member("./boot/k", type=S, linkname="/lib/ld.so.1"),
-               Member("./etc/p", type=S, linkname=str(canary.file))]  # fmt: skip
+    members = [
+        Member("./lib/", type=D),
+        Member("./lib/ld.so.1", b"ELF"),
+        Member("./boot/k", type=S, linkname="/lib/ld.so.1"),
+        Member("./etc/p", type=S, linkname=str(canary.file)),
+    ]
     p = tmp_path / "x.deb"
     p.write_bytes(_deb(tar_bytes(members, "w:gz")))
     safeextract.extract_deb(p, tmp_path / "out")
