@@ -203,7 +203,8 @@ def describe_error(err: jsonschema.ValidationError) -> tuple[str, str, str | Non
         return _key_path(path), "must not be empty", s.get("x-hint")
     if v == "maxLength":
         n = err.validator_value
-        return _key_path(path), f"is longer than {n} characters ({len(str(err.instance))})", s.get("x-hint")
+        what = f"is longer than {n} characters ({len(str(err.instance))})"
+        return _key_path(path), what, s.get("x-hint") or f"shorten it to at most {n}"
     if v in ("oneOf", "anyOf", "not"):
         return _key_path(path), f"does not fit any allowed form ({_show(err.instance)})", s.get("x-hint")
     return _key_path(path), printable(err.message, 160), s.get("x-hint")

@@ -1,0 +1,126 @@
+"""Recipes from a pull request and overlays: bounded values, one line, blamed on the file (or the command line) that
+holds the mistake; `hurdxen recipes` and doit give the same answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from project import copy_project, edit
+
+from hurdxen import recipes
+from hurdxen.errors import HurdxenError
+from tests.hostile.harness import one_line, refused, run_cli
+
+OVERLAY = "hurdxen.local.toml"
+MIG_SHA = "684c897b62fdeaa84608738f76facb11d41335312c3488d27c339a51393376e9"
+
+
+@pytest.fixture
+def recipe_root(tmp_path: Path) -> Path:
+    """Every shipped recipe (a pull request can touch any of them)."""
+    return copy_project(tmp_path / "project", ("recipes",), recipes=None)
+
+
+NO_HINT = ("bad-url-with-password", "release-version-dotdot", "patches-dir-dotdot", "prebuilt-path-escape")
+
+
+def load_error(root: Path, overrides: dict[str, str] | None = None, hint: bool = True) -> str:
+    with pytest.raises(HurdxenError) as e:
+        recipes.load(root, overrides=overrides or {})
+    return refused(e, hint)
+
+
+# (id, overlay text, words that must be in the line — the overlay is named)
+OVERLAYS = [
+    ("misspelled-table", "[mig.sorce]\nurl = 'http://x/y'\n", f"{OVERLAY}: mig.sorce: unknown key"),
+    ("git-to-tarball", "[gnumach.source]\ntarball = 'http://x/g.tar.gz'\nsha256 = '" + "0" * 64 + "'\n", OVERLAY),
+    ("bad-url-with-password", "[mig.source]\nurl = 'http://user:secret@host/x y'\n", "user:***@host"),
+    ("jobs-huge", "[gnumach.build]\njobs = 100000000000000000000\n", "out of range"),
+    ("jobs-zero", "[gnumach.build]\njobs = 0\n", "out of range"),
+    ("nul-in-cflags", '[gnumach.build]\ncflags = "-O2\\u0000-evil"\n', "NUL"),
+    ("megabyte-string", "[gnumach.build]\ncflags = '" + "A" * (1 << 20) + "'\n", "longer than 4096"),
+    ("upper-case-sha", f"[mig.source]\nsha256 = '{MIG_SHA.upper()}'\n", "lower-case"),
+    ("release-name-300", "[release]\nname = '" + "a" * 300 + "'\n", "longer than 64"),
+    ("release-version-dotdot", "[release]\nversion = '../x'\n", "release.version"),
+    ("patches-dir-dotdot", "[gnumach.patches]\ndir = '../../../../../etc'\nsha256 = {}\n", "gnumach.patches.dir"),
+    ("prebuilt-path-escape", "[gnumach.prebuilt.debian-xen-486]\npath = '../../../../x'\n", "prebuilt"),
+    ("deep-nesting", "a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("not-a-table", "mig = 3\n", "expected a table"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "words"), OVERLAYS, ids=[c[0] for c in OVERLAYS])
+def test_hostile_overlay(case: str, text: str, words: str, recipe_root: Path) -> None:
+    (recipe_root / OVERLAY).write_text(text)
+    line = load_error(recipe_root, hint=case not in NO_HINT)
+    assert words in line, line
+    assert len(line) < 3000
+    if case not in ("deep-nesting", "not-a-table"):
+        assert line.startswith(f"error: {OVERLAY}: "), line
+
+
+def test_password_never_printed(recipe_root: Path) -> None:
+    (recipe_root / OVERLAY).write_text("[mig.source]\nurl = 'http://user:secret@host/x y'\n")
+    assert "secret" not in load_error(recipe_root, hint=False)
+
+
+@pytest.mark.parametrize(
+    ("words", "expect"),
+    [
+        ({"mig.sorce.url": "x"}, "the command line: mig.sorce: unknown key"),
+        ({"gnumach..jobs": "3"}, "the command line: gnumach..jobs: empty key component"),
+        ({"gnumach.build.jobs.x": "1"}, "the command line: gnumach.build.jobs: expected an integer"),
+        ({"gnumach.build.jobs": "1e30"}, "the command line: gnumach.build.jobs"),
+        ({"mig.": "x"}, "empty key component"),
+        ({"release.name": "x" * 300}, "the command line: release.name: is longer than 64"),
+    ],
+    ids=["misspelled", "double-dot", "below-a-number", "float-jobs", "trailing-dot", "long-name"],
+)
+def test_hostile_command_line(words: dict[str, str], expect: str, recipe_root: Path) -> None:
+    assert expect in load_error(recipe_root, words)
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "words"),
+    [
+        ("mig.toml", f'sha256 = "{MIG_SHA}"', f'sha256 = "{MIG_SHA}"\n\xff', "recipes/mig.toml: not UTF-8"),
+        ("release.toml", 'name = "hurdxen"', 'name = "' + "r" * 300 + '"', "recipes/release.toml: name"),
+        ("gnumach.toml", "jobs = 2", "jobs = 100000000000000000000", "recipes/gnumach.toml: build.jobs"),
+        ("gnumach.toml", 'cflags = "-g -O2"', 'cflags = "-g\\u0000"', "recipes/gnumach.toml: build.cflags"),
+    ],
+    ids=["non-utf8-recipe", "long-release-name", "jobs-1e20", "nul-cflags"],
+)
+def test_hostile_recipe_file(file: str, old: str, new: str, words: str, recipe_root: Path) -> None:
+    path = recipe_root / "recipes" / file
+    if "\xff" in new:
+        path.write_bytes(path.read_bytes().replace(old.encode(), old.encode() + b"\n\xff"))
+    else:
+        edit(path, old, new)
+    assert words in load_error(recipe_root)
+
+
+def test_non_utf8_overlay(recipe_root: Path) -> None:
+    (recipe_root / OVERLAY).write_bytes(b"[mig.source]\nurl = '\xff'\n")
+    assert f"{OVERLAY}: not UTF-8" in load_error(recipe_root)
+
+
+@pytest.mark.parametrize(
+    "overlay",
+    ["[release]\nversion = '../x'\n", "[gnumach.patches]\ndir = '../../../../../etc'\nsha256 = {}\n"],
+    ids=["version", "patches-dir"],
+)
+def test_hurdxen_recipes_is_the_same_validator(
+    overlay: str, recipe_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hurdxen recipes` used to say ok where doit refused: now the same check, the same line."""
+    (recipe_root / OVERLAY).write_text(overlay)
+    code, out, err = run_cli(["recipes", "--root", str(recipe_root)], capsys)
+    assert code == 1 and out == ""
+    assert one_line(err, hint=False) == load_error(recipe_root, hint=False)
+
+
+def test_long_value_is_cut_in_the_message(recipe_root: Path) -> None:
+    (recipe_root / OVERLAY).write_text("[mig.source]\nurl = 'ftp://" + "x" * 4000 + "'\n")
+    line = load_error(recipe_root, hint=False)
+    assert "more characters" in line and len(line) < 1000
