@@ -399,7 +399,7 @@ def gunzip(raw: bytes, where: str, limit: int = 1 << 30) -> bytes:
         if len(out) > limit:
             raise HurdxenError(f"{where}: gzip data unpacks past {limit >> 20} MiB", hint="a gzip bomb?")
         if not d.eof:
-            raise HurdxenError(f"{where}: truncated gzip data", hint="download or build the file again")
+            raise HurdxenError(f"{where}: corrupt gzip data (truncated)", hint="download or build the file again")
         rest = d.unused_data
         if rest.strip(b"\0") == b"":  # gzip(1) ignores trailing zero padding
             break
