@@ -90,7 +90,8 @@ class DebPin:
             package, version, version_key = table["package"], table["version"], f"{key}.version"
         else:
             version, version_key = table["packages"][package], f"{key}.packages.{toml_key(package)}"
-        kp = table.get("keyring_package")
+        # A keyring path given for this pin (an overlay pointing at a mirror's key) wins over the keyring package.
+        kp = None if "keyring" in table else table.get("keyring_package")
         keyring_pin = cls.from_recipe(kp, f"{key}.keyring_package") if kp else None
         return cls(
             package=package,

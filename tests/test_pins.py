@@ -28,8 +28,10 @@ DAY = 86400
 VARIANT = "hurd-modules.variants.hurd-i386.debian"
 
 
-def ports_pin(archive: str, keyring: Path, version: str, **extra: Any) -> DebPin:
-    table = {"archive": archive, "suite": "unstable", "arch": "hurd-i386", "keyring": str(keyring)}
+def ports_pin(archive: str, keyring: Path | None, version: str, **extra: Any) -> DebPin:
+    table = {"archive": archive, "suite": "unstable", "arch": "hurd-i386"} | (
+        {"keyring": str(keyring)} if keyring else {}
+    )
     return DebPin.from_recipe({**table, "packages": {"libc0.3": version}, **extra}, VARIANT, package="libc0.3")
 
 
@@ -101,6 +103,24 @@ def test_the_lock_supplies_the_snapshot_timestamp(
     pinlock.write(lock, {pin.lock_id: {"version": "2.41-6", "sha256": good, "url": "x", "resolved": STAMP}})
     assert sources.fetch_deb(pin, cache_for(tmp_path, http_server)).is_file()
     assert pinlock.load(lock)[pin.lock_id]["snapshot"] == STAMP
+
+
+def test_a_pin_cached_before_the_lock_existed_is_locked_once_online(
+    ports: AptRepo, served: str, http_server: TestServer, tmp_path: Path
+) -> None:
+    """A cache record from before the lock (filename, sha256, size only) never becomes an incomplete lock entry."""
+    pin = ports_pin(served, ports.keyring_path, "2.42-1")
+    cache = cache_for(tmp_path, http_server)
+    sources.fetch_deb(pin, cache)
+    assert cache.lock is not None
+    entry = pinlock.load(cache.lock)[pin.lock_id]
+    (record,) = (tmp_path / "cache" / "debian").iterdir()
+    record.write_text(json.dumps({k: entry[k] for k in ("filename", "sha256", "size")}))
+    cache.lock.unlink()
+    sources.fetch_deb(pin, cache_for(tmp_path, http_server, offline=True))
+    assert not cache.lock.exists()  # offline: nothing to say where it came from yet
+    sources.fetch_deb(pin, cache)
+    assert pinlock.load(cache.lock)[pin.lock_id]["url"] == entry["url"]
 
 
 def test_gone_from_archive_and_snapshot_names_the_update_command(
@@ -203,7 +223,7 @@ def test_keyring_rotation(apt_repo: AptRepo, http_server: TestServer, tmp_path: 
                     "keyring": str(apt_repo.keyring_path),  # Debian's archive key verifies the keyring package
                     "file": "usr/share/keyrings/ports.gpg",
                 }
-                return ports_pin(http_server.url + "/debian-ports", Path("/nonexistent"), "2.42-1", keyring_package=kp)
+                return ports_pin(http_server.url + "/debian-ports", None, "2.42-1", keyring_package=kp)
 
             with pytest.raises(HurdxenError) as info:
                 sources.fetch_deb(pin("2024.1"), cache_for(tmp_path, http_server))
@@ -291,7 +311,7 @@ def test_update_moves_pins_lock_and_rebuild(
         ports.drop("libc0.3", "2.42-2")
         publish_set(ports, elves, "1:0.9.git20261201-1", "2.43-1", banner="2.42-2")
         before = (proj.root / "recipes" / "hurd-modules.toml").read_text(), pinlock.path_for(proj.root).read_text()
-        bad = proj.run_hurdxen("pins", "update")
+        bad = proj.run_hurdxen("pins", "update", "--only", "hurd-modules")
         assert bad.returncode == 1
         assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: hurd-modules.variants.hurd-")
         assert (
