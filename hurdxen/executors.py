@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -288,21 +289,35 @@ class HostExecutor:
                 start_new_session=True,  # its own process group: ended as one, now or by the next build
             )
             record = _record_group(state, proc.pid, token)
-            assert proc.stdout is not None
+            failed: list[BaseException] = []
+            # The output is read beside the wait: a process the script left in the background keeps the pipe open,
+            # and must not keep the build waiting once bash is done.
+            pump = threading.Thread(target=_pump, args=(proc, log, mon, step.name, failed), daemon=True)
+            pump.start()
             try:
-                for line in proc.stdout:
-                    log.write(line)
-                    log.flush()
-                    mon.output(step.name, line)
                 code = proc.wait()
             finally:
-                # The log cannot be written (full disk), we were interrupted, or the step left processes behind:
-                # nothing of the step runs on unseen.
+                # Interrupted, the log unwritable, or processes left behind: nothing of the step runs on unseen.
                 _kill_group(proc.pid)
                 proc.wait()
+                pump.join()
                 if record is not None:
                     record.unlink(missing_ok=True)
+            if failed:
+                raise failed[0]
             return code
+
+
+def _pump(proc: subprocess.Popen[bytes], log: Any, mon: Monitor, name: str, failed: list[BaseException]) -> None:
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            mon.output(name, line)
+    except BaseException as e:  # a full disk: stop the step, report in the caller's thread
+        failed.append(e)
+        _kill_group(proc.pid)
 
 
 def _record_group(state: Path | None, pgid: int, token: str) -> Path | None:

@@ -221,9 +221,9 @@ def parse_ramdisk(data: bytes, where: str = "ramdisk") -> Ramdisk:
             raise _fail(f"{at}: command line offset {cmd} is inside the record table (which ends at {table_end})")
         if cmd >= size:
             raise _fail(f"{at}: command line offset {cmd} is past the end of the file ({size} bytes)")
-        nul = data.find(b"\x00", cmd)
+        nul = data.find(b"\x00", cmd, cmd + MAX_CMDLINE + 1)
         if nul < 0:
-            raise _fail(f"{at}: command line at offset {cmd} is not NUL-terminated before the end of the file")
+            raise _fail(f"{at}: command line at offset {cmd} is not NUL-terminated within {MAX_CMDLINE} bytes")
         try:
             cmdline = data[cmd:nul].decode()
         except UnicodeDecodeError as e:

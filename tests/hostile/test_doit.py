@@ -1,0 +1,40 @@
+"""The same refusals through real `doit` processes (a representative subset: the rest run in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from project import Project, copy_project
+
+from tests.hostile.harness import one_line
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Project:
+    return Project(copy_project(tmp_path / "project"), tmp_path / "artifacts")
+
+
+def _refused(proj: Project, *args: str) -> str:
+    run = proj.doit("list", *args, timeout=120)
+    assert run.returncode != 0, run.output
+    return one_line(run.output)
+
+
+def test_doit_misspelled_overlay_table(proj: Project) -> None:
+    (proj.root / "hurdxen.local.toml").write_text("[mig.sorce]\nurl = 'http://x/y'\n")
+    assert _refused(proj).startswith("error: hurdxen.local.toml: mig.sorce: unknown key")
+
+
+def test_doit_command_line_empty_component(proj: Project) -> None:
+    assert "the command line: mig..image: empty key component" in _refused(proj, "mig..image=x")
+
+
+def test_doit_non_utf8_overlay(proj: Project) -> None:
+    (proj.root / "hurdxen.local.toml").write_bytes(b"[mig]\nimage = '\xff'\n")
+    assert "hurdxen.local.toml: not UTF-8" in _refused(proj)
+
+
+def test_doit_nul_in_recipe_string(proj: Project) -> None:
+    (proj.root / "hurdxen.local.toml").write_text('[mig.targets.i686-gnu]\ncompiler = "gcc\\u0000-m32"\n')
+    assert "NUL" in _refused(proj)
