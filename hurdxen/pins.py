@@ -8,6 +8,7 @@ inside libc0.3, and hurd's Depends on libc0.3 is satisfied by that version. An i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import tomllib
@@ -240,7 +241,7 @@ def update(r: Recipes, cache: Cache, only: set[str] | None = None, date: str | N
     with pinlock.locked(lock_path):
         entries = pinlock.load(lock_path)
         for c in changes:
-            pin = DebPin(**{**c.pin.__dict__, "version": c.new.entry.version})
+            pin = dataclasses.replace(c.pin, version=c.new.entry.version)
             entries[pin.lock_id] = sources.lock_entry(pin, c.new)
         pinlock.write(lock_path, entries)
     return changes

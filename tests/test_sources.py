@@ -283,16 +283,9 @@ def apt_server(repo: AptRepo, http_server: TestServer) -> str:
 
 
 def debpin(archive: str, keyring: Path, arch: str = "i386", sha256: str | None = None) -> DebPin:
-    return DebPin(
-        "hello-headers",
-        "2:1.0-1",
-        arch,
-        "testing",
-        archive,
-        "mig.targets.i686-gnu.headers",
-        keyring=str(keyring),
-        sha256=sha256,
-    )
+    table = {"package": "hello-headers", "version": "2:1.0-1", "arch": arch, "suite": "testing", "archive": archive}
+    extra = {"sha256": sha256} if sha256 else {}
+    return DebPin.from_recipe({**table, "keyring": str(keyring), **extra}, "mig.targets.i686-gnu.headers")
 
 
 def test_deb_from_signed_index(repo: AptRepo, apt_server: str, cache: Cache, http_server: TestServer) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from project import copy_project, docker_answers
+
 from hurdxen import bundle, reproduce
+from hurdxen.errors import HurdxenError
 
 LOCK = Path(__file__).resolve().parent.parent / "containers" / "builder" / "packages.lock"
 
@@ -49,3 +53,26 @@ def test_reproduce_names_the_packages_that_moved(tmp_path: Path) -> None:
     (d,) = r.differences
     assert d.path == "mig/i686-gnu/manifest.json"
     assert d.kind == "image packages differ: bc 1.07.1-3+b1 → (absent), gcc-12 12.2.0-14+deb12u1 → 12.2.0-14+deb12u2"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not docker_answers(), reason="no Docker engine answers")
+def test_an_image_whose_installed_set_differs_from_its_pins_is_an_error(tmp_path: Path) -> None:
+    """Not a new tag: the image build itself fails, and shows the difference."""
+    from hurdxen import containers, context, recipes
+
+    project = copy_project(tmp_path / "project")
+    lock = project / "containers" / "builder" / "packages.lock"
+    lock.write_text(lock.read_text().replace("\nbc 1.07.1-3+b1 amd64\n", "\nbc 1.07.1-3+b1 i386\n"))
+    ctx = context.make_context(recipes.load(project, overrides={}))
+    containers.ensure_base(ctx.base, ctx.cache.root, tmp_path / "base.log")
+    spec = ctx.image("builder")
+    with pytest.raises(HurdxenError) as info:
+        containers.ensure_image(spec, tmp_path / "image.log")
+    assert info.value.message.startswith("image:builder: docker build failed: The command '/bin/sh -c")
+    log = (tmp_path / "image.log").read_text()
+    assert "-bc 1.07.1-3+b1 i386\n+bc 1.07.1-3+b1 amd64" in log
+    assert "the installed set differs from containers/builder/packages.lock" in log
+    assert not containers.image_exists(spec.tag)
