@@ -379,3 +379,43 @@ def test_canary_builds_floating_inputs_in_a_copy(
         m = json.loads((proj.artifacts / "canary/artifacts/hurd-modules/hurd-i386/manifest.json").read_text())
         assert m["libc_version"] == "2.42-2"
         assert report["build"]["ok"] is True
+
+
+def test_doit_build_falls_back_to_the_snapshot_and_then_runs_offline(
+    apt_signing_key: GpgKey, elves: ElfFactory, http_server: TestServer, tmp_path: Path
+) -> None:
+    """The recipe's versions are gone from the (ports-shaped) archive; the snapshot of the day still has them."""
+    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "art")
+    old_hurd, old_libc = "1:0.9.git20250420-1", "2.41-6"  # the recipe's pins
+    with AptRepo(tmp_path / "ports", apt_signing_key, ports=True) as ports:
+        publish_set(ports, elves, old_hurd, old_libc)
+        ports.date, ports.valid_until = 1700000000, 1700000000 + 7 * DAY
+        ports.publish("unstable", "main", tuple(a for a, _, _ in ARCHES.values()))
+        ports.snapshot(tmp_path / "snapshots", "debian-ports", STAMP)
+        ports.drop("hurd", old_hurd)
+        ports.drop("libc0.3", old_libc)
+        publish_set(ports, elves, "1:0.9.git20261101-1", "2.42-2")
+        archive = http_server.serve_dir("/debian-ports", ports.archive)
+        http_server.serve_dir("/snap", tmp_path / "snapshots")
+        where = {"archive": archive, "keyring": str(ports.keyring_path), "snapshot": STAMP}
+        proj.overlay(
+            {
+                "settings": {"snapshot": http_server.url + "/snap"},
+                "hurd-modules": {"variants": {a: {"debian": where} for a, _, _ in ARCHES.values()}},
+            }
+        )
+        cache = tmp_path / "cache"
+        r = proj.run_doit("hurd-modules:hurd-i386", HURDXEN_CACHE=str(cache))
+        assert r.returncode == 0, r.stdout[-3000:]
+        lock = pinlock.load(pinlock.path_for(proj.root))
+        ports_entries = {e["package"]: e for e in lock.values() if e["arch"] == "hurd-i386"}
+        assert {p: e["version"] for p, e in ports_entries.items()} == {"hurd": old_hurd, "libc0.3": old_libc}
+        for e in ports_entries.values():
+            assert e["snapshot"] == STAMP and e["signed_by"] == ports.key.fingerprint
+            assert e["url"].startswith(f"{http_server.url}/snap/archive/debian-ports/{STAMP}/pool-hurd-i386/")
+        m = json.loads((proj.artifacts / "hurd-modules/hurd-i386/manifest.json").read_text())
+        assert m["libc_version"] == old_libc
+    # Both servers gone: the lock and the cache are enough.
+    http_server.stop()
+    r = proj.run_doit("-a", "hurd-modules:hurd-i386", HURDXEN_CACHE=str(cache), HURDXEN_OFFLINE="1")
+    assert r.returncode == 0, r.stdout[-3000:]
