@@ -1,21 +1,18 @@
-"""Debian's prebuilt GNU Mach Xen kernels, downloaded once by pinned URL + sha256 and unpacked with dpkg-deb.
-
-Kept small on purpose: the project's sources module will replace this download code.
+"""Debian's prebuilt GNU Mach Xen kernels, pinned by package, version and sha256 and fetched like every Debian input
+(hurdxen.sources: the suite's signed index, then snapshot.debian.org once the archive has dropped the version).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from hurdxen.fsutil import atomic_dir, sha256_bytes, sha256_file, write_atomic
+from hurdxen import sources
+from hurdxen.context import make_context
+from hurdxen.errors import HurdxenError
+from hurdxen.recipes import load
 
 MIRROR = "http://deb.debian.org/debian/"
 REPO = Path(__file__).resolve().parents[1]
@@ -24,9 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class DebianKernel:
     key: str
-    url: str
+    url: str  # where the archive had it when it was pinned (package, version, arch and suite come from it)
     sha256: str  # of the .deb, from the suite's Packages index
     kernel: str  # path of the kernel inside the package
+    suite: str = "bookworm"
+
+    def pin(self) -> sources.DebPin:
+        package, version, arch = Path(self.url).name.removesuffix(".deb").split("_")
+        epoch = "2:" if package.startswith("gnumach") else ""
+        table = {"package": package, "version": epoch + version, "arch": arch, "suite": self.suite}
+        return sources.DebPin.from_recipe(
+            {**table, "archive": MIRROR.rstrip("/"), "sha256": self.sha256}, f"tests.debian_kernels.{self.key}"
+        )
 
 
 KERNELS = {
@@ -52,6 +58,7 @@ KERNELS = {
         MIRROR + "pool/main/g/gnumach/gnumach-image-1.8-xen-486_1.8+git20261028-1_i386.deb",
         "6d485985651d4f141fad1617a12d3765b2a4b5f787a66e56a7a7016587494baf",
         "boot/gnumach-1.8-xen-486.gz",
+        "sid",
     ),
     # trixie main/binary-amd64 Packages.
     "amd64": DebianKernel(
@@ -59,37 +66,20 @@ KERNELS = {
         MIRROR + "pool/main/g/gnumach/gnumach-image-1.8-xen-amd64_1.8+git20250702-1_amd64.deb",
         "4dbb73555a559b94c7fe1368db1c53329c41ad40c726584f7f64aadc591471e5",
         "boot/gnumach-1.8-xen-amd64.gz",
+        "trixie",
     ),
 }
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("HURDXEN_CACHE") or REPO / "cache")
-
-
 def fetch_kernel(key: str) -> Path:
-    """The unpacked kernel for `key`; downloads and extracts only when the cache lacks it."""
+    """The unpacked kernel for `key`, from the project's cache (network only when the cache lacks the .deb)."""
     k = KERNELS[key]
-    debs = cache_dir() / "debian-kernels"
-    deb = debs / Path(k.url).name
-    unpacked = debs / Path(k.url).name.removesuffix(".deb")
-    kernel = unpacked / k.kernel
-    if kernel.is_file():
-        return kernel
-    if deb.is_file() and sha256_file(deb) != k.sha256:
-        deb.unlink()  # a stale or damaged cache entry: fetch it again
-    if not deb.is_file():
-        try:
-            with urllib.request.urlopen(k.url, timeout=60) as r:
-                data = r.read()
-        except (urllib.error.URLError, TimeoutError) as e:
-            pytest.skip(f"cannot download {k.url}: {e}")
-        got = sha256_bytes(data)
-        # A mismatch is a real failure (mirror or pin is wrong), never a skip.
-        assert got == k.sha256, f"{k.url}: sha256 {got}, pinned {k.sha256}"
-        write_atomic(deb, data)
-    if shutil.which("dpkg-deb") is None:
-        pytest.skip("dpkg-deb is not installed")
-    with atomic_dir(unpacked) as tmp:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
-    return kernel
+    shared = make_context(load(REPO, overrides={})).cache
+    cache = sources.Cache(shared.root, shared.network)  # no lock: these are the tests' pins, not the project's
+    try:
+        tree = sources.extract_deb(sources.fetch_deb(k.pin(), cache), cache)
+    except sources.Unreachable as e:
+        pytest.skip(f"cannot fetch {k.url}: {e.message}")
+    except HurdxenError as e:
+        pytest.fail(e.render())  # a signature or hash mismatch is a real failure, never a skip
+    return tree / k.kernel

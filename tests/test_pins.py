@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -369,7 +370,7 @@ def test_canary_builds_floating_inputs_in_a_copy(
         before = {p: p.read_text() for p in (proj.root / "recipes").glob("*.toml")}
         r = proj.run_hurdxen("canary", "--root", str(proj.root), "hurd-modules:hurd-i386")
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "canary: 5 input(s) moved; the floating set builds" in r.stdout
+        assert re.search(r"canary: \d+ input\(s\) moved; the floating set builds", r.stdout), r.stdout
         assert {p: p.read_text() for p in (proj.root / "recipes").glob("*.toml")} == before  # release path untouched
         report = json.loads((proj.artifacts / "canary" / "report.json").read_text())
         drift = {d["input"]: d for d in report["drift"]}
