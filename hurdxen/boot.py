@@ -54,6 +54,7 @@ class BootRecipe:
     hypervisor: HypervisorSpec
     dom0: Dom0Spec
     jobs: int
+    sessions: int
     cases: tuple[CaseSpec, ...]
 
 
@@ -84,7 +85,15 @@ def recipe_from(data: Any, source_date_epoch: int, shown: str = "recipes/boot.to
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
         raise HurdxenError(f"{shown}: cases: duplicate names {', '.join(dups)}", hint="each case needs its own name")
-    return BootRecipe(data["image"], data["dom0_image"], hv, dom0, int(run.get("jobs", 2)), tuple(cases))
+    return BootRecipe(
+        data["image"],
+        data["dom0_image"],
+        hv,
+        dom0,
+        int(run.get("jobs", 2)),
+        int(run.get("sessions", 1)),
+        tuple(cases),
+    )
 
 
 # A known failure's signature keys (recipes/boot.toml) and the ending each records (hurdxen.bootcases).
@@ -201,7 +210,14 @@ def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootR
     dom0 = stage_dom0(recipe, ctx) if any(c.kind != "dom0" for c in cases) else None
     out = Path(ctx.artifacts) / STAGE
     report = run_boot_checks(
-        cases, hv, dom0, Path(ctx.artifacts) / "logs" / STAGE, ctx.source_date_epoch, ctx.monitor(), recipe.jobs
+        cases,
+        hv,
+        dom0,
+        Path(ctx.artifacts) / "logs" / STAGE,
+        ctx.source_date_epoch,
+        ctx.monitor(),
+        recipe.jobs,
+        recipe.sessions,
     )
     print_report(report)
     summary = report.summary()

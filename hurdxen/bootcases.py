@@ -207,6 +207,28 @@ def guest_domid(case: BootCase, text: str) -> int | None:
     return int(m.group(1) or m.group(2)) if m else None
 
 
+_OTHER = re.compile(r"^(?:\(d(\d{1,5})\)|\[xl:([A-Za-z0-9_.-]+)\]|\[([A-Za-z0-9_.-]+)\])")
+
+
+def own_lines(case: BootCase, text: str) -> str:
+    """The lines of a guest case's slice of the session log that may be its own: a guest destroyed in the
+    background can still print while the next one starts, so another domain's `(dN)` lines and another case's
+    `[NAME]` / `[xl:NAME]` lines are dropped (and every `(dN)` line before this guest's domid is known)."""
+    if case.kind == "dom0":
+        return text
+    domid = guest_domid(case, text)
+    return "".join(ln for ln in text.splitlines(keepends=True) if is_own(case, domid, ln))
+
+
+def is_own(case: BootCase, domid: int | None, line: str) -> bool:
+    m = _OTHER.match(line)
+    if m is None:
+        return True
+    if m.group(1) is not None:
+        return domid is not None and int(m.group(1)) == domid
+    return case.name in (m.group(2), m.group(3))
+
+
 def _shutdown(case: BootCase, text: str) -> str | None:
     m = re.search(rf"\[xl:{re.escape(case.name)}\] .*has shut down, reason code (\d{{1,3}})", text)
     return SHUTDOWN_REASONS.get(int(m.group(1)), f"reason {m.group(1)}") if m else None
@@ -259,6 +281,7 @@ def judge(case: BootCase, text: str, timed_out: bool) -> tuple[Verdict, str, End
     """The verdict for the case's output so far, or None while it is still open.
 
     A case passes only if all its expected patterns appear before the first failure pattern."""
+    text = own_lines(case, text)
     if case.expect_refusal and find_output(text, case.expect_refusal) >= 0:
         return "expected-refusal", case.expect_refusal, None
     fail_at, _ = _failed(case, text)

@@ -81,8 +81,9 @@ def _verdict(c: bootcases.BootCase, text: str, over: bool = False) -> tuple[str,
 
 def test_verdicts() -> None:
     c = _case()
-    assert _verdict(c, "(d1) GNU Mach 1.8\n") is None
-    assert _verdict(c, "(d1) GNU Mach 1.8\n(d1) task loaded: x\n") == ("pass", "")
+    up = "hurdxen-dom0: created c domid 1\n"
+    assert _verdict(c, up + "(d1) GNU Mach 1.8\n") is None
+    assert _verdict(c, up + "(d1) GNU Mach 1.8\n(d1) task loaded: x\n") == ("pass", "")
     assert _verdict(c, "GNU Mach\n(XEN) Panic on CPU 0\ntask loaded")[0] == "fail"  # type: ignore[index]
     assert _verdict(c, "GNU Mach\ntask loaded\n(XEN) Panic on CPU 0") == ("pass", "")
     assert _verdict(c, "GNU Mach\n", True) == ("fail", "timeout; no guest output; missing: task loaded")
@@ -151,6 +152,17 @@ def test_known_failures_are_judged_when_the_case_ends() -> None:
     # Untrusted input: garbage, huge numbers and endless lines never raise.
     junk = "(XEN) d1v0 Unhandled: vec 999999, #PF[zz]\n(XEN) RIP: e033:[<" + "f" * 5000 + ">]\n" + "x" * 100000
     assert bootcases.judge(_case(), "hurdxen-dom0: created c domid 1\n" + junk, True) is not None
+
+
+def test_a_guest_sees_only_its_own_lines() -> None:
+    """The previous guest is destroyed in the background: its late lines must not count for the next one."""
+    c = _case()
+    late = "(d1) task loaded: x\n[xl:prev] Domain 1 has shut down, reason code 3 0x3\n[prev] GNU Mach\n"
+    assert _verdict(c, late + "[xl:c] Waiting for domain c (domid 2) to die [pid 9]\n(d2) GNU Mach\n") is None
+    assert _verdict(c, "[xl:c] Waiting for domain c (domid 2) to die\n" + late + "(d2) GNU Mach\n") is None
+    text = "[xl:c] Waiting for domain c (domid 2) to die\n" + late + "(d2) GNU Mach\n(d2) task loaded: y\n"
+    assert _verdict(c, text) == ("pass", "")
+    assert "(d1)" not in bootcases.own_lines(c, text) and "[prev]" not in bootcases.own_lines(c, text)
 
 
 def test_guest_config_and_bad_names(tmp_path: Path) -> None:

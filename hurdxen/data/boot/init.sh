@@ -3,7 +3,8 @@
 # serial input to dom0), one command a line:
 #   create NAME    create /guests/NAME.cfg paused, attach its console, unpause; say "created NAME domid N"
 #                  (or "xl create NAME failed"); xl stays to report the guest's end as "[xl:NAME] … has shut down"
-#   destroy NAME   remove the guest (on_crash="preserve" keeps a crashed one until then); say "destroyed NAME"
+#   destroy NAME   remove the guest (on_crash="preserve" keeps a crashed one until then), in the background (the
+#                  next guest need not wait for it); say "destroyed NAME" when done
 #   poweroff       end
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
@@ -48,7 +49,7 @@ say "ready"
 while IFS=' ' read -r cmd name _; do
   case "$cmd" in
     create) create "$name" ;;
-    destroy) xl destroy "$name" >/dev/null 2>&1; say "destroyed $name" ;;
+    destroy) ( xl destroy "$name" >/dev/null 2>&1; say "destroyed $name" ) & ;;
     poweroff) break ;;
     "") ;;
     *) say "unknown command $cmd" ;;
