@@ -200,6 +200,18 @@ def stage_dom0(recipe: BootRecipe, ctx: Any) -> Dom0Result:
     )  # fmt: skip
 
 
+def check_identity(recipe: BootRecipe, hv_tag: str, dom0_tag: str, only: str) -> str:
+    """boot:check's one `config_changed`: what it boots (the cases), under what (hypervisor, dom0), which cases, and
+    how it judges (the harness, verdict and diagnostics code). Its inputs' bytes are its file_dep."""
+    from hurdxen import bootcases, bootdiag, bootrun
+
+    code = [fsutil.sha256_file(Path(m.__file__)) for m in (bootrun, bootcases, bootdiag) if m.__file__]
+    return fsutil.identity(
+        [c.__dict__ for c in recipe.cases], recipe.hypervisor.identity(hv_tag), recipe.dom0.identity(dom0_tag), only,
+        code,
+    )  # fmt: skip
+
+
 def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootReport:
     """Entry point of `doit boot`: hypervisor and dom0 (cached), every case, verdict table, manifest.
 

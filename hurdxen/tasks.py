@@ -596,13 +596,12 @@ def task_boot() -> Iterator[TaskDict]:
         "doc": "boot every case of recipes/boot.toml (HURDXEN_BOOT_CASES=a,b for some); verdicts in the manifest",
         "actions": [(act_boot_check, [recipe, ctx])],
         "task_dep": ["boot:hypervisor", "boot:dom0", *dict.fromkeys(deps)],
-        # Booted again only when what it boots (the files), how (cases, hypervisor, dom0) or the selection changed;
-        # `doit forget boot:check` forces a new run.
+        # Booted again only when what it boots (the files), how (cases, hypervisor, dom0, the harness) or the
+        # selection changed; `doit forget boot:check` forces a new run.
         "file_dep": sorted({str(p) for c in recipe.cases for p in boot.case_inputs(ctx, c).values()}),
         "targets": [str(ctx.artifacts / "boot" / "boot-report.json")],
-        "uptodate": [config_changed(fsutil.identity(
-            [c.__dict__ for c in recipe.cases], recipe.hypervisor.identity(hv_tag), recipe.dom0.identity(dom0_tag),
-            os.environ.get("HURDXEN_BOOT_CASES", "")))],
+        "uptodate": [config_changed(
+            boot.check_identity(recipe, hv_tag, dom0_tag, os.environ.get("HURDXEN_BOOT_CASES", "")))],
         "verbosity": 2,
     }  # fmt: skip
 
