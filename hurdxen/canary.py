@@ -138,7 +138,7 @@ def cli(argv: list[str]) -> int:
     a = p.parse_args(argv)
     ctx = context.make_context(recipes.load(a.root.resolve(), overrides={}))
     report = run(ctx.root, ctx.artifacts, ctx.cache, a.branch, tuple(a.tasks))
-    Console(soft_wrap=True).print(table(report))
+    Console(width=None if sys.stdout.isatty() else 200).print(table(report))
     build = "builds" if report["build"]["ok"] else "does NOT build"
     boot = {True: ", boots", False: ", does NOT boot", None: ""}[report["boot"]]
     moved = sum(d["moved"] for d in report["drift"])

@@ -94,6 +94,13 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+def keep_unless_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """`old` when `new` says the same (a re-resolution must not churn the committed lock), else `new`."""
+    if old is not None and old.get("version") == new.get("version") and _same(old, new):
+        return dict(old)
+    return dict(new)
+
+
 def record(path: Path, pin: DebPin, entry: Mapping[str, Any]) -> bool:
     """Add or replace the entry for `pin`; True when the lock changed."""
     if not all(isinstance(entry.get(k), str) for k in ("version", "sha256", "url")):

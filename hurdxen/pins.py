@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import re
+import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -242,7 +243,7 @@ def update(r: Recipes, cache: Cache, only: set[str] | None = None, date: str | N
         entries = pinlock.load(lock_path)
         for c in changes:
             pin = dataclasses.replace(c.pin, version=c.new.entry.version)
-            entries[pin.lock_id] = sources.lock_entry(pin, c.new)
+            entries[pin.lock_id] = pinlock.keep_unless_changed(entries.get(pin.lock_id), sources.lock_entry(pin, c.new))
         pinlock.write(lock_path, entries)
     return changes
 
@@ -275,7 +276,7 @@ def cli(argv: list[str]) -> int:
     ctx = context.make_context(r)
     only = {s for s in a.only.split(",") if s} or None
     changes = update(r, ctx.cache, only, a.date)
-    Console(soft_wrap=True).print(table(changes))
+    Console(width=None if sys.stdout.isatty() else 200).print(table(changes))
     moved = sum(c.moved for c in changes)
     print(
         f"{moved} of {len(changes)} pins moved; {pinlock.LOCK_FILE} rewritten at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"

@@ -561,8 +561,8 @@ def resolve_deb(pin: DebPin, cache: Cache, *, strict: bool = True, newest: bool 
     snap = last.message if last else why
     raise HurdxenError(
         f"{pin.name}: not in {pin.archive} ({live.message}) nor in the snapshot service ({snap})",
-        hint=f"run `hurdxen pins update` (or `doit pins`) to move `{pin.version_key or pin.key}` to a version that "
-        f"exists, or set `{pin.key}.snapshot` to a snapshot timestamp that carries it",
+        hint=f"`hurdxen pins update` moves `{pin.version_key or pin.key}` to an existing version, "
+        f"or set `{pin.key}.snapshot`",
     )
 
 
@@ -679,8 +679,7 @@ def resolve_at(
         kp = pin.keyring_pin
         raise HurdxenError(
             e.message,
-            hint=f"the keyring pin `{pin.key}.keyring_package` ({kp.package} {kp.version}) lacks the key that signs "
-            "this index (archive keys rotate yearly): pin a newer version of the keyring package",
+            hint=f"pin a newer `{pin.key}.keyring_package`: {kp.package} {kp.version} lacks the key (keys rotate)",
         ) from None
     finally:
         tmp.unlink()

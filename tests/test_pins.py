@@ -134,8 +134,8 @@ def test_gone_from_archive_and_snapshot_names_the_update_command(
     assert msg.startswith(f"error: libc0.3 2.40-1 (hurd-i386, unstable): not in {served} (")
     assert "nor in the snapshot service (" in msg and "versions there: 2.41-6" in msg
     assert msg.endswith(
-        f'(hint: run `hurdxen pins update` (or `doit pins`) to move `{VARIANT}.packages."libc0.3"` to a version '
-        f"that exists, or set `{VARIANT}.snapshot` to a snapshot timestamp that carries it)"
+        f'(hint: `hurdxen pins update` moves `{VARIANT}.packages."libc0.3"` to an existing version, '
+        f"or set `{VARIANT}.snapshot`)"
     )
     assert "\n" not in msg
 
@@ -231,8 +231,8 @@ def test_keyring_rotation(apt_repo: AptRepo, http_server: TestServer, tmp_path: 
             msg = info.value.render()
             assert "signed by a key that is not in the keyring [NO_PUBKEY" in msg
             assert msg.endswith(
-                f"(hint: the keyring pin `{VARIANT}.keyring_package` (test-ports-keyring 2024.1) lacks the key that "
-                "signs this index (archive keys rotate yearly): pin a newer version of the keyring package)"
+                f"(hint: pin a newer `{VARIANT}.keyring_package`: "
+                "test-ports-keyring 2024.1 lacks the key (keys rotate))"
             )
             cache = cache_for(tmp_path, http_server)
             assert sources.fetch_deb(pin("2025.1"), cache).is_file()
