@@ -36,6 +36,7 @@ DEFAULT_EXCLUDE = (
     ".lock*",
     "*.lock",
     "boot/*",
+    "canary/*",  # `doit canary`'s floating build: not the release's
     f"*/{SIGNATURE}",
     SIGNATURE,
     f"{fsutil.TMP_PREFIX}*",
