@@ -76,3 +76,19 @@ def test_an_image_whose_installed_set_differs_from_its_pins_is_an_error(tmp_path
     assert "-bc 1.07.1-3+b1 i386\n+bc 1.07.1-3+b1 amd64" in log
     assert "the installed set differs from containers/builder/packages.lock" in log
     assert not containers.image_exists(spec.tag)
+
+
+def test_base_snapshot_mirror_and_identity() -> None:
+    """An unset snapshot keeps the base image's identity (and tag) as before; a set one changes it and the mirror."""
+    from hurdxen import fsutil
+    from hurdxen.containers import BaseSpec
+
+    plain = BaseSpec("bookworm", "http://deb.debian.org/debian", "minbase", ("main",), (), 1767225600)
+    before = {k: v for k, v in plain.__dict__.items() if k not in ("proxy", "snapshot", "snapshot_service")}
+    assert plain.identity == fsutil.identity("base", before)[:16]
+    assert plain.snapshot_mirror is None
+    snap = BaseSpec(*before.values(), snapshot="20261201T000000Z", snapshot_service="http://127.0.0.1:8080/")  # type: ignore[arg-type]
+    assert snap.snapshot_mirror == "http://127.0.0.1:8080/archive/debian/20261201T000000Z"
+    assert snap.identity != plain.identity
+    other_service = BaseSpec(*before.values(), snapshot="20261201T000000Z")  # type: ignore[arg-type]
+    assert other_service.identity == snap.identity  # where the snapshot is served from is not what the image is
