@@ -30,6 +30,10 @@ class BootModule:
     output: str  # the name of the file among the stage's outputs
 
 
+def boot_modules_of(modules: tuple[ramdisk.ModuleSpec, ...]) -> tuple[BootModule, ...]:
+    return tuple(BootModule("/" + m.path.lstrip("/"), tuple(m.cmdline.split(" ")), module_output(m)) for m in modules)
+
+
 def module_output(m: ramdisk.ModuleSpec) -> str:
     return f"module:{m.name}"
 
@@ -70,9 +74,7 @@ class HurdModulesSpec:
 
     def boot_modules(self) -> tuple[BootModule, ...]:
         """The ramdisk's modules as a boot loader loads them one by one (pv-grub2): path, words, output name."""
-        return tuple(
-            BootModule("/" + m.path.lstrip("/"), tuple(m.cmdline.split(" ")), module_output(m)) for m in self.modules
-        )
+        return boot_modules_of(self.modules)
 
     def ramdisk_spec(self) -> ramdisk.RamdiskSpec:
         return ramdisk.RamdiskSpec(self.bits, self.libc_version, self.modules)

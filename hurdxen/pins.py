@@ -54,7 +54,7 @@ def collect(r: Recipes) -> list[tuple[str, DebPin]]:
         for hm in hurdmodules.specs(r):
             pins += list(hm.debs)
     if "pvgrub2" in r:
-        pins.append(pvgrub.spec_from_recipe(r["pvgrub2"], r.files["pvgrub2"]).grub)
+        pins.append(pvgrub.recipe(r).grub)
     out: dict[str, tuple[str, DebPin]] = {}
     for p in pins:
         for q in (p.keyring_pin, p):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hurdxen import gnumach, hurdmodules, mig
+from hurdxen import gnumach, hurdmodules, mig, pvgrub
 from hurdxen.recipes import Recipes
 
 Kernel = gnumach.VariantSpec | gnumach.PrebuiltSpec
@@ -18,6 +18,7 @@ class Plan:
     gnumach_source: gnumach.SourceSpec | None
     kernels: tuple[Kernel, ...]  # compiled variants, then prebuilt kernels
     hurd_modules: tuple[hurdmodules.HurdModulesSpec, ...]
+    pvgrub2: tuple[pvgrub.PvGrubSpec, ...]
 
     def kernel(self, name: str) -> Kernel | None:
         return next((k for k in self.kernels if k.name == name), None)
@@ -33,9 +34,13 @@ def make_plan(recipes: Recipes) -> Plan:
     if "gnumach" in recipes:
         source = gnumach.source_spec(recipes)
         kernels = [*gnumach.variant_specs(recipes), *gnumach.prebuilt_specs(recipes)]
+    hms = tuple(hurdmodules.specs(recipes)) if "hurd-modules" in recipes else ()
+    sde = int(recipes["base"]["base"]["source_date_epoch"])
+    pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
     return Plan(
         mig=tuple(mig.specs(recipes)),
         gnumach_source=source,
         kernels=tuple(kernels),
-        hurd_modules=tuple(hurdmodules.specs(recipes)) if "hurd-modules" in recipes else (),
+        hurd_modules=hms,
+        pvgrub2=tuple(pvgrubs),
     )

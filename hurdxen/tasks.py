@@ -108,8 +108,7 @@ def load() -> tuple[recipes.Recipes, Context]:
             r = recipes.load(ROOT)
             ctx = make_context(r)
             global _plan
-            _plan = make_plan(r)
-            check_specs(r)
+            _plan = check_specs(r)
         except HurdxenError as e:
             sys.stderr.write(e.render() + "\n")
             raise SystemExit(2) from None
@@ -125,18 +124,17 @@ def load() -> tuple[recipes.Recipes, Context]:
     return _loaded
 
 
+def check_specs(r: recipes.Recipes) -> Plan:
+    """Every stage's specs from the recipes: what the schemas cannot check (patch pins, cross-recipe rules) fails
+    here, as one line, before any task generator (where doit would print a traceback). `hurdxen recipes` runs it."""
+    return make_plan(r)
+
+
 def the_plan() -> Plan:
     """Every stage's specs (made, and checked across recipes, by `load()`)."""
     load()
     assert _plan is not None
     return _plan
-
-
-def check_specs(r: recipes.Recipes) -> None:
-    """What the schema cannot check (patch pins, cross-key rules) also fails here, as one line, not in a task
-    generator (where doit would print a traceback)."""
-    if "pvgrub2" in r:
-        pvgrub_recipe(r)
 
 
 # ------------------------------------------------------------------ actions (module level: picklable)
@@ -226,8 +224,7 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     pins += [k.deb for k in p.kernels if isinstance(k, gnumach.PrebuiltSpec)]
     for hm in p.hurd_modules:
         pins += list(hm.debs)
-    if "pvgrub2" in r:
-        pins.append(pvgrub_recipe(r).grub)
+    pins += [s.grub for s in p.pvgrub2[:1]]
     if "boot" in r:
         hv = boot_recipe(r).hypervisor
         pins.append(TarballPin("xen orig tarball", hv.url, hv.sha256, "boot.xen.url"))
@@ -327,102 +324,17 @@ def task_hurd_modules() -> Iterator[TaskDict]:
     yield from stage_tasks(HURD_MODULES, the_plan().hurd_modules, ctx)
 
 
-def pvgrub_recipe(r: recipes.Recipes) -> pvgrub.PvGrubRecipe:
-    return pvgrub.spec_from_recipe(r["pvgrub2"], r.files["pvgrub2"])
-
-
-def pvgrub_out_dir(ctx: Context, name: str) -> Path:
-    return ctx.artifacts / "pvgrub2" / name
-
-
-def pvgrub_inputs(
-    r: recipes.Recipes, ctx: Context, spec: pvgrub.PvGrubImageSpec
-) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    """Kernel and boot-module files a standalone image embeds, and the tasks that make them."""
-    if spec.flavour != "standalone":
-        return {}, {}, []
-    variant = spec.kernels[0]
-    p = the_plan()
-    k = p.kernel(variant)
-    if k is None:
-        raise_recipe_error(r, "pvgrub2", f"images.{spec.name}.kernels: no gnumach kernel {variant!r}", "")
-        raise AssertionError
-    kernels = {variant: str(k.outputs(ctx)["kernel.gz"])}
-    deps = [k.task]
-    modules: dict[str, str] = {}
-    hm = p.hurd_modules_for(variant)
-    if hm is not None:
-        outs = hm.outputs(ctx)
-        made = {m.path.rsplit("/", 1)[-1]: f"module:{m.name}" for m in hm.modules}
-        for m in spec.boot_modules:
-            if m.path.rsplit("/", 1)[-1] not in made:
-                raise_recipe_error(
-                    r,
-                    "pvgrub2",
-                    f"images.{spec.name}.boot_modules: hurd-modules:{hm.name} makes no {m.path} "
-                    f"(it makes {', '.join(made)})",
-                    "boot modules of a standalone image come from the hurd-modules stage: name its files",
-                )
-        modules = {m.path: str(outs[made[m.path.rsplit("/", 1)[-1]]]) for m in spec.boot_modules}
-        deps.append(hm.task)
-    return kernels, modules, deps
-
-
-def act_pvgrub(
-    spec: pvgrub.PvGrubImageSpec,
-    recipe: pvgrub.PvGrubRecipe,
-    kernels: dict[str, str],
-    modules: dict[str, str],
-    ctx: Context,
-) -> TaskFailed | None:
-    def run() -> None:
-        tree = pvgrub.fetch_grub_tree(recipe, ctx.cache)
-        pvgrub.build_pvgrub_image(
-            spec,
-            tree,
-            {k: Path(v) for k, v in kernels.items()},
-            pvgrub_out_dir(ctx, spec.name),
-            ctx.executor(),
-            ctx.image_tag(recipe.image),
-            ctx.artifacts / "logs",
-            ctx.source_date_epoch,
-            module_inputs={k: Path(v) for k, v in modules.items()},
-            monitor=ctx.monitor(),
-        )
-
-    return guarded(run)
+PVGRUB2 = stage.Stage(
+    "pvgrub2",
+    "pv-grub2: standalone GRUB images for Xen PV (i386-xen, x86_64-xen; disk, hurd, standalone flavours)",
+    pvgrub.build,
+)
 
 
 def task_pvgrub2() -> Iterator[TaskDict]:
     """pv-grub2: standalone GRUB images for Xen PV (i386-xen, x86_64-xen; disk, hurd, standalone flavours)"""
-    r, ctx = load()
-    yield {"basename": "pvgrub2", "name": None, "doc": task_pvgrub2.__doc__}
-    if "pvgrub2" not in r:
-        return
-    recipe = pvgrub_recipe(r)
-    grub_pin = recipe.grub
-    for spec in recipe.images:
-        kernels, modules, deps = pvgrub_inputs(r, ctx, spec)
-        yield {
-            "basename": "pvgrub2",
-            "name": spec.name,
-            "doc": f"{spec.platform} {spec.flavour}: {spec.description}",
-            "actions": [(act_pvgrub, [spec, recipe, kernels, modules, ctx])],
-            "task_dep": [*image_deps(ctx, recipe.image), pin_task_name(grub_pin), *deps],
-            "file_dep": [*kernels.values(), *modules.values()],
-            "targets": [
-                str(pvgrub_out_dir(ctx, spec.name) / n)
-                for n in (f"pv-grub-{spec.name}", f"pv-grub-{spec.name}.gz", "manifest.json")
-            ],
-            "uptodate": [
-                config_changed(
-                    fsutil.identity(
-                        spec.identity, grub_pin.__dict__, ctx.image_tag(recipe.image), ctx.source_date_epoch
-                    )
-                )
-            ],
-            "clean": [(remove_dir, [str(pvgrub_out_dir(ctx, spec.name))])],
-        }
+    _, ctx = load()
+    yield from stage_tasks(PVGRUB2, the_plan().pvgrub2, ctx)
 
 
 # The release modules are imported inside their actions: task generation (every `doit` call) does not need them.
@@ -572,7 +484,7 @@ def task_boot() -> Iterator[TaskDict]:
     known = {
         "gnumach": {k.name for k in the_plan().kernels},
         "hurd-modules": {s.name for s in the_plan().hurd_modules},
-        "pvgrub2": set(pvgrub_recipe(r).names) if "pvgrub2" in r else set(),
+        "pvgrub2": set(pvgrub.by_name(the_plan().pvgrub2)),
     }
     deps: list[str] = []
     for i, c in enumerate(recipe.cases):

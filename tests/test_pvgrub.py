@@ -6,6 +6,7 @@ import copy
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hurdxen import pvgrub
+from hurdxen import pvgrub, pvgrub_config, pvgrub_elf, pvgrub_image, recipes
 from hurdxen.errors import HurdxenError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,8 @@ HURD_MODULE_LINE = (
 )
 EXEC_MODULE_LINE = "module /lib/ld.so.1 exec /hurd/exec '$(exec-task=task-create)'"
 LDSO64 = "/lib/ld-x86-64.so.1"
+# The kernels (bits, PAE) and the Hurd's boot modules pv-grub2 takes from the gnumach and hurd-modules recipes.
+PRODUCERS = pvgrub.Producers.of(recipes.load(ROOT))
 
 
 def recipe_data() -> dict[str, Any]:
@@ -36,19 +39,19 @@ def recipe_data() -> dict[str, Any]:
         return tomllib.load(f)
 
 
-def image(name: str, **changes: Any) -> pvgrub.PvGrubImageSpec:
+def image(name: str, **changes: Any) -> pvgrub_config.PvGrubImageSpec:
     data = recipe_data()
     for img in data["images"]:
         if img["name"] == name:
             img.update(changes)
-    return pvgrub.spec_from_recipe(data).get(name)
+    return pvgrub.spec_from_recipe(data, PRODUCERS).get(name)
 
 
 # ------------------------------------------------------------------------------------------------ no engine
 
 
 def test_recipe_resolves_defaults() -> None:
-    r = pvgrub.spec_from_recipe(recipe_data())
+    r = pvgrub.spec_from_recipe(recipe_data(), PRODUCERS)
     assert r.grub.package == "grub-xen-bin" and r.grub.version == "2.06-13+deb12u2" and r.grub.arch == "amd64"
     assert len(r.images) == 6
     assert {(i.platform, i.flavour) for i in r.images} == {
@@ -68,7 +71,7 @@ def test_recipe_refuses_kernel_platform_mismatch(platform: str, kernel: str, arc
     data = recipe_data()
     data["images"][0].update(platform=platform, kernels=[kernel])
     with pytest.raises(HurdxenError) as e:
-        pvgrub.spec_from_recipe(data)
+        pvgrub.spec_from_recipe(data, PRODUCERS)
     msg = str(e.value)
     assert f"kernel variant {kernel}" in msg and platform in msg
     assert f"error: incompatible architecture: {arch}." in msg
@@ -80,10 +83,10 @@ def test_recipe_refuses_kernel_platform_mismatch(platform: str, kernel: str, arc
     [
         (("defaults", "root"), "hd0s1", "GNU Mach root device"),
         (("images", 0, "platform"), "i386-xen_pvh", "expected one of 'i386-xen', 'x86_64-xen'"),
-        (("images", 0, "kernels"), ["xen-486"], "expected one of"),
+        (("images", 0, "kernels"), ["xen-486"], "no gnumach kernel named 'xen-486'"),
         (("grub", "version"), "two", "Debian version"),
         (("images", 0, "bogus"), 1, "images[0].bogus: unknown key"),
-        (("defaults", "boot_modules", 0, "args"), ["ext2fs", "a\nb"], "without newlines"),
+        (("defaults", "boot_modules"), [{"path": "/hurd/ext2fs.static", "args": ["ext2fs"]}], "unknown key"),
     ],
 )
 def test_schema_messages(path: tuple[Any, ...], value: Any, expect: str) -> None:
@@ -93,7 +96,7 @@ def test_schema_messages(path: tuple[Any, ...], value: Any, expect: str) -> None
         d = d[p]
     d[path[-1]] = value
     with pytest.raises(HurdxenError) as e:
-        pvgrub.spec_from_recipe(data)
+        pvgrub.spec_from_recipe(data, PRODUCERS)
     assert expect in str(e.value)
     assert str(e.value).startswith("error: recipes/pvgrub2.toml: ")
 
@@ -102,27 +105,27 @@ def test_locales_refused() -> None:
     data = recipe_data()
     data["defaults"]["fonts"] = True
     with pytest.raises(HurdxenError, match=r"defaults\.fonts = true is not supported"):
-        pvgrub.spec_from_recipe(data)
+        pvgrub.spec_from_recipe(data, PRODUCERS)
 
 
 def test_standalone_carries_one_kernel() -> None:
     data = recipe_data()
     data["images"][2]["kernels"] = ["xen-pae", "xen-pae"]  # schema: unique
     with pytest.raises(HurdxenError, match=r"duplicate|non-unique|unique"):
-        pvgrub.spec_from_recipe(data)
+        pvgrub.spec_from_recipe(data, PRODUCERS)
 
 
 def test_grub_quote() -> None:
-    assert pvgrub.grub_quote("root=device:hd0s1") == "root=device:hd0s1"
-    assert pvgrub.grub_quote("(memdisk)/boot/gnumach.gz") == "(memdisk)/boot/gnumach.gz"
-    assert pvgrub.grub_quote("${root}") == "'${root}'"
-    assert pvgrub.grub_quote("$(task-create)") == "'$(task-create)'"
-    assert pvgrub.grub_quote("it's") == "'it'\\''s'"
-    assert pvgrub.grub_quote("a b") == "'a b'"
+    assert pvgrub_config.grub_quote("root=device:hd0s1") == "root=device:hd0s1"
+    assert pvgrub_config.grub_quote("(memdisk)/boot/gnumach.gz") == "(memdisk)/boot/gnumach.gz"
+    assert pvgrub_config.grub_quote("${root}") == "'${root}'"
+    assert pvgrub_config.grub_quote("$(task-create)") == "'$(task-create)'"
+    assert pvgrub_config.grub_quote("it's") == "'it'\\''s'"
+    assert pvgrub_config.grub_quote("a b") == "'a b'"
 
 
 def test_hurd_config_is_the_field_notes_entry() -> None:
-    cfg = pvgrub.render_config(image("i386-xen-hurd"))
+    cfg = pvgrub_config.render_config(image("i386-xen-hurd"))
     lines = [ln.strip() for ln in cfg.splitlines()]
     assert "multiboot /boot/gnumach.gz console=hyp0 root=device:hd0s1" in lines
     assert HURD_MODULE_LINE in lines
@@ -132,7 +135,7 @@ def test_hurd_config_is_the_field_notes_entry() -> None:
 
 
 def test_standalone_config() -> None:
-    cfg = pvgrub.render_config(image("x86_64-xen-standalone", root="part:1:device:xvd0"))
+    cfg = pvgrub_config.render_config(image("x86_64-xen-standalone", root="part:1:device:xvd0"))
     body = [ln for ln in cfg.splitlines() if ln and not ln.startswith("#")]
     assert body[1:4] == [
         "insmod gzio",
@@ -145,7 +148,7 @@ def test_standalone_config() -> None:
 
 
 def test_disk_config_uses_xen_grub_env_and_avoids_memdisk() -> None:
-    cfg = pvgrub.render_config(image("i386-xen-disk"))
+    cfg = pvgrub_config.render_config(image("i386-xen-disk"))
     assert "set pvgrub_cfg=/boot/grub/grub.cfg" in cfg
     assert '"${xen_grub_env_cfg}"' in cfg
     assert 'configfile "${pvgrub_cfg}"' in cfg
@@ -154,8 +157,8 @@ def test_disk_config_uses_xen_grub_env_and_avoids_memdisk() -> None:
 
 
 def test_config_commands() -> None:
-    cfg = pvgrub.render_config(image("i386-xen-disk", extra_config="set debug=xen; xen_ls"))
-    cmds = set(pvgrub.config_commands(cfg))
+    cfg = pvgrub_config.render_config(image("i386-xen-disk", extra_config="set debug=xen; xen_ls"))
+    cmds = set(pvgrub_config.config_commands(cfg))
     assert {"set", "[", "search", "echo", "configfile", "xen_ls"} <= cmds
     assert "then" not in cmds and "fi" not in cmds
 
@@ -173,10 +176,10 @@ def test_memdisk_is_reproducible_ustar() -> None:
     files = {"lib/ld.so.1": b"y" * 700, "boot/grub/grub.cfg": b"boot\n", "hurd/ext2fs.static": b"x" * 10}
     old = os.umask(0o077)
     try:
-        a, listing = pvgrub.build_memdisk(files, SDE)
+        a, listing = pvgrub_image.build_memdisk(files, SDE)
     finally:
         os.umask(old)
-    b, _ = pvgrub.build_memdisk(dict(reversed(list(files.items()))), SDE)
+    b, _ = pvgrub_image.build_memdisk(dict(reversed(list(files.items()))), SDE)
     assert a == b
     names = [e.path for e in listing]
     assert names == sorted(names)
@@ -190,12 +193,12 @@ def test_memdisk_is_reproducible_ustar() -> None:
     with tarfile.open(fileobj=io.BytesIO(a)) as t:
         modes = {m.name: m.mode for m in t.getmembers()}
     assert modes["boot"] == 0o755 and modes["lib/ld.so.1"] == 0o644
-    assert pvgrub.memdisk_listing(a) == listing
+    assert pvgrub_image.memdisk_listing(a) == listing
 
 
 def test_memdisk_refuses_bad_paths() -> None:
     with pytest.raises(HurdxenError):
-        pvgrub.build_memdisk({"../x": b""}, SDE)
+        pvgrub_image.build_memdisk({"../x": b""}, SDE)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -207,7 +210,7 @@ def grub_tree() -> Path:
     from hurdxen.sources import Cache
 
     try:
-        return pvgrub.fetch_grub_tree(pvgrub.spec_from_recipe(recipe_data()), Cache.default())
+        return pvgrub.fetch_grub_tree(pvgrub.spec_from_recipe(recipe_data(), PRODUCERS), Cache.default())
     except HurdxenError as e:
         if "cannot fetch" in str(e) or "offline" in str(e):
             pytest.skip(str(e))
@@ -217,25 +220,25 @@ def grub_tree() -> Path:
 def test_module_closure_and_commands(grub_tree: Path) -> None:
     for name in ("i386-xen-standalone", "x86_64-xen-disk"):
         spec = image(name)
-        pdir = pvgrub.grub_platform_dir(grub_tree, spec.platform)
-        mods = pvgrub.module_closure(pvgrub.image_modules(spec), pdir)
+        pdir = pvgrub_image.grub_platform_dir(grub_tree, spec.platform)
+        mods = pvgrub_image.module_closure(pvgrub_image.image_modules(spec), pdir)
         assert {"memdisk", "tar", "normal", "linux", "gzio"} <= set(mods)
         assert len(mods) <= spec.module_limit
-        pvgrub.check_commands(pvgrub.render_config(spec), mods, pdir, name)
+        pvgrub_image.check_commands(pvgrub_config.render_config(spec), mods, pdir, name)
     with pytest.raises(HurdxenError, match="does not exist"):
-        pvgrub.module_closure(["nosuchmod"], pdir)
+        pvgrub_image.module_closure(["nosuchmod"], pdir)
 
 
 def test_command_without_module_refused(grub_tree: Path) -> None:
     spec = image("i386-xen-disk", extra_config="xen_ls")
-    pdir = pvgrub.grub_platform_dir(grub_tree, spec.platform)
-    mods = pvgrub.module_closure(pvgrub.image_modules(spec), pdir)
+    pdir = pvgrub_image.grub_platform_dir(grub_tree, spec.platform)
+    mods = pvgrub_image.module_closure(pvgrub_image.image_modules(spec), pdir)
     with pytest.raises(HurdxenError) as e:
-        pvgrub.check_commands(pvgrub.render_config(spec), mods, pdir, "pvgrub:x")
+        pvgrub_image.check_commands(pvgrub_config.render_config(spec), mods, pdir, "pvgrub:x")
     assert "`xen_ls`" in str(e.value) and "'lsxen'" in str(e.value)
     spec = image("i386-xen-disk", extra_config="xen_ls", modules=["lsxen"])
-    mods = pvgrub.module_closure(pvgrub.image_modules(spec), pdir)
-    pvgrub.check_commands(pvgrub.render_config(spec), mods, pdir, "pvgrub:x")
+    mods = pvgrub_image.module_closure(pvgrub_image.image_modules(spec), pdir)
+    pvgrub_image.check_commands(pvgrub_config.render_config(spec), mods, pdir, "pvgrub:x")
 
 
 # ------------------------------------------------------------------------------------------------ engine
@@ -307,9 +310,9 @@ def _modules(d: Path) -> dict[str, Path]:
 
 
 def _build(
-    spec: pvgrub.PvGrubImageSpec, out: Path, grub_tree: Path, inputs: Path, executor: Any, tag: str
-) -> pvgrub.PvGrubResult:
-    return pvgrub.build_pvgrub_image(
+    spec: pvgrub_config.PvGrubImageSpec, out: Path, grub_tree: Path, inputs: Path, executor: Any, tag: str
+) -> pvgrub_image.PvGrubResult:
+    return pvgrub_image.build_pvgrub_image(
         spec,
         grub_tree,
         _kernels(inputs),
@@ -335,7 +338,7 @@ def _embedded_tar(image_bytes: bytes) -> bytes:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("name", [f"{p}-{f}" for p in ("i386-xen", "x86_64-xen") for f in pvgrub.FLAVOURS])
+@pytest.mark.parametrize("name", [f"{p}-{f}" for p in ("i386-xen", "x86_64-xen") for f in pvgrub_config.FLAVOURS])
 def test_build_each_image(
     name: str, tmp_path: Path, grub_tree: Path, fake_inputs: Path, executor: Any, builder_tag: str
 ) -> None:
@@ -352,18 +355,18 @@ def test_build_each_image(
 
     # checks run: grub-script-check, grub-file on the image (and kernel), ELF, Xen notes, modules, memdisk
     joined = " | ".join(res.checks)
-    platform = pvgrub.PLATFORMS[spec.platform]
+    platform = pvgrub_config.PLATFORMS[spec.platform]
     assert "grub-script-check" in joined
     assert f"grub-file {platform.grub_file_check} image" in joined
     assert ("kernel" in joined) == (spec.flavour == "standalone")
-    facts = pvgrub.elf_facts(res.image)
+    facts = pvgrub_elf.elf_facts(res.image)
     assert facts.bits == platform.bits and facts.machine == platform.machine
-    assert facts.xen_notes[pvgrub.XEN_ELFNOTE_GUEST_OS].rstrip(b"\0") == b"GRUB"
+    assert facts.xen_notes[pvgrub_elf.XEN_ELFNOTE_GUEST_OS].rstrip(b"\0") == b"GRUB"
     assert facts.xen_arch in platform.accepts
     assert len(res.modules) <= spec.module_limit
 
     # the memdisk inside the image holds what the recipe said
-    objs = pvgrub.read_image_objects(res.image)
+    objs = pvgrub_elf.read_image_objects(res.image)
     assert objs.prefix == "(memdisk)/boot/grub"
     assert sorted(objs.modules) == list(res.modules)
     tar_bytes = _embedded_tar(res.image.read_bytes())
@@ -372,7 +375,7 @@ def test_build_each_image(
         members = {m.name: m for m in t.getmembers()}
         assert t.extractfile("boot/grub/grub.cfg").read().decode() == res.config  # type: ignore[union-attr]
         if spec.flavour == "standalone":
-            given = _kernels(fake_inputs)[spec.kernels[0]]
+            given = _kernels(fake_inputs)[spec.kernels[0].name]
             kname = "boot/gnumach.gz" if given.suffix == ".gz" else "boot/gnumach"
             assert t.extractfile(kname).read() == given.read_bytes()  # type: ignore[union-attr]
             assert f"multiboot (memdisk)/{kname} console=hyp0 root=device:hd0s1" in res.config
@@ -412,8 +415,13 @@ def test_two_builds_are_identical(
         time.tzset()
     assert (a.sha256, a.sha256_gz) == (b.sha256, b.sha256_gz)
     names = [f"pv-grub-{spec.name}{suffix}" for suffix in ("", ".gz", ".grub.cfg", ".memdisk.tar")]
-    for name in [*names, "manifest.json"]:
+    for name in names:
         assert (a_dir / name).read_bytes() == (b_dir / name).read_bytes(), name
+    # The manifests too, but for the step's time (a run-to-run fact, which the bundle drops).
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a_dir, b_dir))
+    for m in (ma, mb):
+        m["step"].pop("seconds")
+    assert ma == mb
 
 
 @pytest.mark.docker
@@ -441,9 +449,9 @@ def test_kernel_file_of_wrong_architecture_refused(
 ) -> None:
     """A kernel file handed in under the image's variant but built for the other architecture."""
     spec = image(name)
-    kernels = {spec.kernels[0]: _kernels(fake_inputs)[kernel]}
+    kernels = {spec.kernels[0].name: _kernels(fake_inputs)[kernel]}
     with pytest.raises(HurdxenError) as e:
-        pvgrub.build_pvgrub_image(
+        pvgrub_image.build_pvgrub_image(
             spec, grub_tree, kernels, tmp_path, executor, "unused", tmp_path, SDE, module_inputs=_modules(fake_inputs)
         )
     assert f"error: incompatible architecture: {arch}." in str(e.value)
@@ -451,9 +459,9 @@ def test_kernel_file_of_wrong_architecture_refused(
 
 @pytest.mark.docker
 def test_kernel_facts(fake_inputs: Path) -> None:
-    arch = {v: pvgrub.elf_facts(p).xen_arch for v, p in _kernels(fake_inputs).items()}
+    arch = {v: pvgrub_elf.elf_facts(p).xen_arch for v, p in _kernels(fake_inputs).items()}
     assert arch == {"xen-pae": 2, "xen-nopae": 1, "xen-amd64": 4}
-    assert pvgrub.elf_facts(_kernels(fake_inputs)["xen-pae"]).gzipped
+    assert pvgrub_elf.elf_facts(_kernels(fake_inputs)["xen-pae"]).gzipped
 
 
 @pytest.mark.docker
@@ -461,7 +469,7 @@ def test_non_pae_kernel_refused(tmp_path: Path, grub_tree: Path, fake_inputs: Pa
     spec = image("i386-xen-standalone")
     kernels = {"xen-pae": _kernels(fake_inputs)["xen-nopae"]}
     with pytest.raises(HurdxenError, match=r"incompatible architecture: 1\."):
-        pvgrub.build_pvgrub_image(
+        pvgrub_image.build_pvgrub_image(
             spec, grub_tree, kernels, tmp_path, executor, "unused", tmp_path, SDE, module_inputs=_modules(fake_inputs)
         )
 
@@ -500,11 +508,11 @@ def test_debian_gnumach_standalone(
     kernel = fetch_kernel(key)
     spec = image(name)
 
-    def build() -> pvgrub.PvGrubResult:
-        return pvgrub.build_pvgrub_image(
+    def build() -> pvgrub_image.PvGrubResult:
+        return pvgrub_image.build_pvgrub_image(
             spec,
             grub_tree,
-            {spec.kernels[0]: kernel},
+            {spec.kernels[0].name: kernel},
             tmp_path,
             executor,
             builder_tag,
@@ -528,5 +536,5 @@ def test_debian_gnumach_standalone(
 def test_copy_of_recipe_untouched() -> None:
     data = recipe_data()
     before = copy.deepcopy(data)
-    pvgrub.spec_from_recipe(data)
+    pvgrub.spec_from_recipe(data, PRODUCERS)
     assert data == before

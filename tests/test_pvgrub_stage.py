@@ -5,7 +5,6 @@ fakemach kernels of the gnumach stage and the stand-in boot modules of the hurd-
 
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -19,7 +18,9 @@ from fakemachrepo import FakeMach, make_fakemach_repo
 from projectcopy import ProjectCopy, clone_artifacts, require_docker
 from test_hurd_modules_stage import LIBC, repos, variant_overlay
 
+from hurdxen import manifest
 from hurdxen.fsutil import sha256_file
+from hurdxen.release_inputs import strip_volatile
 
 __all__ = ["elves", "repos"]
 
@@ -68,11 +69,19 @@ def test_image_outputs(built: Built, name: str) -> None:
     stem = f"pv-grub-{name}"
     for suffix in ("", ".gz", ".grub.cfg", ".memdisk.tar"):
         assert (d / f"{stem}{suffix}").is_file(), suffix
-    m = json.loads((d / "manifest.json").read_text())
-    assert m["image_gz"]["sha256"] == sha256_file(d / f"{stem}.gz")
-    assert m["image"]["sha256"] == sha256_file(d / stem)
-    assert m["outputs"][f"{stem}.gz"] == sha256_file(d / f"{stem}.gz")
-    assert (m["stage"], m["variant"]) == ("pvgrub2", name)
+    m = manifest.read(d)
+    assert (m.stage, m.variant) == ("pvgrub2", name)
+    assert m.output("image.gz") == d / f"{stem}.gz" and m.output("image") == d / stem
+    assert m.fact("image_gz")["sha256"] == sha256_file(d / f"{stem}.gz")
+    # What it was made from: the grub-xen-bin pin (with the .deb's hash) and how (the container step).
+    grub = m.inputs["grub"]
+    assert (grub["package"], grub["arch"]) == ("grub-xen-bin", "amd64") and len(grub["sha256"]) == 64
+    assert m.step["executor"] == "docker" and m.step["image_id"].startswith("sha256:")
+    if name in STANDALONE:
+        variant = STANDALONE[name][0]
+        assert m.inputs["kernel"]["task"] == f"gnumach:{variant}"
+        kernel = manifest.read_task(built.proj.artifacts, f"gnumach:{variant}")
+        assert m.inputs["kernel"]["sha256"] == kernel.outputs["kernel.gz"].sha256
 
 
 @pytest.mark.parametrize("name", sorted(STANDALONE))
@@ -101,10 +110,13 @@ def test_images_identical_across_two_artifact_dirs(built: Built, tmp_path: Path)
     r = proj.run_doit(*(f"pvgrub2:{n}" for n in IMAGES))
     assert r.returncode == 0, r.stdout[-4000:]
     for n in IMAGES:
-        for name in (f"pv-grub-{n}", f"pv-grub-{n}.gz", f"pv-grub-{n}.memdisk.tar", "manifest.json"):
+        for name in (f"pv-grub-{n}", f"pv-grub-{n}.gz", f"pv-grub-{n}.memdisk.tar"):
             f1 = built.proj.artifacts / "pvgrub2" / n / name
             f2 = proj.artifacts / "pvgrub2" / n / name
             assert sha256_file(f1) == sha256_file(f2), f"{n}/{name} differs"
+        # The manifests as the release records them (without the step's time).
+        m1, m2 = (manifest.read(a / "pvgrub2" / n).raw for a in (built.proj.artifacts, proj.artifacts))
+        assert strip_volatile(m1) == strip_volatile(m2), n
 
 
 def test_kernel_refused_by_strict_verify_never_reaches_an_image(
@@ -122,3 +134,26 @@ def test_kernel_refused_by_strict_verify_never_reaches_an_image(
     assert any(ln.startswith("error: gnumach:xen-pae:") for ln in r.stdout.splitlines()), r.stdout[-3000:]
     assert "pvgrub2:i386-xen-standalone" in r.stdout  # named as not run (UnmetDependency)
     assert {p.name: sha256_file(p) for p in d.iterdir()} == before
+
+
+def test_a_new_gnumach_variant_is_a_recipe_edit(built: Built, repos: dict[int, AptRepo], tmp_path: Path) -> None:
+    """A variant added in hurdxen.local.toml only: gnumach builds it, pv-grub2 takes its bits and PAE from the
+    gnumach recipe and the boot modules from the hurd-modules variant that lists it."""
+    over = overlay_for(built.fake, repos)
+    over["gnumach"]["variants"] = {
+        "xen-pae-o1": {"host": "i686-gnu", "cc": "gcc -m32", "ld": "ld -melf_i386", "mig": "i686-gnu", "pae": True}
+    }
+    over["hurd-modules"]["variants"]["hurd-i386"]["kernels"] = ["xen-pae", "xen-nopae", "xen-pae-o1"]
+    image = {"name": "i386-o1", "platform": "i386-xen", "flavour": "standalone", "kernels": ["xen-pae-o1"]}
+    over["pvgrub2"] = {"images": [image]}
+    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "a4")
+    proj.overlay(over)
+    clone_artifacts(built.proj.artifacts, proj.artifacts)
+    r = proj.run_doit("pvgrub2:i386-o1")
+    assert r.returncode == 0, r.stdout[-4000:]
+    m = manifest.read(proj.artifacts / "pvgrub2" / "i386-o1")
+    assert m.fact("kernels") == [{"name": "xen-pae-o1", "bits": 32, "pae": True}]
+    kernel = manifest.read_task(proj.artifacts, "gnumach:xen-pae-o1").output("kernel.gz")
+    with tarfile.open(m.output("memdisk")) as tar:
+        assert tar.extractfile("boot/gnumach.gz").read() == kernel.read_bytes()  # type: ignore[union-attr]
+        assert tar.extractfile("lib/ld.so.1") is not None
