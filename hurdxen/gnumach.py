@@ -8,6 +8,7 @@ as a non-root user with no network. Kernels whose Xen notes are wrong never reac
 from __future__ import annotations
 
 import shlex
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ class Patch:
     name: str
     path: Path
     sha256: str
+    shown: str  # its path in the project (or its name, for a series outside it): the same on every machine
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class SourceSpec:
     tarball: TarballPin | None
     patches: tuple[Patch, ...]
     image: str
+    upstream: str | None = None  # the recipe's git URL when an overlay fetches the same commit from elsewhere
 
     task = f"{STAGE}:source"
     doc = "the patched, configure-ready GNU Mach source tree"
@@ -95,9 +98,13 @@ class SourceSpec:
         )
 
     def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"patches": {p.name: p.sha256 for p in self.patches}}
+        """The canonical pinned identity (the recipe's upstream URL, the commit, every patch with its hash); where
+        the bytes were fetched from is a local fact, kept apart in `fetched_from`."""
+        d: dict[str, Any] = {"patches": [{"name": p.name, "path": p.shown, "sha256": p.sha256} for p in self.patches]}
         if self.git:
-            d["git"] = {"url": self.git.url, "commit": self.git.commit}
+            d["git"] = {"url": self.upstream or self.git.url, "commit": self.git.commit}
+            if self.upstream and self.upstream != self.git.url:
+                d["fetched_from"] = {"git": self.git.url}
         if self.tarball:
             d["tarball"] = {"url": self.tarball.url, "sha256": self.tarball.sha256}
         return d
@@ -222,7 +229,18 @@ def source_spec(recipes: Recipes) -> SourceSpec:
     tarball = (
         TarballPin("gnumach tarball", s["tarball"], s["sha256"], "gnumach.source.tarball") if "tarball" in s else None
     )
-    return SourceSpec(git, tarball, patch_series(recipes), r.get("image", "builder"))
+    return SourceSpec(git, tarball, patch_series(recipes), r.get("image", "builder"), upstream_git(recipes))
+
+
+def upstream_git(recipes: Recipes) -> str | None:
+    """The git URL recipes/gnumach.toml itself pins (an overlay may point `source.git` at a local mirror)."""
+    path = recipes.root / recipes.files.get(STAGE, "recipes/gnumach.toml")
+    try:
+        with open(path, "rb") as f:
+            url = tomllib.load(f).get("source", {}).get("git")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return url if isinstance(url, str) else None
 
 
 def patch_series(recipes: Recipes) -> tuple[Patch, ...]:
@@ -256,7 +274,8 @@ def patch_series(recipes: Recipes) -> tuple[Patch, ...]:
                 f"the recipe pins {pinned[name]}",
                 hint="if you changed the patch on purpose, update the pin",
             )
-        out.append(Patch(name, path, got))
+        shown = str(path.relative_to(recipes.root)) if path.is_relative_to(recipes.root) else name
+        out.append(Patch(name, path, got, shown))
     for name in pinned:
         if name not in names:
             raise HurdxenError(

@@ -38,13 +38,13 @@ def step_record(step: StepResult | Mapping[str, Any]) -> dict[str, Any]:
     return {"executor": "in-process", **step}
 
 
-def _image_packages(step: StepResult | Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+def _image_packages(step: StepResult | Mapping[str, Any], cache: Path | None) -> dict[str, Any]:
     """The step image's installed packages (name version arch), so a manifest says which toolchain built it."""
-    if not isinstance(step, StepResult) or step.executor != "docker" or not step.image:
+    if cache is None or not isinstance(step, StepResult) or step.executor != "docker" or not step.image:
         return {}
     from hurdxen import containers
 
-    return {"image_packages": containers.installed_packages(step.image, ctx.cache.root)}
+    return {"image_packages": containers.installed_packages(step.image, cache)}
 
 
 def in_process(function: str, **facts: Any) -> dict[str, Any]:
@@ -64,18 +64,40 @@ def write(
     """Write `out/manifest.json` for `spec`, whose outputs are being written in `out` (the temporary twin of its
     published directory): its task, identity and every named output with its sha256."""
     final = stage.out_dir(ctx, spec.task)
-    name_of_stage, variant = spec.task.split(":", 1)
-    named: dict[str, dict[str, str]] = {}
-    for name, path in spec.outputs(ctx).items():
-        rel = path.relative_to(final)
-        named[name] = {"path": rel.as_posix(), "sha256": fsutil.sha256_file(out / rel)}
+    outputs = {name: path.relative_to(final).as_posix() for name, path in spec.outputs(ctx).items()}
+    return write_raw(
+        out,
+        task=spec.task,
+        identity=spec.identity(ctx),
+        inputs=inputs,
+        step=step,
+        outputs=outputs,
+        extra=extra,
+        cache=ctx.cache.root,
+    )
+
+
+def write_raw(
+    out: Path,
+    *,
+    task: str,
+    identity: str,
+    inputs: Mapping[str, Any],
+    step: StepResult | Mapping[str, Any],
+    outputs: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
+    cache: Path | None = None,
+) -> dict[str, Any]:
+    """The writer itself, for a caller without a spec: `outputs` maps names to paths relative to `out`. With the
+    `cache` directory, a container step's record lists its image's installed packages."""
+    stage_name, variant = task.split(":", 1)
     data: dict[str, Any] = {
-        "stage": name_of_stage,
+        "stage": stage_name,
         "variant": variant,
-        "identity": spec.identity(ctx),
+        "identity": identity,
         "inputs": dict(inputs),
-        "step": {**step_record(step), **_image_packages(step, ctx)},
-        "outputs": named,
+        "step": {**step_record(step), **_image_packages(step, cache)},
+        "outputs": {n: {"path": rel, "sha256": fsutil.sha256_file(out / rel)} for n, rel in outputs.items()},
     }
     for k, v in (extra or {}).items():
         if k in CORE:
@@ -101,6 +123,7 @@ class Manifest:
     step: Mapping[str, Any]
     outputs: Mapping[str, Output]
     facts: Mapping[str, Any]  # the stage's own fields (bits, pae, platform, verify, …)
+    raw: Mapping[str, Any]  # the whole manifest, as read (the release records it)
 
     @property
     def task(self) -> str:
@@ -164,6 +187,7 @@ def read(directory: Path) -> Manifest:
         step=data["step"] if isinstance(data["step"], dict) else {},
         outputs=outs,
         facts={k: v for k, v in data.items() if k not in CORE},
+        raw=data,
     )
 
 

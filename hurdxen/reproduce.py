@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hurdxen import fsutil
-from hurdxen.bundle import SIGNATURE, strip_volatile
 from hurdxen.errors import HurdxenError
+from hurdxen.release_inputs import strip_volatile
+from hurdxen.release_spec import SIGNATURE
 
 BuildFn = Callable[[Path], object]  # runs the whole build into the artifacts dir it is given
 

@@ -32,6 +32,7 @@ class Released:
     bundle: Path
     tarball: Path
     doit_output: str
+    mirror: Path  # where the overlay fetched GNU Mach from (a local fact)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -65,7 +66,7 @@ def released(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]
     r = proj.run_doit("bundle")
     assert r.returncode == 0, r.stdout[-5000:]
     bundle = proj.artifacts / "release" / RELEASE
-    yield Released(proj, bundle, bundle.with_name(RELEASE + ".tar.gz"), r.stdout)
+    yield Released(proj, bundle, bundle.with_name(RELEASE + ".tar.gz"), r.stdout, fake.repo)
 
 
 def test_bundle_holds_every_artefact_and_checksums_verify(released: Released) -> None:
@@ -90,6 +91,30 @@ def test_bundle_holds_every_artefact_and_checksums_verify(released: Released) ->
     text = json.dumps(manifest)
     assert "allow_unbooted" in text  # the override is on record
     assert released.tarball.is_file()
+
+
+def test_provenance_names_every_input_of_every_artefact(released: Released) -> None:
+    """Built by the real producers: every kernel build with its source and patches, every pv-grub2 image with its
+    grub-xen-bin package, the builder image (tag and id); the local mirror appears nowhere in the bundle."""
+    prov = json.loads((released.bundle / "provenance.intoto.json").read_text())
+    deps = {d["name"]: d for d in prov["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    upstream = "git+https://git.savannah.gnu.org/git/hurd/gnumach.git@"  # recipes/gnumach.toml, not the overlay
+    for v in ("xen-pae", "xen-nopae", "xen-amd64"):
+        assert deps[f"gnumach/{v}:inputs.source.git"]["uri"].startswith(upstream)
+        patch = deps[f"gnumach/{v}:inputs.source.patches[0]"]
+        assert patch["uri"].endswith(".patch") and len(patch["digest"]["sha256"]) == 64
+        assert deps[f"gnumach/{v}:image"]["uri"].startswith("docker-image:hurdxen/builder:")
+    images = [p.name.removeprefix("pv-grub-").removesuffix(".gz") for p in (released.bundle / "pvgrub2").iterdir()]
+    assert len(images) == 6
+    for name in images:
+        grub = deps[f"pvgrub2/{name}:inputs.grub"]
+        assert grub["uri"] == "pkg:deb/debian/grub-xen-bin@2.06-13+deb12u2?arch=amd64"
+        assert grub["digest"]["sha256"] == "b9671bff7cbe6e637fc7ddb8726ddbc45a92173ebc9c8347f63d994039f9614f"
+        image = deps[f"pvgrub2/{name}:image"]
+        assert image["uri"].startswith("docker-image:hurdxen/builder:") and len(image["digest"]["sha256"]) == 64
+    for f in released.bundle.rglob("*"):
+        if f.is_file():
+            assert str(released.mirror).encode() not in f.read_bytes(), f
 
 
 def test_doit_verify_passes_and_a_tampered_bundle_fails(released: Released, tmp_path: Path) -> None:
