@@ -41,10 +41,6 @@ def recipes_cli(argv: list[str]) -> int:
     return 0
 
 
-def register(name: str, module: str, func: str, help_text: str) -> None:
-    SUBCOMMANDS[name] = (module, func, help_text)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

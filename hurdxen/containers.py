@@ -11,9 +11,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from hurdxen import fsutil
+from hurdxen import executors, fsutil
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import connect_docker, engine_error
 from hurdxen.monitor import Monitor, NullMonitor
@@ -89,19 +88,8 @@ def context_digest(context: Path) -> str:
     return fsutil.identity(entries)
 
 
-def _image_id(client: Any, tag: str) -> str | None:
-    import docker.errors
-
-    try:
-        return str(client.inspect_image(tag)["Id"])
-    except docker.errors.ImageNotFound:
-        return None
-    except docker.errors.DockerException as e:
-        raise engine_error(e) from e
-
-
 def image_exists(tag: str) -> bool:
-    return _image_id(connect_docker(), tag) is not None
+    return executors.image_id(connect_docker(), tag) is not None
 
 
 def ensure_base(spec: BaseSpec, cache_dir: Path, log_path: Path, monitor: Monitor | None = None) -> ImageResult:
@@ -109,7 +97,7 @@ def ensure_base(spec: BaseSpec, cache_dir: Path, log_path: Path, monitor: Monito
     mon = monitor or NullMonitor()
     client = connect_docker()
     start = time.monotonic()
-    existing = _image_id(client, spec.tag)
+    existing = executors.image_id(client, spec.tag)
     if existing:
         return ImageResult(spec.tag, existing, 0.0, True)
     tarball = cache_dir / "rootfs" / f"base-{spec.suite}-{spec.identity}.tar"
@@ -121,7 +109,7 @@ def ensure_base(spec: BaseSpec, cache_dir: Path, log_path: Path, monitor: Monito
             client.import_image_from_data(f, repository=repo, tag=tag, changes=['CMD ["bash"]'])
     except Exception as e:
         raise engine_error(e, "base image") from e
-    image_id = _image_id(client, spec.tag)
+    image_id = executors.image_id(client, spec.tag)
     if image_id is None:
         raise HurdxenError(f"docker import of {tarball} did not produce {spec.tag}", hint=f"see {log_path}")
     return ImageResult(spec.tag, image_id, time.monotonic() - start, False)
@@ -174,7 +162,7 @@ def ensure_image(spec: ImageSpec, log_path: Path, monitor: Monitor | None = None
 
     mon = monitor or NullMonitor()
     client = connect_docker()
-    existing = _image_id(client, spec.tag)
+    existing = executors.image_id(client, spec.tag)
     if existing:
         return ImageResult(spec.tag, existing, 0.0, True)
     start = time.monotonic()
@@ -209,7 +197,7 @@ def ensure_image(spec: ImageSpec, log_path: Path, monitor: Monitor | None = None
         raise engine_error(e, f"image:{spec.name}") from e
     if error:
         raise HurdxenError(f"image:{spec.name}: docker build failed: {error}", hint=f"the whole log is {log_path}")
-    image_id = _image_id(client, spec.tag)
+    image_id = executors.image_id(client, spec.tag)
     if image_id is None:
         raise HurdxenError(f"image:{spec.name}: build produced no image {spec.tag}", hint=f"see {log_path}")
     return ImageResult(spec.tag, image_id, time.monotonic() - start, False)
@@ -222,7 +210,7 @@ def installed_packages(tag: str, cache_root: Path) -> list[str]:
     """An image's installed packages as `name version arch` lines (like a .buildinfo), sorted; asked of the image once
     and kept in the cache by image id (an image's content never changes under its id)."""
     client = connect_docker()
-    image_id = _image_id(client, tag)
+    image_id = executors.image_id(client, tag)
     if image_id is None:
         raise HurdxenError(f"image {tag} does not exist", hint="build it: `doit image`")
     path = cache_root / "images" / f"{image_id.replace(':', '-')}.packages"

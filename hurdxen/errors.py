@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import NoReturn
 
 MAX_SHOWN = 200  # characters of one echoed value (a recipe string, a member name)
 MAX_LINE = 8000  # characters of a rendered error message (a step failure quotes its log's last lines)
@@ -72,7 +71,3 @@ class HurdxenError(Exception):
 
     def __str__(self) -> str:
         return self.render()
-
-
-def die(message: str, hint: str | None = None) -> NoReturn:
-    raise HurdxenError(message, hint=hint)

@@ -156,14 +156,7 @@ class DockerExecutor:
         return self._client
 
     def image_id(self, image: str) -> str | None:
-        import docker.errors
-
-        try:
-            return str(self.client.inspect_image(image)["Id"])
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.DockerException as e:
-            raise engine_error(e) from e
+        return image_id(self.client, image)
 
     def run(self, step: Step, log_path: Path, monitor: Monitor | None = None) -> StepResult:
         import docker.errors
@@ -401,6 +394,18 @@ def engine_error(e: BaseException, where: str | None = None) -> HurdxenError:
 # One client per process and engine address: version negotiation and ping cost a round trip each, and a no-op
 # build asks about every image. Keyed by pid too, because doit -n forks and a connection must not be shared.
 _clients: dict[tuple[int, str], Any] = {}
+
+
+def image_id(client: Any, tag: str) -> str | None:
+    """The engine's id of image `tag` (sha256:…), None when it has no such image."""
+    import docker.errors
+
+    try:
+        return str(client.inspect_image(tag)["Id"])
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.DockerException as e:
+        raise engine_error(e) from e
 
 
 def connect_docker() -> Any:

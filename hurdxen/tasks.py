@@ -293,48 +293,42 @@ def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> I
         }
 
 
-MIG = stage.Stage("mig", "mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)", mig.build)
-GNUMACH = stage.Stage(
-    "gnumach", "gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels", gnumach.build
+def stage_task(st: stage.Stage, specs_of: Callable[[Plan], Iterable[stage.Spec]]) -> Callable[[], Iterator[TaskDict]]:
+    """A `task_<stage>` generator for doit: one task per spec of the plan."""
+
+    def task() -> Iterator[TaskDict]:
+        _, ctx = load()
+        yield from stage_tasks(st, specs_of(the_plan()), ctx)
+
+    task.__doc__ = st.doc
+    return task
+
+
+# Every stage that follows the contract, in build order: its doit basename, doc line, entry point and specs.
+task_mig = stage_task(
+    stage.Stage("mig", "mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)", mig.build),
+    lambda p: p.mig,
 )
-HURD_MODULES = stage.Stage(
-    "hurd-modules",
-    "hurd-modules: the Xen boot ramdisk (ext2fs.static + ld.so) per Hurd arch, pinned to a libc version",
-    hurdmodules.build,
+task_gnumach = stage_task(
+    stage.Stage("gnumach", "gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels", gnumach.build),
+    lambda p: [*([p.gnumach_source] if p.gnumach_source else []), *p.kernels],
 )
-
-
-def task_mig() -> Iterator[TaskDict]:
-    """mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)"""
-    _, ctx = load()
-    yield from stage_tasks(MIG, the_plan().mig, ctx)
-
-
-def task_gnumach() -> Iterator[TaskDict]:
-    """gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels"""
-    _, ctx = load()
-    p = the_plan()
-    source = [p.gnumach_source] if p.gnumach_source else []
-    yield from stage_tasks(GNUMACH, [*source, *p.kernels], ctx)
-
-
-def task_hurd_modules() -> Iterator[TaskDict]:
-    """hurd-modules: the Xen boot ramdisk (ext2fs.static + ld.so) per Hurd arch, pinned to a libc version"""
-    _, ctx = load()
-    yield from stage_tasks(HURD_MODULES, the_plan().hurd_modules, ctx)
-
-
-PVGRUB2 = stage.Stage(
-    "pvgrub2",
-    "pv-grub2: standalone GRUB images for Xen PV (i386-xen, x86_64-xen; disk, hurd, standalone flavours)",
-    pvgrub.build,
+task_hurd_modules = stage_task(
+    stage.Stage(
+        "hurd-modules",
+        "hurd-modules: the Xen boot ramdisk (ext2fs.static + ld.so) per Hurd arch, pinned to a libc version",
+        hurdmodules.build,
+    ),
+    lambda p: p.hurd_modules,
 )
-
-
-def task_pvgrub2() -> Iterator[TaskDict]:
-    """pv-grub2: standalone GRUB images for Xen PV (i386-xen, x86_64-xen; disk, hurd, standalone flavours)"""
-    _, ctx = load()
-    yield from stage_tasks(PVGRUB2, the_plan().pvgrub2, ctx)
+task_pvgrub2 = stage_task(
+    stage.Stage(
+        "pvgrub2",
+        "pv-grub2: standalone GRUB images for Xen PV (i386-xen, x86_64-xen; disk, hurd, standalone flavours)",
+        pvgrub.build,
+    ),
+    lambda p: p.pvgrub2,
+)
 
 
 # The release modules are imported inside their actions: task generation (every `doit` call) does not need them.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import tarfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ def test_a_new_gnumach_variant_is_a_recipe_edit(built: Built, repos: dict[int, A
     }
     over["hurd-modules"]["variants"]["hurd-i386"]["kernels"] = ["xen-pae", "xen-nopae", "xen-pae-o1"]
     image = {"name": "i386-o1", "platform": "i386-xen", "flavour": "standalone", "kernels": ["xen-pae-o1"]}
-    over["pvgrub2"] = {"images": [image]}
+    with open(built.proj.root / "recipes" / "pvgrub2.toml", "rb") as f:
+        over["pvgrub2"] = {"images": [*tomllib.load(f)["images"], image]}  # an overlay's array replaces the recipe's
     proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "a4")
     proj.overlay(over)
     clone_artifacts(built.proj.artifacts, proj.artifacts)
