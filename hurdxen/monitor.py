@@ -14,6 +14,10 @@ class Monitor(Protocol):
 
     def end(self, what: str, seconds: float) -> None: ...
 
+    def note(self, text: str) -> None:
+        """A line for the user: a warning, or where a result went."""
+        ...
+
 
 class NullMonitor:
     def output(self, step: str, chunk: bytes) -> None:
@@ -23,6 +27,9 @@ class NullMonitor:
         pass
 
     def end(self, what: str, seconds: float) -> None:
+        pass
+
+    def note(self, text: str) -> None:
         pass
 
 
@@ -42,6 +49,9 @@ class ConsoleMonitor:
 
     def end(self, what: str, seconds: float) -> None:
         sys.stderr.write(f"✓ {what} ({seconds:.1f} s)\n")
+
+    def note(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
 
 
 def default_monitor() -> Monitor:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from doit.exceptions import TaskFailed
-from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
 from hurdxen import boot, containers, executors, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes, stage
@@ -22,6 +21,7 @@ from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.manifest import MANIFEST
 from hurdxen.plan import Plan, make_plan
+from hurdxen.report import Reporter
 from hurdxen.sources import (
     DebPin,
     GitPin,
@@ -39,18 +39,6 @@ from hurdxen.sources import (
 # project copies. Before configure() it is the working directory (doit changes into the dodo.py's directory).
 ROOT = Path.cwd()
 TaskDict = dict[str, Any]
-
-
-class Reporter(ConsoleReporter):  # type: ignore[misc]
-    """Prints a failed task's `error: … (hint: …)` line without the traceback doit adds for exceptions."""
-
-    def _write_failure(self, result: dict[str, Any], write_exception: bool = True) -> None:
-        msg = str(result["exception"].message)
-        if msg.startswith("error: "):
-            name = result["task"].name
-            self.write(msg + "\n" if name in msg else f"{name}: {msg}\n")
-        else:
-            super()._write_failure(result, write_exception)
 
 
 DOIT_CONFIG: dict[str, Any] = {
@@ -339,9 +327,10 @@ def act_bundle(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
 
     def run() -> None:
         result = bundle.bundle(ctx, r)
+        mon = ctx.monitor()
         for w in result.warnings:
-            sys.stderr.write(f"warning: {w}\n")
-        sys.stderr.write(f"bundle: {result.directory} and {result.tarball.name}\n")
+            mon.note(f"warning: {w}")
+        mon.note(f"bundle: {result.directory} and {result.tarball.name}")
 
     return guarded(run)
 
@@ -377,10 +366,11 @@ def act_publish(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
                 hint="set release.publish.dir or release.publish.oci (recipe, overlay or command line)",
             )
         b = bundle.load_result(current_bundle(ctx, r))
+        mon = ctx.monitor()
         if pub.get("dir"):
-            sys.stderr.write(f"publish: {publish.publish_dir(b, Path(pub['dir']))}\n")
+            mon.note(f"publish: {publish.publish_dir(b, Path(pub['dir']))}")
         if pub.get("oci"):
-            sys.stderr.write(f"publish: {publish.publish_oci(b, pub['oci'], insecure=bool(pub.get('insecure')))}\n")
+            mon.note(f"publish: {publish.publish_oci(b, pub['oci'], insecure=bool(pub.get('insecure')))}")
 
     return guarded(run)
 

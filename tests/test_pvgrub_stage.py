@@ -133,7 +133,13 @@ def test_kernel_refused_by_strict_verify_never_reaches_an_image(
     r = proj.run_doit("pvgrub2:i386-xen-standalone")
     assert r.returncode != 0
     assert any(ln.startswith("error: gnumach:xen-pae:") for ln in r.stdout.splitlines()), r.stdout[-3000:]
-    assert "pvgrub2:i386-xen-standalone" in r.stdout  # named as not run (UnmetDependency)
+    # The run ends with a summary: the failed task with its error line, the one it held back, and why.
+    summary = r.stdout[r.stdout.index("summary: ") :].splitlines()
+    assert "1 failed" in summary[0] and "1 not run" in summary[0]
+    assert any(ln.split()[:2] == ["failed", "gnumach:xen-pae"] and "error: gnumach:xen-pae:" in ln for ln in summary)
+    assert any(ln.split()[:3] == ["not", "run", "pvgrub2:i386-xen-standalone"] for ln in summary)
+    assert any(ln.endswith("needs gnumach:xen-pae") for ln in summary)
+    assert "UnmetDependency" not in r.stdout
     assert {p.name: sha256_file(p) for p in d.iterdir()} == before
 
 

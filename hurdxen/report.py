@@ -1,0 +1,104 @@
+"""How a doit run reports: a failed task's one `error: … (hint: …)` line (no traceback for a user error), and at the
+end a summary of every task with actions: built, reused (up to date), failed or not run, its time, where its outputs
+are, and why it failed or did not run. Replaces doit's `UnmetDependency - taskid:…` lines."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from doit.exceptions import UnmetDependency
+from doit.reporter import ConsoleReporter
+
+
+@dataclass
+class Outcome:
+    task: str
+    status: str = "running"  # built, reused, failed, not run
+    seconds: float | None = None
+    where: str = ""  # the directory holding its targets
+    why: str = ""  # the error line, or the tasks it waited for
+
+
+def error_line(fail: Any, task: str) -> str:
+    """The failure's `error: …` line, named after the task; else the last line doit has for it."""
+    msg = str(getattr(fail, "message", "") or fail.get_msg()).strip()
+    first = msg.splitlines()[0] if msg else ""
+    if first.startswith("error: "):
+        return first if task in first else f"{task}: {first}"
+    lines = [ln for ln in msg.splitlines() if ln.strip()]
+    return f"{task}: {lines[-1].strip() if lines else fail.get_name()}"
+
+
+def targets_dir(task: Any) -> str:
+    targets = [str(t) for t in getattr(task, "targets", []) or []]
+    if not targets:
+        return ""
+    return os.path.commonpath([os.path.dirname(t) for t in targets])
+
+
+class Reporter(ConsoleReporter):  # type: ignore[misc]
+    def __init__(self, outstream: Any, options: Any) -> None:
+        super().__init__(outstream, options)
+        self.outcomes: dict[str, Outcome] = {}
+        self.started: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    def _outcome(self, task: Any) -> Outcome:
+        return self.outcomes.setdefault(task.name, Outcome(task.name, where=targets_dir(task)))
+
+    def execute_task(self, task: Any) -> None:
+        super().execute_task(task)
+        if task.actions:
+            self._outcome(task)
+            self.started[task.name] = time.monotonic()
+
+    def add_success(self, task: Any) -> None:
+        if task.actions:
+            o = self._outcome(task)
+            o.status = "built"
+            o.seconds = time.monotonic() - self.started.get(task.name, time.monotonic())
+
+    def skip_uptodate(self, task: Any) -> None:
+        super().skip_uptodate(task)
+        if task.actions and not task.name.startswith("_"):
+            self._outcome(task).status = "reused"
+
+    def add_failure(self, task: Any, fail: Any) -> None:
+        o = self._outcome(task)
+        if isinstance(fail, UnmetDependency):
+            o.status, o.why = "not run", f"needs {fail.get_msg().strip()}"
+            return
+        o.status, o.why = "failed", error_line(fail, task.name)
+        if task.name in self.started:
+            o.seconds = time.monotonic() - self.started[task.name]
+        if str(getattr(fail, "message", "")).startswith("error: "):
+            self.failures.append({"task": task, "exception": fail})
+            self.write(o.why + "\n")  # a user error: its one line, no traceback
+        else:
+            super().add_failure(task, fail)
+
+    def complete_run(self) -> None:
+        # doit's own complete_run repeats failed tasks' output; the error lines are already out, and in the summary.
+        if self.runtime_errors:
+            self.write("Execution aborted.\n" + "\n".join(self.runtime_errors) + "\n")
+        self.write(self.summary())
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for o in self.outcomes.values():
+            counts[o.status] = counts.get(o.status, 0) + 1
+        order = ("built", "reused", "failed", "not run")
+        head = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "nothing to do"
+        lines = [f"summary: {head} ({time.monotonic() - self.t0:.1f} s)"]
+        width = max((len(o.task) for o in self.outcomes.values()), default=0)
+        for s in order:
+            for o in self.outcomes.values():
+                if o.status != s:
+                    continue
+                secs = f"{o.seconds:6.1f} s" if o.seconds is not None else " " * 8
+                detail = o.why or o.where
+                lines.append(f"  {s:8} {o.task:{width}} {secs}  {detail}".rstrip())
+        return "\n".join(lines) + "\n"
