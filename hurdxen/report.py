@@ -22,14 +22,22 @@ class Outcome:
     why: str = ""  # the error line, or the tasks it waited for
 
 
+def named(msg: str, task: str) -> str:
+    return msg if task in msg else f"{task}: {msg}"
+
+
 def error_line(fail: Any, task: str) -> str:
-    """The failure's `error: …` line, named after the task; else the last line doit has for it."""
+    """The failure as one line for the summary: its `error: …` line (a step failure quotes its log below it) with
+    the hint; for anything else, the last line doit has for it."""
     msg = str(getattr(fail, "message", "") or fail.get_msg()).strip()
-    first = msg.splitlines()[0] if msg else ""
-    if first.startswith("error: "):
-        return first if task in first else f"{task}: {first}"
-    lines = [ln for ln in msg.splitlines() if ln.strip()]
-    return f"{task}: {lines[-1].strip() if lines else fail.get_name()}"
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    if msg.startswith("error: "):
+        line = lines[0]
+        at = msg.rfind("(hint: ")
+        if "(hint: " not in line and at >= 0:
+            line += " … " + " ".join(msg[at:].split())
+        return named(line, task)
+    return f"{task}: {lines[-1] if lines else fail.get_name()}"
 
 
 def targets_dir(task: Any) -> str:
@@ -74,9 +82,10 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
         o.status, o.why = "failed", error_line(fail, task.name)
         if task.name in self.started:
             o.seconds = time.monotonic() - self.started[task.name]
-        if str(getattr(fail, "message", "")).startswith("error: "):
+        msg = str(getattr(fail, "message", ""))
+        if msg.startswith("error: "):
             self.failures.append({"task": task, "exception": fail})
-            self.write(o.why + "\n")  # a user error: its one line, no traceback
+            self.write(named(msg, task.name) + "\n")  # a user error as the stage wrote it, no traceback
         else:
             super().add_failure(task, fail)
 
