@@ -274,6 +274,7 @@ def build(spec: PvGrubSpec, ctx: Context) -> PvGrubResult:
         monitor=ctx.monitor(),
         identity=spec.identity(ctx),
         inputs=inputs,
+        cache=ctx.cache.root,
     )
 
 

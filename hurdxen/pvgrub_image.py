@@ -295,13 +295,15 @@ def build_pvgrub_image(
     monitor: Monitor | None = None,
     identity: str | None = None,
     inputs: Mapping[str, Any] | None = None,
+    cache: Path | None = None,
 ) -> PvGrubResult:
     """Build one pv-grub2 image into its own `out_dir` (pv-grub-<name>, .gz, .grub.cfg, .memdisk.tar, manifest.json).
 
     `grub_tree` is the extracted grub-xen-bin package (or its usr/lib/grub/<platform>); `kernel_inputs` maps a
     kernel variant to its file (standalone only); `module_inputs` maps a boot module's path (/hurd/ext2fs.static)
     to its file (standalone only). Nothing in `out_dir` changes unless every check passes. `identity` and `inputs`
-    go to the manifest (the stage passes its own; a direct caller gets the image spec's identity).
+    go to the manifest (the stage passes its own; a direct caller gets the image spec's identity); with the `cache`
+    directory the manifest's step lists the builder image's packages.
     """
     start = time.monotonic()
     spec = image_spec
@@ -394,6 +396,7 @@ def build_pvgrub_image(
                 step=step_result,
                 outputs=names,
                 extra=_facts(result, spec, image_tag, source_date_epoch),
+                cache=cache,
             )
         return result
     finally:
