@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hurdxen import elfnotes, pvgrub, xenverify
+from hurdxen import elfnotes, pvgrub_elf, xenverify
 from hurdxen.errors import HurdxenError
 from tests.hostile import craft
 
@@ -41,7 +41,7 @@ def test_parser_marks_truncation() -> None:
 def test_xenverify_and_pvgrub_read_the_same_notes(tmp_path: Path) -> None:
     k = tmp_path / "k"
     k.write_bytes(craft.elf32(craft.xen_notes_good()))
-    facts = pvgrub.elf_facts(k)
+    facts = pvgrub_elf.elf_facts(k)
     report = xenverify.inspect_kernel_bytes(k.read_bytes(), EXPECT, "k")
     seen = {n.type: n.desc for n in report.notes if n.owner == "Xen"}
     assert {t: d for t, d in facts.xen_notes.items()} == seen
