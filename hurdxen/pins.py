@@ -218,11 +218,17 @@ def update(r: Recipes, cache: Cache, only: set[str] | None = None, date: str | N
         except ValueError:
             raise HurdxenError(f"--date {date!r}: not a snapshot timestamp", hint="write YYYYMMDDTHHMMSSZ") from None
     changes = []
-    for stage, pin in collect(r):
-        if only and stage not in only:
-            continue
+    wanted = [(stage, pin) for stage, pin in collect(r) if not only or stage in only]
+    # Keyrings first: an archive whose key rotated is read with the newest keyring package, not the pinned one.
+    keyrings: dict[str, DebPin] = {}
+    for stage, pin in sorted(wanted, key=lambda sp: not sp[1].version_key.endswith(".keyring_package.version")):
+        kp = pin.keyring_pin
+        if kp is not None and kp.version_key in keyrings:
+            pin = dataclasses.replace(pin, keyring_pin=keyrings[kp.version_key])
         res, source = resolve_newest(pin, cache, date)
         changes.append(Change(stage, pin, res, source))
+        if pin.version_key.endswith(".keyring_package.version"):
+            keyrings[pin.version_key] = dataclasses.replace(pin, version=res.entry.version, sha256=None)
     if only and not changes:
         raise HurdxenError(f"--only {','.join(sorted(only))}: no Debian pins there", hint="name a recipe: hurd-modules")
     for c in changes:

@@ -420,3 +420,44 @@ def test_doit_build_falls_back_to_the_snapshot_and_then_runs_offline(
     http_server.stop()
     r = proj.run_doit("-a", "hurd-modules:hurd-i386", HURDXEN_CACHE=str(cache), HURDXEN_OFFLINE="1")
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_update_moves_a_rotated_keyring_first(
+    apt_repo: AptRepo, elves: ElfFactory, http_server: TestServer, tmp_path: Path
+) -> None:
+    """The ports archive is now signed by a new key: the build names the keyring pin; `pins update` moves the keyring
+    package (from the Debian-shaped archive) and reads the ports index with it; the rebuild passes."""
+    old, new = GpgKey.generate(tmp_path / "k-old"), GpgKey.generate(tmp_path / "k-new")
+    try:
+        for version, key in (("2024.1", old), ("2025.1", new)):
+            apt_repo.add_deb(
+                "test-ports-keyring", version, "all", {"usr/share/keyrings/p.gpg": key.keyring_path.read_bytes()}
+            )
+        apt_repo.publish("sid", "main", "all")
+        debian = http_server.serve_dir("/debian", apt_repo.archive)
+        with AptRepo(tmp_path / "ports", new, ports=True) as ports:
+            publish_set(ports, elves, "1:0.9.git20250420-1", "2.41-6")
+            ports_url = http_server.serve_dir("/debian-ports", ports.archive)
+            proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "art")
+            recipe = proj.root / "recipes" / "hurd-modules.toml"
+            text = recipe.read_text().replace("http://deb.debian.org/debian-ports", ports_url)
+            kp = (
+                f'keyring_package = {{ package = "test-ports-keyring", version = "2024.1", suite = "sid", '
+                f'archive = "{debian}", keyring = "{apt_repo.keyring_path}", file = "usr/share/keyrings/p.gpg" }}'
+            )
+            text = re.sub(r"^keyring_package = .*$", kp, text, flags=re.M)
+            recipe.write_text(text)
+            r = proj.run_doit("hurd-modules:hurd-i386")
+            assert r.returncode != 0
+            assert f"pin a newer `{VARIANT}.keyring_package`: test-ports-keyring 2024.1 lacks the key" in r.stdout
+            up = proj.run_hurdxen("pins", "update", "--only", "hurd-modules")
+            assert up.returncode == 0, up.stderr
+            assert recipe.read_text().count('package = "test-ports-keyring", version = "2025.1"') == 2
+            lock = pinlock.load(pinlock.path_for(proj.root))
+            libc = next(e for e in lock.values() if e["package"] == "libc0.3" and e["arch"] == "hurd-i386")
+            assert libc["signed_by"] == new.fingerprint and libc["keyring"]["version"] == "2025.1"
+            r = proj.run_doit("hurd-modules:hurd-i386")
+            assert r.returncode == 0, r.stdout[-3000:]
+    finally:
+        old.close()
+        new.close()
