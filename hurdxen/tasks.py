@@ -222,16 +222,25 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     return list(unique.values())
 
 
-def act_pins(root: Path) -> TaskFailed | None:
+def act_pins(root: Path, only: str, date: str) -> TaskFailed | None:
     from hurdxen import pins
 
-    return guarded(pins.cli, ["update", "--root", str(root)])
+    argv = ["update", "--root", str(root), *(["--only", only] if only else []), *(["--date", date] if date else [])]
+    return guarded(pins.cli, argv)
 
 
 def task_pins() -> TaskDict:
     """pins: move the Debian pins to the newest signed versions, check them, rewrite recipes and recipes/pins.lock"""
     _, ctx = load()
-    return {"actions": [(act_pins, [ctx.root])], "uptodate": [False], "verbosity": 2}
+    return {
+        "actions": [(act_pins, [ctx.root])],
+        "params": [
+            {"name": "only", "long": "only", "default": "", "help": "recipes to update, e.g. hurd-modules"},
+            {"name": "date", "long": "date", "default": "", "help": "resolve from the snapshot taken then"},
+        ],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
 
 
 def act_canary(root: Path) -> TaskFailed | None:
