@@ -270,7 +270,8 @@ def _timeline(case: BootCase, con: Console, since: int, started: float) -> dict[
 
 def _result(case: BootCase, v: Verdict, reason: str, ending: Any, seconds: float, log: Path, raw: bytes,
             timeline: dict[str, float]) -> BootResult:  # fmt: skip
-    fsutil.write_atomic(log, raw)
+    # A guest case's log is its own lines of its slice of the session log (which keeps everything).
+    fsutil.write_atomic(log, own_lines(case, raw.decode("latin-1")).encode("latin-1"))
     text = own_lines(case, clean(raw))
     matched = tuple(p for p in case.expect if find_output(text, p) >= 0)
     return BootResult(case, v, seconds, log, matched, reason, tuple(timeline.items()), ending)

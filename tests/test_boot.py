@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from debian_kernels import fetch_kernel
 from elfstandins import ElfFactory, elves
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hurdxen import boot, bootcases, bootimages, bootrun
+from hurdxen import boot, bootcases, bootdiag, bootimages, bootrun
 from hurdxen.errors import HurdxenError
 from hurdxen.ramdisk import Module, build_ramdisk
 
@@ -152,6 +154,26 @@ def test_known_failures_are_judged_when_the_case_ends() -> None:
     # Untrusted input: garbage, huge numbers and endless lines never raise.
     junk = "(XEN) d1v0 Unhandled: vec 999999, #PF[zz]\n(XEN) RIP: e033:[<" + "f" * 5000 + ">]\n" + "x" * 100000
     assert bootcases.judge(_case(), "hurdxen-dom0: created c domid 1\n" + junk, True) is not None
+
+
+@given(st.lists(st.sampled_from([
+    "(XEN) d1v0 Unhandled: vec 14, #PF[0002]", "(XEN) Domain 1 (vcpu#0) crashed on cpu#0:",
+    "(XEN) RIP:    e033:[<ffffffff80030c90>]", "(XEN) cr3: 0000000000001000   cr2: ffffffff7ffffff0",
+    "(XEN) Guest stack trace from rsp=ffffffff800ac2f0:", "(XEN)    ffffffff80030c91 0000000000000000",
+    "(d1) panic ../kern/x.c:1: f: m", "(d1) panic x", "(XEN) RIP: e033:[<" + "f" * 40 + ">]", "garbage \x00\xff",
+    "(XEN) " + "0" * 16 + " " * 3, "(XEN) d99999999v0 Unhandled: vec 1", "(d1) " + "x" * 5000,
+]), max_size=200), st.text(max_size=300))  # fmt: skip
+@settings(max_examples=150, deadline=None)
+def test_crash_parsing_never_raises_and_stays_bounded(lines: list[str], noise: str) -> None:
+    """Xen's lines come through a guest we do not trust: any mix parses without raising, within bounds."""
+    text = "\n".join([*lines, noise])
+    crash = bootdiag.find_crash(text, 1)
+    if crash is not None:
+        assert len(crash.stack) <= bootdiag.MAX_STACK_WORDS and len(crash.lines) <= bootdiag.MAX_CRASH_LINES
+        assert all(len(ln) <= bootdiag.MAX_LINE for ln in crash.lines)
+        crash.headline()
+    bootdiag.find_panic(text, 1)
+    bootcases.judge(_case(known_failure=FAKE_KF), "hurdxen-dom0: created c domid 1\n" + text, True)
 
 
 def test_a_guest_sees_only_its_own_lines() -> None:
