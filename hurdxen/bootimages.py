@@ -70,10 +70,12 @@ class HypervisorResult:
     sha256: str
     seconds: float
     reused: bool
+    debug: bool = False  # CONFIG_DEBUG=y
 
     def summary(self) -> dict[str, Any]:
         return {
             "identity": self.identity,
+            "debug": self.debug,
             "sha256": self.sha256,
             "seconds": round(self.seconds, 1),
             "reused": self.reused,
@@ -104,7 +106,9 @@ def build_hypervisor(
         with contextlib.suppress(ValueError, KeyError):
             data = json.loads(stamp.read_text())
             if data["identity"] == ident:
-                return HypervisorResult(out_dir / "xen", out_dir / "xen.config", ident, data["sha256"], 0.0, True)
+                return HypervisorResult(
+                    out_dir / "xen", out_dir / "xen.config", ident, data["sha256"], 0.0, True, spec.debug
+                )
     if not tarball.is_file():
         raise HurdxenError(f"boot: Xen source tarball {tarball} is missing", hint="fetch the sources first")
     start = time.monotonic()
@@ -129,7 +133,9 @@ def build_hypervisor(
             raise HurdxenError("boot:hypervisor: the build left no xen/xen", hint=f"see {log_dir / 'hypervisor.log'}")
         digest = fsutil.sha256_file(tmp / "xen")
         fsutil.write_json_atomic(tmp / "hypervisor.json", {"identity": ident, "sha256": digest, "url": spec.url})
-    return HypervisorResult(out_dir / "xen", out_dir / "xen.config", ident, digest, time.monotonic() - start, False)
+    return HypervisorResult(
+        out_dir / "xen", out_dir / "xen.config", ident, digest, time.monotonic() - start, False, spec.debug
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
