@@ -7,7 +7,8 @@ import urllib.parse
 
 MAX_SHOWN = 200  # characters of one echoed value (a recipe string, a member name)
 MAX_LINE = 8000  # characters of a rendered error message (a step failure quotes its log's last lines)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0/C1 controls, line/paragraph separators and bidi overrides (which reorder what a terminal shows)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*):[^/@\s]*@")
 
 

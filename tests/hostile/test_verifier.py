@@ -140,6 +140,15 @@ def test_escape_sequences_in_names_are_not_printed_raw(tmp_path: Path, capsys: p
     one_line(err)
 
 
+def test_bidi_override_in_a_name_is_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """U+202E reverses what a terminal shows ("evil\u202etxt.sh" reads as "evilhs.txt"): printed as an escape."""
+    d = write_bundle(tmp_path / "hurdxen-1.0")
+    (d / "evil\u202etxt.sh").write_text("x")
+    code, out, err = verify(capsys, str(d))
+    assert code == 1 and "\u202e" not in out + err and "\\u202e" in out
+    one_line(err)
+
+
 def test_missing_keyring_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = write_bundle(tmp_path / "hurdxen-1.0")
     (d / "SHA256SUMS.asc").write_text("-----BEGIN PGP SIGNATURE-----\n")
