@@ -53,7 +53,7 @@ def test_too_many_notes_refused() -> None:
         xenverify.inspect_kernel_bytes(craft.elf32(many), EXPECT, "k")
 
 
-@settings(max_examples=300, deadline=2000)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=4096), st.booleans())
 def test_random_note_bytes(blob: bytes, little: bool) -> None:
     start = time.process_time()
@@ -65,17 +65,19 @@ def test_random_note_bytes(blob: bytes, little: bool) -> None:
     assert time.process_time() - start < 1
 
 
-@settings(max_examples=200, deadline=5000)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=2048), st.integers(min_value=0, max_value=400))
 def test_random_elf_bytes_never_raise_anything_else(tail: bytes, cut: int) -> None:
     """Random bytes after a valid ELF header (and random truncations) give a report or a HurdxenError."""
     base = craft.elf32(craft.xen_notes_good())
     data = base[:cut] + tail if cut < len(base) else base + tail
+    start = time.process_time()
     with contextlib.suppress(HurdxenError):
         xenverify.inspect_kernel_bytes(data, EXPECT, "k")
+    assert time.process_time() - start < 2
 
 
-@settings(max_examples=200, deadline=5000)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=0, max_value=300), st.binary(min_size=1, max_size=8))
 def test_corrupted_header_fields(pos: int, junk: bytes) -> None:
     """Overwrite bytes anywhere in a good stand-in (header, program/section tables, notes)."""

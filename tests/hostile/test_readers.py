@@ -126,14 +126,16 @@ def test_hostile_ramdisk_one_line(data: bytes, words: str, tmp_path: Path, capsy
     assert time.process_time() - start < 5
 
 
-@settings(max_examples=300, deadline=2000)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2048))
 def test_random_ramdisks(data: bytes) -> None:
+    start = time.process_time()
     with contextlib.suppress(HurdxenError):
         ramdisk.parse_ramdisk(data, "rd")
+    assert time.process_time() - start < 2  # CPU time, not a wall-clock deadline: fine on a loaded machine
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=0, max_value=200), st.binary(min_size=1, max_size=8))
 def test_corrupted_ramdisks(pos: int, junk: bytes) -> None:
     data = bytearray(good_ramdisk())
@@ -146,7 +148,7 @@ def test_corrupted_ramdisks(pos: int, junk: bytes) -> None:
 # ------------------------------------------------------------------------------------------------ tar reader
 
 
-@settings(max_examples=300, deadline=3000)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=4096))
 def test_random_tar_bytes(data: bytes) -> None:
     start = time.process_time()
@@ -155,7 +157,7 @@ def test_random_tar_bytes(data: bytes) -> None:
     assert time.process_time() - start < 2
 
 
-@settings(max_examples=200, deadline=3000)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=0, max_value=3000), st.binary(min_size=1, max_size=16), st.sampled_from(["w", "w:gz"]))
 def test_corrupted_tars(pos: int, junk: bytes, mode: str) -> None:
     """Byte flips in a valid archive (headers, checksums, sizes, gzip stream): a result or one HurdxenError."""
@@ -167,7 +169,7 @@ def test_corrupted_tars(pos: int, junk: bytes, mode: str) -> None:
         safeextract.read_tar_bytes(bytes(data), "memdisk")
 
 
-@settings(max_examples=60, deadline=5000)
+@settings(max_examples=60, deadline=None)
 @given(
     st.lists(
         st.tuples(
