@@ -3,8 +3,8 @@
 # serial input to dom0), one command a line:
 #   create NAME    create /guests/NAME.cfg paused, attach its console, unpause; say "created NAME domid N"
 #                  (or "xl create NAME failed"); xl stays to report the guest's end as "[xl:NAME] … has shut down"
-#   destroy NAME   remove the guest (on_crash="preserve" keeps a crashed one until then), in the background (the
-#                  next guest need not wait for it); say "destroyed NAME" when done
+#   destroy NAME   remove the guest (on_crash="preserve" keeps a crashed one until then), in the background: the
+#                  stage need not wait; the next create does (its memory must be free); say "destroyed NAME"
 #   poweroff       end
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
@@ -28,6 +28,7 @@ say "toolstack up"
 create() {
   cfg="/guests/$1.cfg" log="/var/log/xen/console/guest-$1.log" out="/tmp/xl-$1"
   if [ ! -e "$cfg" ]; then say "xl create $1 failed: no such guest"; return; fi
+  [ -n "$destroying" ] && wait "$destroying"; destroying=
   rm -f "$out"
   # -p: created paused, unpaused once xenconsoled has attached the console (a guest that writes early and then
   # resets its ring, pv-grub2 handing over to GNU Mach, would lose that output). -F: xl waits for the guest's end.
@@ -49,7 +50,7 @@ say "ready"
 while IFS=' ' read -r cmd name _; do
   case "$cmd" in
     create) create "$name" ;;
-    destroy) ( xl destroy "$name" >/dev/null 2>&1; say "destroyed $name" ) & ;;
+    destroy) ( xl destroy "$name" >/dev/null 2>&1; say "destroyed $name" ) & destroying=$! ;;
     poweroff) break ;;
     "") ;;
     *) say "unknown command $cmd" ;;
