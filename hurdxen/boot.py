@@ -119,6 +119,7 @@ def dom0_dir(ctx: Any, spec: Dom0Spec, image: str) -> Path:
 def case_inputs(ctx: Any, case: CaseSpec) -> dict[str, Path]:
     """The artefact files a case boots, by role (kernel, ramdisk, pvgrub)."""
     from hurdxen import gnumach, hurdmodules, ramdisk
+    from hurdxen.pvgrub_image import output_files
 
     files: dict[str, Path] = {}
     if case.kernel and case.kind != "pvgrub":
@@ -128,7 +129,7 @@ def case_inputs(ctx: Any, case: CaseSpec) -> dict[str, Path]:
     if case.ramdisk:
         files["ramdisk"] = hurdmodules.out_dir(ctx, case.ramdisk) / ramdisk.RAMDISK_NAME
     if case.pvgrub:
-        files["pvgrub"] = Path(ctx.artifacts) / "pvgrub2" / case.pvgrub / f"pv-grub-{case.pvgrub}"
+        files["pvgrub"] = Path(ctx.artifacts) / "pvgrub2" / case.pvgrub / output_files(case.pvgrub)["image"]
     return files
 
 
@@ -138,27 +139,17 @@ def kernel_symbols(ctx: Any, case: CaseSpec) -> Path | None:
     prebuilt Debian kernel) or a manifest is missing or does not match its files: the report then shows raw RIPs."""
     from hurdxen import manifest
 
-    variant = case.kernel
-    if case.kind == "pvgrub" and case.pvgrub:
-        kernels = _json(Path(ctx.artifacts) / "pvgrub2" / case.pvgrub / manifest.MANIFEST).get("kernels")
-        variant = str(kernels[0]) if isinstance(kernels, list) and kernels else None
-    if not variant:
-        return None
     try:
-        m = manifest.read_task(Path(ctx.artifacts), f"gnumach:{variant}")
+        task = f"gnumach:{case.kernel}" if case.kernel else None
+        if case.kind == "pvgrub" and case.pvgrub:
+            kernel = manifest.read_task(Path(ctx.artifacts), f"pvgrub2:{case.pvgrub}").inputs.get("kernel")
+            task = str(kernel.get("task")) if isinstance(kernel, dict) else None
+        if not task or not task.startswith("gnumach:"):
+            return None
+        m = manifest.read_task(Path(ctx.artifacts), task)
         return m.output("kernel") if "kernel" in m.outputs else None
     except HurdxenError:
         return None
-
-
-def _json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def resolve_case(ctx: Any, case: CaseSpec) -> BootCase:
