@@ -12,7 +12,9 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping
+import re
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,33 @@ MAX_LOCK_BYTES = 4 << 20
 
 def path_for(root: Path) -> Path:
     return root / LOCK_FILE
+
+
+def split_key(path: str) -> list[str]:
+    """A TOML dotted key path (`a.b."libc0.3"`) as its keys."""
+    out = re.findall(r'"((?:[^"\\]|\\.)*)"|([A-Za-z0-9_-]+)', path)
+    return [q or b for q, b in out]
+
+
+def get_key(data: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    node: Any = data
+    for key in keys:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
+def committed(path: Path, pin: DebPin) -> bool:
+    """True when `pin` is what the committed recipe says — not a mirror or version an overlay or the command line
+    put there. A build records only such pins: a local override is a fact of one machine, not of the project."""
+    keys = split_key(pin.version_key)
+    if not keys:
+        return False
+    try:
+        data = tomllib.loads((path.parent / f"{keys[0]}.toml").read_text())
+    except (OSError, ValueError):
+        return False
+    archive = get_key(data, [*split_key(pin.key)[1:], "archive"])
+    return bool(get_key(data, keys[1:]) == pin.version and archive == pin.archive)
 
 
 def load(path: Path) -> dict[str, dict[str, Any]]:

@@ -137,12 +137,6 @@ def fetch_resolved(c: Change, cache: Cache) -> Path:
 # ------------------------------------------------------------------ rewriting the recipes
 
 
-def split_key(path: str) -> list[str]:
-    """A TOML dotted key path (`a.b."libc0.3"`) as its keys."""
-    out = re.findall(r'"((?:[^"\\]|\\.)*)"|([A-Za-z0-9_-]+)', path)
-    return [q or b for q, b in out]
-
-
 def _k(name: str) -> str:
     return rf'(?:{re.escape(name)}|"{re.escape(name)}")'
 
@@ -153,7 +147,7 @@ def set_string(text: str, keys: Sequence[str], value: str, shown: str) -> str:
     Handles what recipes use: `key = "v"` under a [table] header, or `key = { …, sub = "v", … }` inline."""
     lines = text.splitlines(keepends=True)
     headers = [
-        (i, split_key(m.group(1)))
+        (i, pinlock.split_key(m.group(1)))
         for i, line in enumerate(lines)
         if (m := re.match(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$", line))
     ]
@@ -175,24 +169,17 @@ def set_string(text: str, keys: Sequence[str], value: str, shown: str) -> str:
         if pat and pat.search(lines[i]):
             lines[i] = pat.sub(lambda m: m.group(1) + json.dumps(value), lines[i], count=1)
             new = "".join(lines)
-            if _get(tomllib.loads(new), keys) == value:
+            if pinlock.get_key(tomllib.loads(new), keys) == value:
                 return new
             break
     raise HurdxenError(f"{shown}: cannot rewrite {'.'.join(keys)} automatically", hint=f"set it to {value!r} by hand")
-
-
-def _get(data: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    node: Any = data
-    for key in keys:
-        node = node.get(key) if isinstance(node, Mapping) else None
-    return node
 
 
 def rewrite(root: Path, edits: Mapping[str, str]) -> list[str]:
     """Apply {recipe key path: new string} to recipes/<recipe>.toml files; return the files changed."""
     by_file: dict[Path, list[tuple[list[str], str]]] = {}
     for keypath, value in edits.items():
-        keys = split_key(keypath)
+        keys = pinlock.split_key(keypath)
         by_file.setdefault(root / "recipes" / f"{keys[0]}.toml", []).append((keys[1:], value))
     changed = []
     for path, items in sorted(by_file.items()):

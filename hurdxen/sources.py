@@ -475,7 +475,7 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
     rec = _deb_record(cache, pin)
     sha = _known_sha256(pin, cache)
     if sha and cache.verified(sha):  # re-hashed: an edited cached blob is refetched
-        if cache.lock and pinlock.lookup(cache.lock, pin) is None:
+        if cache.lock and pinlock.lookup(cache.lock, pin) is None and pinlock.committed(cache.lock, pin):
             _fill_lock(pin, cache, rec, sha)
         return cache.blob(sha)
     res = resolve_deb(pin, cache, strict=sha is None)
@@ -492,7 +492,7 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
     )
     info = lock_entry(pin, res)
     fsutil.write_json_atomic(rec, info)
-    if cache.lock:
+    if cache.lock and pinlock.committed(cache.lock, pin):
         pinlock.record(cache.lock, pin, info)
     return path
 

@@ -36,6 +36,22 @@ def ports_pin(archive: str, keyring: Path | None, version: str, **extra: Any) ->
     return DebPin.from_recipe({**table, "packages": {"libc0.3": version}, **extra}, VARIANT, package="libc0.3")
 
 
+def commit_recipe(root: Path, archive: str, version: str) -> None:
+    """The recipe a pin of `ports_pin` comes from: builds record in the lock only what the committed recipes say."""
+    (root / "recipes").mkdir(exist_ok=True)
+    (root / "recipes" / "hurd-modules.toml").write_text(
+        f'[variants.hurd-i386.debian]\narchive = "{archive}"\npackages = {{ "libc0.3" = "{version}" }}\n'
+    )
+
+
+def point_recipe_at(proj: ProjectCopy, archive: str, keyring: Path, **extra: str) -> None:
+    """Edit the copy's committed hurd-modules recipe (not an overlay: overrides are local and never locked)."""
+    recipe = proj.root / "recipes" / "hurd-modules.toml"
+    more = "".join(f'\n{k} = "{v}"' for k, v in extra.items())
+    text = recipe.read_text().replace("http://deb.debian.org/debian-ports", archive)
+    recipe.write_text(re.sub(r"^keyring_package = .*$", f'keyring = "{keyring}"{more}', text, flags=re.M))
+
+
 def cache_for(tmp_path: Path, srv: TestServer, offline: bool = False) -> Cache:
     net = Network(timeout=10, offline=offline, snapshot=srv.url + "/snap")
     return Cache(tmp_path / "cache", net, tmp_path / "recipes" / "pins.lock")
@@ -69,6 +85,7 @@ def test_dropped_version_comes_from_the_snapshot_and_lands_in_the_lock(
 ) -> None:
     cache = cache_for(tmp_path, http_server)
     pin = ports_pin(served, ports.keyring_path, "2.41-6", snapshot=STAMP)
+    commit_recipe(tmp_path, served, "2.41-6")
     deb = sources.fetch_deb(pin, cache)
     snap = f"/snap/archive/debian-ports/{STAMP}"
     assert f"{snap}/dists/unstable/InRelease" in http_server.hits  # the snapshot's own signed index
@@ -97,6 +114,7 @@ def test_the_lock_supplies_the_snapshot_timestamp(
     finds it in the snapshot (the snapshot API does not cover debian-ports)."""
     lock = tmp_path / "recipes" / "pins.lock"
     pin = ports_pin(served, ports.keyring_path, "2.41-6")
+    commit_recipe(tmp_path, served, "2.41-6")
     pinlock.write(lock, {pin.lock_id: {"version": "2.41-6", "sha256": "0" * 64, "url": "x", "resolved": STAMP}})
     with pytest.raises(HurdxenError, match=r"the lock .* pins 0000"):  # the lock's sha256 is checked too
         sources.fetch_deb(pin, cache_for(tmp_path, http_server))
@@ -111,6 +129,7 @@ def test_a_pin_cached_before_the_lock_existed_is_locked_once_online(
 ) -> None:
     """A cache record from before the lock (filename, sha256, size only) never becomes an incomplete lock entry."""
     pin = ports_pin(served, ports.keyring_path, "2.42-1")
+    commit_recipe(tmp_path, served, "2.42-1")
     cache = cache_for(tmp_path, http_server)
     sources.fetch_deb(pin, cache)
     assert cache.lock is not None
@@ -122,6 +141,16 @@ def test_a_pin_cached_before_the_lock_existed_is_locked_once_online(
     assert not cache.lock.exists()  # offline: nothing to say where it came from yet
     sources.fetch_deb(pin, cache)
     assert pinlock.load(cache.lock)[pin.lock_id]["url"] == entry["url"]
+
+
+def test_an_overridden_archive_is_not_locked(
+    ports: AptRepo, served: str, http_server: TestServer, tmp_path: Path
+) -> None:
+    """A mirror from an overlay (or a version from the command line) is one machine's fact, not the project's."""
+    commit_recipe(tmp_path, "http://deb.debian.org/debian-ports", "2.42-1")
+    cache = cache_for(tmp_path, http_server)
+    assert sources.fetch_deb(ports_pin(served, ports.keyring_path, "2.42-1"), cache).is_file()
+    assert cache.lock is not None and not cache.lock.exists()
 
 
 def test_gone_from_archive_and_snapshot_names_the_update_command(
@@ -235,6 +264,7 @@ def test_keyring_rotation(apt_repo: AptRepo, http_server: TestServer, tmp_path: 
                 "test-ports-keyring 2024.1 lacks the key (keys rotate))"
             )
             cache = cache_for(tmp_path, http_server)
+            commit_recipe(tmp_path, http_server.url + "/debian-ports", "2.42-1")
             assert sources.fetch_deb(pin("2025.1"), cache).is_file()
             (entry,) = [e for e in pinlock.load(cache.lock).values() if e["package"] == "libc0.3"]  # type: ignore[arg-type]
             assert entry["signed_by"] == new.fingerprint
@@ -278,8 +308,7 @@ def test_update_moves_pins_lock_and_rebuild(
     with AptRepo(tmp_path / "ports", apt_signing_key, ports=True) as ports:
         publish_set(ports, elves, old_hurd, old_libc)
         archive = http_server.serve_dir("/debian-ports", ports.archive)
-        where = {"archive": archive, "keyring": str(ports.keyring_path)}
-        proj.overlay({"hurd-modules": {"variants": {a: {"debian": where} for a, _, _ in ARCHES.values()}}})
+        point_recipe_at(proj, archive, ports.keyring_path)
         r = proj.run_doit("hurd-modules:hurd-i386")
         assert r.returncode == 0, r.stdout[-3000:]
         lock = pinlock.load(pinlock.path_for(proj.root))
@@ -398,13 +427,8 @@ def test_doit_build_falls_back_to_the_snapshot_and_then_runs_offline(
         publish_set(ports, elves, "1:0.9.git20261101-1", "2.42-2")
         archive = http_server.serve_dir("/debian-ports", ports.archive)
         http_server.serve_dir("/snap", tmp_path / "snapshots")
-        where = {"archive": archive, "keyring": str(ports.keyring_path), "snapshot": STAMP}
-        proj.overlay(
-            {
-                "settings": {"snapshot": http_server.url + "/snap"},
-                "hurd-modules": {"variants": {a: {"debian": where} for a, _, _ in ARCHES.values()}},
-            }
-        )
+        point_recipe_at(proj, archive, ports.keyring_path, snapshot=STAMP)
+        proj.overlay({"settings": {"snapshot": http_server.url + "/snap"}})
         cache = tmp_path / "cache"
         r = proj.run_doit("hurd-modules:hurd-i386", HURDXEN_CACHE=str(cache))
         assert r.returncode == 0, r.stdout[-3000:]
