@@ -152,7 +152,7 @@ def build(spec: HurdModulesSpec, ctx: Context) -> ramdisk.RamdiskResult:
             shutil.copyfile(m.source, out / module_file(ms))
         facts = json.loads((out / manifest.MANIFEST).read_text())  # the ramdisk writer's: format, bits, modules
         inputs_desc: dict[str, object] = (
-            {"debian": deb_info} if deb_info else {"files": {m: s for m, _, s in spec.files}}
+            {"debian": deb_info} if deb_info else {"files": [{"name": m, "sha256": s} for m, _, s in spec.files]}
         )
         manifest.write(
             out,
