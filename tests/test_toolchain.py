@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from project import copy_project, docker_answers
 
-from hurdxen import bundle, reproduce
+from hurdxen import provenance, reproduce
 from hurdxen.errors import HurdxenError
+from hurdxen.release_inputs import StageOutput
 
 LOCK = Path(__file__).resolve().parent.parent / "containers" / "builder" / "packages.lock"
 
@@ -33,10 +34,10 @@ def test_packages_lock_pins_the_compilers_of_today() -> None:
 
 def test_bundle_lists_each_image_once() -> None:
     so = [
-        bundle.StageOutput("mig", v, Path("/x"), manifest(pinned()))  # type: ignore[arg-type]
+        StageOutput("mig", v, Path("/x"), manifest(pinned()))  # type: ignore[arg-type]
         for v in ("i686-gnu", "x86_64-gnu")
     ]
-    assert bundle.image_packages(so) == {"hurdxen/builder:0123456789abcdef": pinned()}
+    assert provenance.image_packages(so) == {"hurdxen/builder:0123456789abcdef": pinned()}
 
 
 def test_reproduce_names_the_packages_that_moved(tmp_path: Path) -> None:
