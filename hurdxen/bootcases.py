@@ -230,6 +230,9 @@ def is_own(case: BootCase, domid: int | None, line: str) -> bool:
 
 
 def _shutdown(case: BootCase, text: str) -> str | None:
+    if case.kind == "dom0":  # GNU Mach itself is dom0: Xen says how it ended
+        d = re.search(r"^\(XEN\) Hardware Dom0 (crashed|halted|shutdown)", text, re.M)
+        return d.group(1) if d else None
     m = re.search(rf"\[xl:{re.escape(case.name)}\] .*has shut down, reason code (\d{{1,3}})", text)
     return SHUTDOWN_REASONS.get(int(m.group(1)), f"reason {m.group(1)}") if m else None
 

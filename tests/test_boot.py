@@ -151,6 +151,12 @@ def test_known_failures_are_judged_when_the_case_ends() -> None:
         "known-failure",
         "hangs [timeout; last guest line: 'kernel virtual area: c8000000']",
     )
+    # The quick path: GNU Mach as dom0 crashes; Xen's own line settles it.
+    q = _case(kind="dom0", known_failure=bootcases.KnownFailure("crash", "", "dom0 crash"))
+    dom0_crash = AMD64_CRASH.replace("d3v0", "d0v0").replace("Domain 3", "Domain 0")
+    assert bootcases.judge(q, dom0_crash, False) is None
+    v = bootcases.judge(q, dom0_crash + "(XEN) Hardware Dom0 crashed: 'noreboot' set - not rebooting.\n", False)
+    assert v is not None and v[0] == "known-failure", v
     # Untrusted input: garbage, huge numbers and endless lines never raise.
     junk = "(XEN) d1v0 Unhandled: vec 999999, #PF[zz]\n(XEN) RIP: e033:[<" + "f" * 5000 + ">]\n" + "x" * 100000
     assert bootcases.judge(_case(), "hurdxen-dom0: created c domid 1\n" + junk, True) is not None
