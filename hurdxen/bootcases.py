@@ -267,7 +267,14 @@ def find_ending(case: BootCase, text: str, timed_out: bool) -> tuple[Ending | No
     panic = bootdiag.find_panic(text, domid)
     if panic is not None:
         panic = bootdiag.symbolize_panic(panic)
-        return Ending("panic", panic.text, panic.headline(), panic=panic), True
+        trap = bootdiag.find_mach_trap(text, domid)
+        if trap is None:
+            return Ending("panic", panic.text, panic.headline(), panic=panic), True
+        # GNU Mach reported a kernel trap, then panicked in kernel_trap: the trap says where.
+        trap = bootdiag.symbolize(trap, case.symbols)
+        site = trap.site.render() if trap.site else f"{trap.rip or 0:x}"
+        why = f"{trap.headline()}; {panic.headline()}"
+        return Ending("panic", f"{panic.text} [{site}]", why, crash=trap, panic=panic), True
     _, failed = _failed(case, text)
     if failed:
         return Ending("error", failed, failed), True

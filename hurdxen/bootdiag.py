@@ -190,6 +190,27 @@ def _parse_crash(lines: Sequence[str], start: int) -> Crash:
     return Crash(stack=tuple(stack[:MAX_STACK_WORDS]), lines=tuple(out), **got)
 
 
+# GNU Mach's own trap report (i386/i386/trap.c), printed before it panics in kernel_trap:
+# "Kernel General protection trap, eip 0xffffffff800054ca, code 0, cr2 0" then "trapno 13: …".
+_MACH_TRAP = re.compile(r"Kernel (.{1,40}?) trap, eip 0x([0-9a-f]{1,16}), code ([0-9a-f]{1,16}), cr2 ([0-9a-f]{1,16})")
+_MACH_TRAPNO = re.compile(r"^trapno (\d{1,3}):")
+
+
+def find_mach_trap(text: str, domid: int | None = None) -> Crash | None:
+    """GNU Mach's first kernel trap report in the guest output of `text`, as a crash (not yet symbolized)."""
+    lines = [ln for ln in _lines(text) if (g := _GUEST.match(ln)) and (domid is None or int(g.group(1)) == domid)]
+    for i, ln in enumerate(lines):
+        m = _MACH_TRAP.search(ln)
+        if m is None:
+            continue
+        body = [_GUEST.sub(r"\2", x) for x in lines[i : i + 12]]
+        vector = next((int(t.group(1)) for x in body if (t := _MACH_TRAPNO.match(x))), None)
+        return Crash(
+            domid, vector, int(m.group(3), 16), int(m.group(2), 16), None, int(m.group(4), 16), lines=tuple(body)
+        )
+    return None
+
+
 def find_panic(text: str, domid: int | None = None) -> Panic | None:
     """GNU Mach's first panic line in the guest output of `text` (`(dN) panic …` on Xen's serial log)."""
     for ln in _lines(text):

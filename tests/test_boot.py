@@ -151,6 +151,18 @@ def test_known_failures_are_judged_when_the_case_ends() -> None:
         "known-failure",
         "hangs [timeout; last guest line: 'kernel virtual area: c8000000']",
     )
+    # GNU Mach's own trap report before its kernel_trap panic: the panic's ending names the trap.
+    trap = (
+        "hurdxen-dom0: created c domid 5\n(d5) start ext2fs: Kernel General protection trap, eip 0xffffffff800054ca,"
+        " code 0, cr2 0\n(d5) kernel trap, type 13, code = 0\n(d5) trapno 13: General protection, error 00000000\n"
+        "(d5) panic /usr/src/gnumach/i386/i386/trap.c:346: kernel_trap: trap\n"
+    )
+    v = bootcases.judge(_case(known_failure=bootcases.KnownFailure("panic", "ffffffff800054ca", "swapgs")), trap, False)
+    assert v is not None and v[0] == "known-failure" and v[2] is not None and v[2].crash is not None, v
+    assert v[2].crash.rip == 0xFFFFFFFF800054CA and v[2].crash.vector == 13
+    assert v[2].headline == (
+        "general protection fault at RIP ffffffff800054ca; panic in kernel_trap (i386/i386/trap.c:346): trap"
+    )
     # The quick path: GNU Mach as dom0 crashes; Xen's own line settles it.
     q = _case(kind="dom0", known_failure=bootcases.KnownFailure("crash", "", "dom0 crash"))
     dom0_crash = AMD64_CRASH.replace("d3v0", "d0v0").replace("Domain 3", "Domain 0")
