@@ -126,7 +126,7 @@ def raw_steps(project: Project, out_root: Path) -> dict[str, float]:
     sys.path.insert(0, str(project.root))
     os.environ["HURDXEN_CACHE"] = str(project.cache)
     os.environ["HURDXEN_ARTIFACTS"] = str(out_root)
-    from hurdxen import gnumach, mig, recipes
+    from hurdxen import gnumach, gnumach_source, mig, recipes
     from hurdxen.context import make_context
     from hurdxen.executors import Step, make_executor
     from hurdxen.sources import export_git
@@ -150,11 +150,15 @@ def raw_steps(project: Project, out_root: Path) -> dict[str, float]:
         migs[spec.target] = out
         run(mig.build_step(spec, ctx.image_tag(spec.image), orig, debian_tar, headers, work, out))
 
-    src = gnumach.source_spec(r)
+    src = gnumach_source.source_spec(r)
     assert src.git is not None, "the benchmark builds GNU Mach from git (the overlay)"
     export, srcdir = out_root / "work" / "gnumach-export", out_root / "gnumach" / "source"
     export_git(src.git, ctx.cache, export)
-    run(gnumach.prepare_step(src, ctx.image_tag(src.image), export, out_root / "work" / "gnumach-prepare", srcdir))
+    run(
+        gnumach_source.prepare_step(
+            src, ctx.image_tag(src.image), export, out_root / "work" / "gnumach-prepare", srcdir
+        )
+    )
     for v in gnumach.variant_specs(r):
         build_dir = out_root / "work" / v.task.replace(":", "-")
         run(

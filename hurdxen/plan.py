@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hurdxen import gnumach, hurdmodules, mig, pvgrub
+from hurdxen import gnumach, gnumach_source, hurdmodules, mig, pvgrub
 from hurdxen.recipes import Recipes
 
 Kernel = gnumach.VariantSpec | gnumach.PrebuiltSpec
@@ -15,7 +15,7 @@ Kernel = gnumach.VariantSpec | gnumach.PrebuiltSpec
 @dataclass(frozen=True)
 class Plan:
     mig: tuple[mig.MigSpec, ...]
-    gnumach_source: gnumach.SourceSpec | None
+    gnumach_source: gnumach_source.SourceSpec | None
     kernels: tuple[Kernel, ...]  # compiled variants, then prebuilt kernels
     hurd_modules: tuple[hurdmodules.HurdModulesSpec, ...]
     pvgrub2: tuple[pvgrub.PvGrubSpec, ...]
@@ -32,7 +32,7 @@ def make_plan(recipes: Recipes) -> Plan:
     kernels: list[Kernel] = []
     source = None
     if "gnumach" in recipes:
-        source = gnumach.source_spec(recipes)
+        source = gnumach_source.source_spec(recipes)
         kernels = [*gnumach.variant_specs(recipes), *gnumach.prebuilt_specs(recipes)]
     hms = tuple(hurdmodules.specs(recipes)) if "hurd-modules" in recipes else ()
     sde = int(recipes["base"]["base"]["source_date_epoch"])

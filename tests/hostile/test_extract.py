@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hurdxen import gnumach, safeextract, sources
+from hurdxen import gnumach_source, safeextract, sources
 from hurdxen.errors import HurdxenError
 from tests.hostile.craft import Member, ar_bytes, tar_bytes
 from tests.hostile.harness import Canaries, refused
@@ -109,13 +109,13 @@ def test_gnumach_source_tarball_hardlink_to_host_file(canary: Canaries, tmp_path
         tmp_path, [Member("gnumach-1.8/a", b"x"), Member("gnumach-1.8/b", type=H, linkname=str(canary.file))]
     )
     with pytest.raises(HurdxenError) as e:
-        gnumach._extract_tarball(archive, tmp_path / "export")
+        gnumach_source._extract_tarball(archive, tmp_path / "export")
     assert "gnumach source tarball evil.tar.gz: unsafe member 'gnumach-1.8/b'" in refused(e)
 
 
 def test_gnumach_source_strips_the_top_directory(tmp_path: Path) -> None:
     archive = _archive(tmp_path, [Member("g-1/", type=D), Member("g-1/a", b"x"), Member("g-1/l", type=S, linkname="a")])
-    gnumach._extract_tarball(archive, tmp_path / "export")
+    gnumach_source._extract_tarball(archive, tmp_path / "export")
     assert (tmp_path / "export" / "a").read_bytes() == b"x" and os.readlink(tmp_path / "export" / "l") == "a"
 
 
