@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hurdxen import pvgrub, pvgrub_config, pvgrub_elf, pvgrub_image, recipes
+from hurdxen import pvgrub, pvgrub_config, pvgrub_elf, pvgrub_grub, pvgrub_image, recipes
 from hurdxen.errors import HurdxenError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,10 +176,10 @@ def test_memdisk_is_reproducible_ustar() -> None:
     files = {"lib/ld.so.1": b"y" * 700, "boot/grub/grub.cfg": b"boot\n", "hurd/ext2fs.static": b"x" * 10}
     old = os.umask(0o077)
     try:
-        a, listing = pvgrub_image.build_memdisk(files, SDE)
+        a, listing = pvgrub_grub.build_memdisk(files, SDE)
     finally:
         os.umask(old)
-    b, _ = pvgrub_image.build_memdisk(dict(reversed(list(files.items()))), SDE)
+    b, _ = pvgrub_grub.build_memdisk(dict(reversed(list(files.items()))), SDE)
     assert a == b
     names = [e.path for e in listing]
     assert names == sorted(names)
@@ -193,12 +193,12 @@ def test_memdisk_is_reproducible_ustar() -> None:
     with tarfile.open(fileobj=io.BytesIO(a)) as t:
         modes = {m.name: m.mode for m in t.getmembers()}
     assert modes["boot"] == 0o755 and modes["lib/ld.so.1"] == 0o644
-    assert pvgrub_image.memdisk_listing(a) == listing
+    assert pvgrub_grub.memdisk_listing(a) == listing
 
 
 def test_memdisk_refuses_bad_paths() -> None:
     with pytest.raises(HurdxenError):
-        pvgrub_image.build_memdisk({"../x": b""}, SDE)
+        pvgrub_grub.build_memdisk({"../x": b""}, SDE)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -220,25 +220,25 @@ def grub_tree() -> Path:
 def test_module_closure_and_commands(grub_tree: Path) -> None:
     for name in ("i386-xen-standalone", "x86_64-xen-disk"):
         spec = image(name)
-        pdir = pvgrub_image.grub_platform_dir(grub_tree, spec.platform)
-        mods = pvgrub_image.module_closure(pvgrub_image.image_modules(spec), pdir)
+        pdir = pvgrub_grub.grub_platform_dir(grub_tree, spec.platform)
+        mods = pvgrub_grub.module_closure(pvgrub_grub.image_modules(spec), pdir)
         assert {"memdisk", "tar", "normal", "linux", "gzio"} <= set(mods)
         assert len(mods) <= spec.module_limit
-        pvgrub_image.check_commands(pvgrub_config.render_config(spec), mods, pdir, name)
+        pvgrub_grub.check_commands(pvgrub_config.render_config(spec), mods, pdir, name)
     with pytest.raises(HurdxenError, match="does not exist"):
-        pvgrub_image.module_closure(["nosuchmod"], pdir)
+        pvgrub_grub.module_closure(["nosuchmod"], pdir)
 
 
 def test_command_without_module_refused(grub_tree: Path) -> None:
     spec = image("i386-xen-disk", extra_config="xen_ls")
-    pdir = pvgrub_image.grub_platform_dir(grub_tree, spec.platform)
-    mods = pvgrub_image.module_closure(pvgrub_image.image_modules(spec), pdir)
+    pdir = pvgrub_grub.grub_platform_dir(grub_tree, spec.platform)
+    mods = pvgrub_grub.module_closure(pvgrub_grub.image_modules(spec), pdir)
     with pytest.raises(HurdxenError) as e:
-        pvgrub_image.check_commands(pvgrub_config.render_config(spec), mods, pdir, "pvgrub:x")
+        pvgrub_grub.check_commands(pvgrub_config.render_config(spec), mods, pdir, "pvgrub:x")
     assert "`xen_ls`" in str(e.value) and "'lsxen'" in str(e.value)
     spec = image("i386-xen-disk", extra_config="xen_ls", modules=["lsxen"])
-    mods = pvgrub_image.module_closure(pvgrub_image.image_modules(spec), pdir)
-    pvgrub_image.check_commands(pvgrub_config.render_config(spec), mods, pdir, "pvgrub:x")
+    mods = pvgrub_grub.module_closure(pvgrub_grub.image_modules(spec), pdir)
+    pvgrub_grub.check_commands(pvgrub_config.render_config(spec), mods, pdir, "pvgrub:x")
 
 
 # ------------------------------------------------------------------------------------------------ engine
