@@ -305,29 +305,63 @@ def project_copy(root: Path, dest: Path) -> Path:
     return dest
 
 
-def reproduce_project(root: Path, artifacts: Path, cache: Path) -> ReproduceResult:
-    """`doit reproduce`: rebuild `doit build bundle` in a clean copy and compare with `artifacts`."""
+def own_code(copy: Path, env: dict[str, str]) -> Path:
+    """The hurdxen package a process started like the rebuild imports; it must be the copy's own (the revision
+    being reproduced), never whatever hurdxen the interpreter's environment has installed."""
     import sys
 
-    def build(art: Path) -> None:
-        copy = project_copy(root, art.parent / "project")
-        env = {
-            **os.environ,
-            "HURDXEN_ARTIFACTS": str(art),
-            "HURDXEN_CACHE": str(cache),
-            "PYTHONPATH": str(copy),
-            "HURDXEN_QUIET": "1",
-        }
-        proc = subprocess.run(
-            [sys.executable, "-m", "doit", "build", "bundle"], cwd=copy, env=env, capture_output=True, text=True
+    if not (copy / "hurdxen" / "__init__.py").is_file():
+        raise HurdxenError(
+            f"reproduce: the revision in {copy} has no hurdxen/ package",
+            hint="reproduce a checkout that holds the code with its recipes (commit hurdxen/)",
         )
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stdout.splitlines()[-15:] + proc.stderr.splitlines()[-15:])
-            raise HurdxenError(
-                f"reproduce: the rebuild in {copy} failed:\n{tail}",
-                hint="run the same `doit build bundle` there to see why",
-            )
+    probe = subprocess.run(
+        [sys.executable, "-c", "import hurdxen; print(hurdxen.__file__)"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = Path(probe.stdout.strip()).resolve() if probe.returncode == 0 else None
+    if found is None or not found.is_relative_to((copy / "hurdxen").resolve()):
+        raise HurdxenError(
+            f"reproduce: the rebuild would run hurdxen from {found or 'nowhere'}, not from {copy}",
+            hint="PYTHONPATH must name the clean copy; check for a sitecustomize or a .pth that imports hurdxen",
+        )
+    return found
 
+
+def rebuild(root: Path, art: Path, cache: Path) -> Path:
+    """`doit build bundle` into `art` in a clean copy of `root`, run by the copy's own code; returns the copy."""
+    import sys
+
+    copy = project_copy(root, art.parent / "project")
+    env = {
+        **os.environ,
+        "HURDXEN_ARTIFACTS": str(art),
+        "HURDXEN_CACHE": str(cache),
+        "PYTHONPATH": str(copy),
+        "HURDXEN_QUIET": "1",
+    }
+    own_code(copy, env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "doit", "build", "bundle"], cwd=copy, env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-15:] + proc.stderr.splitlines()[-15:])
+        raise HurdxenError(
+            f"reproduce: the rebuild in {copy} failed:\n{tail}",
+            hint="run the same `doit build bundle` there to see why",
+        )
+    return copy
+
+
+def reproduce_project(root: Path, artifacts: Path, cache: Path) -> ReproduceResult:
+    """`doit reproduce`: rebuild `doit build bundle` in a clean copy and compare with `artifacts`."""
     return reproduce(
-        build, artifacts / "reproduce-work", reference=artifacts, report_dir=artifacts / "reproduce-report"
+        lambda art: rebuild(root, art, cache),
+        artifacts / "reproduce-work",
+        reference=artifacts,
+        report_dir=artifacts / "reproduce-report",
     )

@@ -759,3 +759,58 @@ def test_reproduce_against_a_reference_with_work_inside(tmp_path: Path, pae_kern
     build(reference)
     res = R.reproduce(build, reference / "reproduce-work", reference=reference)
     assert res.ok and not any(c.startswith("reproduce-") for c in res.compared)
+
+
+def _tiny_revision(root: Path, *, with_code: bool) -> Path:
+    """A git checkout whose `doit build bundle` writes which hurdxen ran (its REVISION and file) into the artifacts."""
+    root.mkdir()
+    (root / "dodo.py").write_text(
+        textwrap.dedent(
+            """\
+            import os
+            from pathlib import Path
+
+            import hurdxen
+
+            def _record() -> None:
+                out = Path(os.environ["HURDXEN_ARTIFACTS"]) / "code.txt"
+                inside = Path(hurdxen.__file__).resolve().is_relative_to(Path.cwd().resolve())
+                out.write_text(f"{getattr(hurdxen, 'REVISION', 'not this revision')} inside={inside}\\n")
+
+            def task_build():
+                return {"actions": [_record], "verbosity": 0}
+
+            def task_bundle():
+                return {"actions": [_record], "verbosity": 0}
+            """
+        )
+    )
+    if with_code:
+        (root / "hurdxen").mkdir()
+        (root / "hurdxen" / "__init__.py").write_text('REVISION = "the reproduced revision"\n')
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "r"], cwd=root, check=True)
+    return root
+
+
+def test_reproduce_project_rebuilds_with_the_revisions_own_code(tmp_path: Path) -> None:
+    """The rebuild imports the clean copy's hurdxen/, not the one installed in the venv (which points elsewhere)."""
+    root = _tiny_revision(tmp_path / "rev", with_code=True)
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / "code.txt").write_text("the reproduced revision inside=True\n")
+    res = R.reproduce_project(root, artifacts, tmp_path / "cache")
+    assert res.ok and res.compared == ("code.txt",)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    assert R.own_code(root, env) == (root / "hurdxen" / "__init__.py").resolve()
+
+
+def test_reproduce_project_refuses_a_revision_without_its_code(tmp_path: Path) -> None:
+    root = _tiny_revision(tmp_path / "rev", with_code=False)
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / "code.txt").write_text("not this revision inside=False\n")  # what the venv's hurdxen would give
+    with pytest.raises(HurdxenError, match=r"has no hurdxen/ package"):
+        R.reproduce_project(root, artifacts, tmp_path / "cache")

@@ -16,6 +16,7 @@ import pytest
 from aptrepo import AptRepo
 from elfstandins import elves
 from fakemachrepo import make_fakemach_repo
+from project import CODE
 from projectcopy import ProjectCopy, require_docker
 from test_pvgrub_stage import overlay_for, repos
 
@@ -58,6 +59,8 @@ def released(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]
     # No boot check in this chain (the fakemach kernels do not boot): the bundle says so, as the flag requires.
     over["release"] = {"allow_unbooted": True}
     proj.overlay(over)
+    # The revision holds its code too: `doit reproduce` rebuilds with the clean copy's hurdxen/, not the venv's.
+    shutil.copytree(CODE / "hurdxen", proj.root / "hurdxen", ignore=shutil.ignore_patterns("__pycache__"))
     (proj.root / ".gitignore").write_text("/hurdxen.local.toml\n")
     git(proj.root, "init", "-q", "-b", "main")
     git(proj.root, "add", "-A")
