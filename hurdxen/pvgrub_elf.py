@@ -103,9 +103,9 @@ def elf_facts(path: Path) -> ElfFacts:
     raw = path.read_bytes()
     gz = raw[:2] == GZIP_MAGIC
     if gz:
-        from hurdxen import xenverify
+        from hurdxen import xenelf
 
-        raw = xenverify._gunzip(raw, str(path))[0]  # bounded: a crafted .gz does not fill the memory
+        raw = xenelf.gunzip(raw, str(path))[0]  # bounded: a crafted .gz does not fill the memory
     try:
         elf = _elf(io.BytesIO(raw))
         notes = xen_notes(elf)

@@ -17,19 +17,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hurdxen.errors import HurdxenError
+from hurdxen.xenchecks import DOM0_MISMATCH, DOMU_NOT_PAE, GRUB_NOT_PAE, PATCH, KernelExpectation
+from hurdxen.xenelf import XenNoteType
+from hurdxen.xenload import PaeMode, parse_guest_info
 from hurdxen.xenverify import (
-    DOM0_MISMATCH,
-    DOMU_NOT_PAE,
-    GRUB_NOT_PAE,
-    PATCH,
-    KernelExpectation,
     KernelReport,
-    PaeMode,
-    XenNoteType,
     cli,
     inspect_kernel,
     inspect_kernel_bytes,
-    parse_guest_info,
     render_report,
     verify_kernel,
 )
