@@ -14,7 +14,11 @@ from hurdxen.errors import HurdxenError
 # subcommand -> (module, function, one-line help); each takes the remaining argv and returns an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "recipes": ("hurdxen.cli", "recipes_cli", "validate the recipes (and overlay) and print them"),
-    "verify-release": ("hurdxen.publish", "verify_cli", "check a downloaded release bundle (directory or tarball)"),
+    "verify-release": (
+        "hurdxen.release_verify",
+        "verify_cli",
+        "check a downloaded release bundle (directory or tarball)",
+    ),
     "inspect-kernel": ("hurdxen.xenverify", "cli", "decode a kernel's Xen notes and say what Xen would do with it"),
     "ramdisk": ("hurdxen.ramdisk", "cli", "dump a hurd-modules ramdisk, or check it against an installed Hurd"),
     "canary": ("hurdxen.canary", "cli", "build with floating inputs (GNU Mach master, newest packages); report drift"),

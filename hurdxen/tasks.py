@@ -391,10 +391,10 @@ def task_publish() -> TaskDict:
 
 
 def act_verify(ctx: Context, r: recipes.Recipes, target: str) -> TaskFailed | None:
-    from hurdxen import publish
+    from hurdxen import release_verify
 
     def run() -> None:
-        report = publish.verify(Path(target) if target else current_bundle(ctx, r))
+        report = release_verify.verify(Path(target) if target else current_bundle(ctx, r))
         print(report.render())
         report.raise_for_problems()
 

@@ -29,6 +29,7 @@ from hurdxen import bundle as B
 from hurdxen import domains as D
 from hurdxen import fsutil, manifest, provenance, recipes, signing
 from hurdxen import publish as P
+from hurdxen import release_verify as V
 from hurdxen import reproduce as R
 from hurdxen.containers import BaseSpec
 from hurdxen.context import Context
@@ -412,7 +413,7 @@ def test_sha256sum_and_gpg_verify_with_real_tools(tmp_path: Path, pae_kernel: Pa
     assert p.returncode == 0, p.stderr
     m = json.loads(b.manifest.read_text())
     assert m["signed"] is True and m["signing_key"] == key.fingerprint
-    r = P.verify(b.directory, keyring=key.public)
+    r = V.verify(b.directory, keyring=key.public)
     assert r.ok, r.render()
     assert r.signed_by == key.fingerprint and not any("Xen" in w and "refuse" in w for w in r.problems)
     # the tarball leaves the signature out, so a signed build is still reproducible
@@ -424,11 +425,11 @@ def test_sha256sum_and_gpg_verify_with_real_tools(tmp_path: Path, pae_kernel: Pa
 
 
 def test_verify_clean_bundle_and_tarball(built: B.BundleResult) -> None:
-    r = P.verify(built.directory)
+    r = V.verify(built.directory)
     assert r.ok, r.render()
     assert any("Xen notes" in c for c in r.checked)
     assert "unsigned release (the manifest says so)" in r.warnings
-    t = P.verify(built.tarball)
+    t = V.verify(built.tarball)
     assert t.ok, t.render()
     assert t.release == "hurdxen-1.2.0"
 
@@ -492,7 +493,7 @@ def test_verify_refuses_tampering(
     elif tamper == "wrong-key":
         (d / "SHA256SUMS.asc").unlink()
         signing.sign_sums(d / "SHA256SUMS", other_key.fingerprint, str(other_key.home))
-    r = P.verify(d, keyring=key.public)
+    r = V.verify(d, keyring=key.public)
     assert not r.ok
     assert any(p.startswith(message) for p in r.problems), r.problems
     with pytest.raises(HurdxenError) as e:
@@ -505,7 +506,7 @@ def test_verify_kernel_notes(tmp_path: Path, pae_kernel: Path) -> None:
     root = make_project(tmp_path / "proj")
     b = do_bundle(root, make_stages(tmp_path / "artifacts", pae_kernel))
     m = json.loads(b.manifest.read_text())
-    r = P.verify(b.directory, kernel_check=lambda p, e: P.xen_kernel_check(p, {**e, "bits": 64}))
+    r = V.verify(b.directory, kernel_check=lambda p, e: V.xen_kernel_check(p, {**e, "bits": 64}))
     assert not r.ok and r.problems[0].startswith("kernels/gnumach-xen-pae.gz: ")
     assert m["kernels"]["kernels/gnumach-xen-pae.gz"] == {
         "variant": "xen-pae",
@@ -520,7 +521,7 @@ def test_verify_tarball_with_unsafe_member(tmp_path: Path) -> None:
     with tarfile.open(t, "w:gz") as tar:
         info = tarfile.TarInfo("../x")
         tar.addfile(info)
-    r = P.verify(t)
+    r = V.verify(t)
     assert not r.ok and "unsafe member" in r.problems[0]
 
 
@@ -605,7 +606,7 @@ def test_publish_dir(tmp_path: Path, pae_kernel: Path, key: Key) -> None:
     assert (pub / "hurdxen-1.10.0.tar.gz").read_bytes() == r1.tarball.read_bytes()
     assert files_of(pub) == {**files_of(r1.directory), "hurdxen-1.10.0.tar.gz": r1.tarball.read_bytes()}
     subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=pub, check=True)
-    v = P.verify(dest / "latest", keyring=key.public)
+    v = V.verify(dest / "latest", keyring=key.public)
     assert v.ok, v.render()
     assert any("same files as the directory" in c for c in v.checked)
     assert P.publish_dir(r1, dest).unchanged
@@ -692,7 +693,7 @@ def test_publish_oci_round_trip(tmp_path: Path, pae_kernel: Path, key: Key, regi
     assert (pulled / "hurdxen-1.2.0.tar.gz").read_bytes() == b.tarball.read_bytes()
     assert (pulled / "SHA256SUMS").read_bytes() == b.sums.read_bytes()
     assert b.signature is not None and (pulled / "SHA256SUMS.asc").read_bytes() == b.signature.read_bytes()
-    v = P.verify(pulled / "hurdxen-1.2.0.tar.gz", keyring=key.public)
+    v = V.verify(pulled / "hurdxen-1.2.0.tar.gz", keyring=key.public)
     assert v.ok, v.render()
     assert v.signed_by == key.fingerprint
 
