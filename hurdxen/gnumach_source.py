@@ -30,6 +30,8 @@ done
 if [ ! -x configure ]; then
   autoreconf -fi
 fi
+# autom4te's cache is a Perl dump in hash order, which differs from run to run; nothing later reads it.
+rm -rf autom4te.cache
 # The first configure of a fresh tree rewrites Makefile.in in the source directory: let it happen now, on this
 # writable copy, so every variant can build from the tree mounted read-only.
 mkdir -p "$WORK/probe" && cd "$WORK/probe"
