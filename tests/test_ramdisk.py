@@ -28,13 +28,11 @@ from hurdxen.ramdisk import (
     PinnedFile,
     build_hurd_modules,
     build_ramdisk,
-    check_against,
     check_module,
-    cli,
     default_spec,
-    dump,
     parse_ramdisk,
 )
+from hurdxen.ramdisk_tools import check_against, cli, dump
 
 __all__ = ["elves"]  # the fixture, imported for pytest
 
