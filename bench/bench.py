@@ -129,7 +129,7 @@ def raw_steps(project: Project, out_root: Path) -> dict[str, float]:
     from hurdxen import gnumach, gnumach_source, mig, recipes
     from hurdxen.context import make_context
     from hurdxen.executors import Step, make_executor
-    from hurdxen.sources import export_git
+    from hurdxen.sources_git import export_git
 
     r = recipes.load(project.root, overrides={})
     ctx = make_context(r)

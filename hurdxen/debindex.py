@@ -1,6 +1,6 @@
 """Debian archive indexes: verify a suite's signed InRelease, then find a package's pinned version in it.
 
-Pure functions (bytes in, data out); downloading and caching live in `hurdxen.sources`.
+Pure functions (bytes in, data out); downloading and caching live in `hurdxen.sources` and `hurdxen.sources_deb`.
 The chain of trust is apt's: keyring → InRelease (clearsigned) → SHA256 of the Packages index → SHA256 of the .deb.
 """
 

@@ -18,7 +18,8 @@ from hurdxen.executors import Mount, Step, StepResult
 from hurdxen.gnumach_source import SourceSpec, prepare, source_dir, source_spec
 from hurdxen.mig import MigSpec
 from hurdxen.recipes import Recipes
-from hurdxen.sources import DebPin, extract_deb, fetch_deb
+from hurdxen.sources import DebPin
+from hurdxen.sources_deb import extract_deb, fetch_deb
 
 STAGE = "gnumach"
 

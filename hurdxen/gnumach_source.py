@@ -15,7 +15,8 @@ from hurdxen.context import Context
 from hurdxen.errors import HurdxenError
 from hurdxen.executors import Mount, Step
 from hurdxen.recipes import Recipes
-from hurdxen.sources import GitPin, TarballPin, export_git, fetch_tarball
+from hurdxen.sources import GitPin, TarballPin, fetch_tarball
+from hurdxen.sources_git import export_git
 
 STAGE = "gnumach"
 

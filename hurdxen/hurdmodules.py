@@ -17,7 +17,8 @@ from hurdxen import fsutil, manifest, ramdisk, stage
 from hurdxen.context import Context
 from hurdxen.errors import HurdxenError
 from hurdxen.recipes import Recipes
-from hurdxen.sources import DebPin, extract_deb, fetch_deb
+from hurdxen.sources import DebPin
+from hurdxen.sources_deb import extract_deb, fetch_deb
 
 STAGE = "hurd-modules"
 LIBC_PACKAGE = "libc0.3"

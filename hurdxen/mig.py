@@ -15,7 +15,8 @@ from hurdxen import fsutil, manifest, safeextract, stage
 from hurdxen.context import Context
 from hurdxen.executors import Mount, Step
 from hurdxen.recipes import Recipes
-from hurdxen.sources import DebPin, TarballPin, extract_deb, fetch_deb, fetch_tarball
+from hurdxen.sources import DebPin, TarballPin, fetch_tarball
+from hurdxen.sources_deb import extract_deb, fetch_deb
 
 STAGE = "mig"
 

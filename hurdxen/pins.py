@@ -19,10 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hurdxen import pinlock, sources
+from hurdxen import pinlock, sources, sources_deb
 from hurdxen.errors import HurdxenError
 from hurdxen.recipes import Recipes
-from hurdxen.sources import Cache, DebPin, Resolution
+from hurdxen.sources import Cache, DebPin
+from hurdxen.sources_deb import Resolution
 
 LIBC_PACKAGE = "libc0.3"
 HURD_PACKAGE = "hurd"
@@ -66,9 +67,9 @@ def collect(r: Recipes) -> list[tuple[str, DebPin]]:
 def resolve_newest(pin: DebPin, cache: Cache, date: str | None) -> tuple[Resolution, str]:
     """The newest version in the live signed index (expired indexes refused), or in the snapshot taken at `date`."""
     if date is None:
-        return sources.resolve_deb(pin, cache, strict=True, newest=True), "archive"
-    base = f"{cache.network.snapshot.rstrip('/')}/archive/{sources.snapshot_archive(pin)}/{date}"
-    return sources.resolve_at(pin, cache, base, date, newest=True), f"snapshot {date}"
+        return sources_deb.resolve_deb(pin, cache, strict=True, newest=True), "archive"
+    base = f"{cache.network.snapshot.rstrip('/')}/archive/{sources_deb.snapshot_archive(pin)}/{date}"
+    return sources_deb.resolve_at(pin, cache, base, date, newest=True), f"snapshot {date}"
 
 
 def check_consistent(changes: Sequence[Change], r: Recipes, cache: Cache) -> None:
@@ -90,7 +91,7 @@ def check_consistent(changes: Sequence[Change], r: Recipes, cache: Cache) -> Non
         version = libc.new.entry.version
         bits = int(r["hurd-modules"]["variants"][variant]["bits"])
         ldso = ramdisk.variant_for(bits).ldso
-        tree = sources.extract_deb(fetch_resolved(libc, cache), cache)
+        tree = sources_deb.extract_deb(fetch_resolved(libc, cache), cache)
         try:
             data = ramdisk.resolve_in_root(tree, f"lib/{ldso}").read_bytes()
         except (HurdxenError, OSError):
@@ -201,7 +202,7 @@ def update(r: Recipes, cache: Cache, only: set[str] | None = None, date: str | N
     """Resolve, check, rewrite recipes and lock. Nothing is written unless every pin resolved and fits."""
     if date is not None:
         try:
-            datetime.strptime(date, sources.SNAPSHOT_TS)
+            datetime.strptime(date, sources_deb.SNAPSHOT_TS)
         except ValueError:
             raise HurdxenError(f"--date {date!r}: not a snapshot timestamp", hint="write YYYYMMDDTHHMMSSZ") from None
     changes = []
@@ -236,7 +237,9 @@ def update(r: Recipes, cache: Cache, only: set[str] | None = None, date: str | N
         entries = pinlock.load(lock_path)
         for c in changes:
             pin = dataclasses.replace(c.pin, version=c.new.entry.version)
-            entries[pin.lock_id] = pinlock.keep_unless_changed(entries.get(pin.lock_id), sources.lock_entry(pin, c.new))
+            entries[pin.lock_id] = pinlock.keep_unless_changed(
+                entries.get(pin.lock_id), sources_deb.lock_entry(pin, c.new)
+            )
         pinlock.write(lock_path, entries)
     return changes
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen import fsutil, gnumach, hurdmodules, manifest, ramdisk, sources, stage
+from hurdxen import fsutil, gnumach, hurdmodules, manifest, ramdisk, sources, sources_deb, stage
 from hurdxen.context import Context
 from hurdxen.errors import HurdxenError
 from hurdxen.pvgrub_config import (
@@ -171,7 +171,7 @@ def load_recipe(path: Path) -> PvGrubRecipe:
 
 def fetch_grub_tree(recipe: PvGrubRecipe | PvGrubSpec, cache: sources.Cache) -> Path:
     """The extracted grub-xen-bin package (verified against the suite's signed index)."""
-    return sources.extract_deb(sources.fetch_deb(recipe.grub, cache), cache)
+    return sources_deb.extract_deb(sources_deb.fetch_deb(recipe.grub, cache), cache)
 
 
 # ---------------------------------------------------------------------------------------------------- the stage
@@ -245,8 +245,8 @@ def specs(recipes: Recipes, producers: Producers, source_date_epoch: int) -> lis
 def build(spec: PvGrubSpec, ctx: Context) -> PvGrubResult:
     """Entry point: one image into artifacts/pvgrub2/<image>/, its inputs read from the producers' manifests."""
     pin = spec.grub
-    deb = sources.fetch_deb(pin, ctx.cache)
-    tree = sources.extract_deb(deb, ctx.cache)
+    deb = sources_deb.fetch_deb(pin, ctx.cache)
+    tree = sources_deb.extract_deb(deb, ctx.cache)
     inputs: dict[str, Any] = {
         "grub": {"package": pin.package, "version": pin.version, "arch": pin.arch, "sha256": fsutil.sha256_file(deb)}
     }

@@ -22,17 +22,9 @@ from hurdxen.errors import HurdxenError
 from hurdxen.manifest import MANIFEST
 from hurdxen.plan import Plan, make_plan
 from hurdxen.report import Reporter
-from hurdxen.sources import (
-    DebPin,
-    GitPin,
-    TarballPin,
-    fetch_deb,
-    fetch_git,
-    fetch_tarball,
-    is_cached_deb,
-    is_cached_git,
-    is_cached_tarball,
-)
+from hurdxen.sources import DebPin, GitPin, TarballPin, fetch_tarball, is_cached_tarball
+from hurdxen.sources_deb import fetch_deb, is_cached_deb
+from hurdxen.sources_git import fetch_git, is_cached_git
 
 # The project directory (recipes/, containers/, artifacts/): the directory of the dodo.py doit runs, set by
 # `configure()` from dodo.py. Not this package's location: the code may be installed elsewhere, or shared by several

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hurdxen import sources
+from hurdxen import sources, sources_deb
 from hurdxen.context import make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.recipes import load
@@ -77,7 +77,7 @@ def fetch_kernel(key: str) -> Path:
     shared = make_context(load(REPO, overrides={})).cache
     cache = sources.Cache(shared.root, shared.network)  # no lock: these are the tests' pins, not the project's
     try:
-        tree = sources.extract_deb(sources.fetch_deb(k.pin(), cache), cache)
+        tree = sources_deb.extract_deb(sources_deb.fetch_deb(k.pin(), cache), cache)
     except sources.Unreachable as e:
         pytest.skip(f"cannot fetch {k.url}: {e.message}")
     except HurdxenError as e:

@@ -18,7 +18,7 @@ from elfstandins import ElfFactory, elves
 from httpserver import TestServer
 from projectcopy import ProjectCopy
 
-from hurdxen import pinlock, pins, recipes, sources
+from hurdxen import pinlock, pins, recipes, sources_deb
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import Cache, DebPin, Network
 
@@ -86,7 +86,7 @@ def test_dropped_version_comes_from_the_snapshot_and_lands_in_the_lock(
     cache = cache_for(tmp_path, http_server)
     pin = ports_pin(served, ports.keyring_path, "2.41-6", snapshot=STAMP)
     commit_recipe(tmp_path, served, "2.41-6")
-    deb = sources.fetch_deb(pin, cache)
+    deb = sources_deb.fetch_deb(pin, cache)
     snap = f"/snap/archive/debian-ports/{STAMP}"
     assert f"{snap}/dists/unstable/InRelease" in http_server.hits  # the snapshot's own signed index
     assert "/debian-ports/dists/unstable/InRelease" in http_server.hits  # the archive was asked first
@@ -103,8 +103,8 @@ def test_dropped_version_comes_from_the_snapshot_and_lands_in_the_lock(
     http_server.stop()
     for d in (tmp_path / "cache" / "debian").iterdir():
         d.unlink()
-    assert sources.fetch_deb(pin, cache_for(tmp_path, http_server, offline=True)) == deb
-    assert sources.is_cached_deb(pin, cache_for(tmp_path, http_server, offline=True))
+    assert sources_deb.fetch_deb(pin, cache_for(tmp_path, http_server, offline=True)) == deb
+    assert sources_deb.is_cached_deb(pin, cache_for(tmp_path, http_server, offline=True))
 
 
 def test_the_lock_supplies_the_snapshot_timestamp(
@@ -117,10 +117,10 @@ def test_the_lock_supplies_the_snapshot_timestamp(
     commit_recipe(tmp_path, served, "2.41-6")
     pinlock.write(lock, {pin.lock_id: {"version": "2.41-6", "sha256": "0" * 64, "url": "x", "resolved": STAMP}})
     with pytest.raises(HurdxenError, match=r"the lock .* pins 0000"):  # the lock's sha256 is checked too
-        sources.fetch_deb(pin, cache_for(tmp_path, http_server))
+        sources_deb.fetch_deb(pin, cache_for(tmp_path, http_server))
     good = hashlib.sha256(ports.build_dir.joinpath("libc0.3_2.41-6_hurd-i386.deb").read_bytes()).hexdigest()
     pinlock.write(lock, {pin.lock_id: {"version": "2.41-6", "sha256": good, "url": "x", "resolved": STAMP}})
-    assert sources.fetch_deb(pin, cache_for(tmp_path, http_server)).is_file()
+    assert sources_deb.fetch_deb(pin, cache_for(tmp_path, http_server)).is_file()
     assert pinlock.load(lock)[pin.lock_id]["snapshot"] == STAMP
 
 
@@ -131,15 +131,15 @@ def test_a_pin_cached_before_the_lock_existed_is_locked_once_online(
     pin = ports_pin(served, ports.keyring_path, "2.42-1")
     commit_recipe(tmp_path, served, "2.42-1")
     cache = cache_for(tmp_path, http_server)
-    sources.fetch_deb(pin, cache)
+    sources_deb.fetch_deb(pin, cache)
     assert cache.lock is not None
     entry = pinlock.load(cache.lock)[pin.lock_id]
     (record,) = (tmp_path / "cache" / "debian").iterdir()
     record.write_text(json.dumps({k: entry[k] for k in ("filename", "sha256", "size")}))
     cache.lock.unlink()
-    sources.fetch_deb(pin, cache_for(tmp_path, http_server, offline=True))
+    sources_deb.fetch_deb(pin, cache_for(tmp_path, http_server, offline=True))
     assert not cache.lock.exists()  # offline: nothing to say where it came from yet
-    sources.fetch_deb(pin, cache)
+    sources_deb.fetch_deb(pin, cache)
     assert pinlock.load(cache.lock)[pin.lock_id]["url"] == entry["url"]
 
 
@@ -149,7 +149,7 @@ def test_an_overridden_archive_is_not_locked(
     """A mirror from an overlay (or a version from the command line) is one machine's fact, not the project's."""
     commit_recipe(tmp_path, "http://deb.debian.org/debian-ports", "2.42-1")
     cache = cache_for(tmp_path, http_server)
-    assert sources.fetch_deb(ports_pin(served, ports.keyring_path, "2.42-1"), cache).is_file()
+    assert sources_deb.fetch_deb(ports_pin(served, ports.keyring_path, "2.42-1"), cache).is_file()
     assert cache.lock is not None and not cache.lock.exists()
 
 
@@ -158,7 +158,7 @@ def test_gone_from_archive_and_snapshot_names_the_update_command(
 ) -> None:
     pin = ports_pin(served, ports.keyring_path, "2.40-1", snapshot=STAMP)
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(pin, cache_for(tmp_path, http_server))
+        sources_deb.fetch_deb(pin, cache_for(tmp_path, http_server))
     msg = info.value.render()
     assert msg.startswith(f"error: libc0.3 2.40-1 (hurd-i386, unstable): not in {served} (")
     assert "nor in the snapshot service (" in msg and "versions there: 2.41-6" in msg
@@ -200,11 +200,11 @@ def test_debian_archive_timestamp_from_the_snapshot_api(
         {**table, "archive": http_server.url + "/debian", "keyring": str(apt_repo.keyring_path)},
         "mig.targets.i686-gnu.headers",
     )
-    deb = sources.fetch_deb(pin, cache_for(tmp_path, http_server))
+    deb = sources_deb.fetch_deb(pin, cache_for(tmp_path, http_server))
     assert f"/snap/archive/debian/{STAMP}/dists/bookworm/InRelease" in http_server.hits
-    assert sources.extract_deb(deb, cache_for(tmp_path, http_server)).joinpath("usr/include/mach.h").read_bytes() == (
-        b"/* 1 */\n"
-    )
+    assert sources_deb.extract_deb(deb, cache_for(tmp_path, http_server)).joinpath(
+        "usr/include/mach.h"
+    ).read_bytes() == (b"/* 1 */\n")
 
 
 def test_expired_live_index_refused_when_resolving(
@@ -256,7 +256,7 @@ def test_keyring_rotation(apt_repo: AptRepo, http_server: TestServer, tmp_path: 
                 return ports_pin(http_server.url + "/debian-ports", None, "2.42-1", keyring_package=kp)
 
             with pytest.raises(HurdxenError) as info:
-                sources.fetch_deb(pin("2024.1"), cache_for(tmp_path, http_server))
+                sources_deb.fetch_deb(pin("2024.1"), cache_for(tmp_path, http_server))
             msg = info.value.render()
             assert "signed by a key that is not in the keyring [NO_PUBKEY" in msg
             assert msg.endswith(
@@ -265,7 +265,7 @@ def test_keyring_rotation(apt_repo: AptRepo, http_server: TestServer, tmp_path: 
             )
             cache = cache_for(tmp_path, http_server)
             commit_recipe(tmp_path, http_server.url + "/debian-ports", "2.42-1")
-            assert sources.fetch_deb(pin("2025.1"), cache).is_file()
+            assert sources_deb.fetch_deb(pin("2025.1"), cache).is_file()
             (entry,) = [e for e in pinlock.load(cache.lock).values() if e["package"] == "libc0.3"]  # type: ignore[arg-type]
             assert entry["signed_by"] == new.fingerprint
             assert entry["keyring"] == {

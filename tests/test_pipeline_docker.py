@@ -20,7 +20,8 @@ from hurdxen.containers import IMAGE_REPOSITORY
 from hurdxen.context import make_context
 from hurdxen.executors import ARTIFACTS_LABEL, DockerExecutor, Mount, Step
 from hurdxen.mig import specs
-from hurdxen.sources import Cache, Network, extract_deb, fetch_deb
+from hurdxen.sources import Cache, Network
+from hurdxen.sources_deb import extract_deb, fetch_deb
 
 pytestmark = [
     pytest.mark.docker,

@@ -15,7 +15,7 @@ from aptrepo import AptRepo, GpgKey
 from httpserver import TestServer
 from tmpfs import small_tmpfs
 
-from hurdxen import sources
+from hurdxen import sources, sources_deb, sources_git
 from hurdxen.errors import HurdxenError
 from hurdxen.sources import Cache, DebPin, GitPin, Network, TarballPin
 
@@ -210,27 +210,27 @@ def test_git_exports_the_pinned_commit(
     bare, (first, _second) = upstream
     url = str(bare) if form == "path" else f"file://{bare}"
     dest = tmp_path / "export"
-    sources.export_git(gitpin(url, first), cache, dest)
+    sources_git.export_git(gitpin(url, first), cache, dest)
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == ["sub", "sub/file1", "version"]
     assert (dest / "version").read_text() == "1\n"
-    assert sources.is_cached_git(gitpin(url, first), cache)
+    assert sources_git.is_cached_git(gitpin(url, first), cache)
     # Short commit ids work too, and a cached commit needs no upstream any more.
     bare.rename(tmp_path / "moved-away.git")
     dest2 = tmp_path / "export2"
-    sources.export_git(gitpin(url, first[:12]), cache, dest2)
+    sources_git.export_git(gitpin(url, first[:12]), cache, dest2)
     assert (dest2 / "version").read_text() == "1\n"
 
 
 def test_git_ref_still_at_pin(upstream: tuple[Path, list[str]], cache: Cache, tmp_path: Path) -> None:
     bare, (_first, second) = upstream
-    sources.export_git(gitpin(str(bare), second, ref="main"), cache, tmp_path / "e")
+    sources_git.export_git(gitpin(str(bare), second, ref="main"), cache, tmp_path / "e")
     assert (tmp_path / "e" / "version").read_text() == "2\n"
 
 
 def test_git_branch_moved(upstream: tuple[Path, list[str]], cache: Cache) -> None:
     bare, (first, second) = upstream
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_git(gitpin(str(bare), first, ref="main"), cache)
+        sources_git.fetch_git(gitpin(str(bare), first, ref="main"), cache)
     assert info.value.render() == (
         f"error: gnumach git: main in {bare} now points at {second[:12]}, the recipe pins {first[:12]} "
         "(hint: the branch moved: update the pinned commit, or drop `ref` to build the pinned commit as is)"
@@ -241,7 +241,7 @@ def test_git_missing_commit(upstream: tuple[Path, list[str]], cache: Cache) -> N
     bare, _ = upstream
     missing = "0123456789abcdef0123456789abcdef01234567"
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_git(gitpin(str(bare), missing), cache)
+        sources_git.fetch_git(gitpin(str(bare), missing), cache)
     assert info.value.render() == (
         f"error: gnumach git: commit {missing} is not in {bare} "
         "(hint: check the pinned commit, or point `gnumach.source.url` at a mirror that has it)"
@@ -251,7 +251,7 @@ def test_git_missing_commit(upstream: tuple[Path, list[str]], cache: Cache) -> N
 def test_git_unreachable(tmp_path: Path, cache: Cache) -> None:
     url = str(tmp_path / "nothing-here.git")
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_git(gitpin(url, "0" * 40), cache)
+        sources_git.fetch_git(gitpin(url, "0" * 40), cache)
     assert info.value.render() == cannot_fetch(
         url, f"'{url}' does not appear to be a git repository", "gnumach git", "gnumach.source.url"
     )
@@ -290,23 +290,23 @@ def debpin(archive: str, keyring: Path, arch: str = "i386", sha256: str | None =
 
 def test_deb_from_signed_index(repo: AptRepo, apt_server: str, cache: Cache, http_server: TestServer) -> None:
     p = debpin(apt_server, repo.keyring_path)
-    deb = sources.fetch_deb(p, cache)
+    deb = sources_deb.fetch_deb(p, cache)
     assert deb.read_bytes() == repo.path_of(repo.debs[0]).read_bytes()
-    assert sources.is_cached_deb(p, cache)
-    tree = sources.extract_deb(deb, cache)
+    assert sources_deb.is_cached_deb(p, cache)
+    tree = sources_deb.extract_deb(deb, cache)
     assert (tree / "usr/include/hello.h").read_text() == "#define HELLO 1\n"
     assert "/debian/dists/testing/InRelease" in http_server.hits
     assert "/debian/dists/testing/main/binary-i386/Packages.xz" in http_server.hits
     # Cached: no network needed.
     http_server.stop()
-    assert sources.fetch_deb(p, Cache(cache.root, Network(offline=True))) == deb
+    assert sources_deb.fetch_deb(p, Cache(cache.root, Network(offline=True))) == deb
     # The other architecture is a different package.
-    assert not sources.is_cached_deb(debpin(apt_server, repo.keyring_path, arch="amd64"), cache)
+    assert not sources_deb.is_cached_deb(debpin(apt_server, repo.keyring_path, arch="amd64"), cache)
 
 
 def test_deb_signed_by_another_key_is_refused(apt_server: str, cache: Cache, other_key: GpgKey) -> None:
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(apt_server, other_key.keyring_path), cache)
+        sources_deb.fetch_deb(debpin(apt_server, other_key.keyring_path), cache)
     msg = info.value.render()
     assert msg.startswith(
         f"error: {apt_server}/dists/testing/InRelease: signature check failed: "
@@ -321,7 +321,7 @@ def test_deb_signed_by_another_key_is_refused(apt_server: str, cache: Cache, oth
 
 def test_deb_missing_keyring(apt_server: str, cache: Cache, tmp_path: Path) -> None:
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(apt_server, tmp_path / "nope.gpg"), cache)
+        sources_deb.fetch_deb(debpin(apt_server, tmp_path / "nope.gpg"), cache)
     assert info.value.render() == (
         f"error: {apt_server}/dists/testing/InRelease: keyring {tmp_path}/nope.gpg does not exist "
         "(hint: install debian-archive-keyring, or set the recipe's `keyring` to the archive's binary keyring)"
@@ -333,7 +333,7 @@ def test_deb_tampered_is_refused(repo: AptRepo, apt_server: str, cache: Cache) -
     signed = hashlib.sha256(repo.path_of(i386).read_bytes()).hexdigest()
     data = repo.tamper_deb("hello-headers", "i386").read_bytes()
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
+        sources_deb.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
     assert info.value.render() == (
         f"error: hello-headers 2:1.0-1 (i386, testing): sha256 of {apt_server}/{i386.pool_path} is "
         f"{hashlib.sha256(data).hexdigest()}, but the signed index of testing pins {signed} "
@@ -347,20 +347,20 @@ def test_deb_tampered_is_refused(repo: AptRepo, apt_server: str, cache: Cache) -
 def test_deb_tampered_index_is_refused(repo: AptRepo, apt_server: str, cache: Cache) -> None:
     (repo.dists / "main/binary-i386/Packages.xz").write_bytes(b"garbage")
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
+        sources_deb.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
     assert "but " + f"{apt_server}/dists/testing/InRelease pins " in info.value.render()
 
 
 def test_deb_pinned_sha256_must_match(repo: AptRepo, apt_server: str, cache: Cache) -> None:
     signed = hashlib.sha256(repo.path_of(repo.debs[0]).read_bytes()).hexdigest()
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(debpin(apt_server, repo.keyring_path, sha256="f" * 64), cache)
+        sources_deb.fetch_deb(debpin(apt_server, repo.keyring_path, sha256="f" * 64), cache)
     assert info.value.render() == (
         f"error: hello-headers 2:1.0-1 (i386, testing): the signed index lists sha256 {signed}, the recipe pins "
         f"{'f' * 64} (hint: check `mig.targets.i686-gnu.headers`: the archive carries a different build of that "
         "version)"
     )
-    assert sources.fetch_deb(debpin(apt_server, repo.keyring_path, sha256=signed), cache).is_file()
+    assert sources_deb.fetch_deb(debpin(apt_server, repo.keyring_path, sha256=signed), cache).is_file()
 
 
 def test_deb_version_not_in_index(repo: AptRepo, apt_server: str, cache: Cache) -> None:
@@ -371,7 +371,7 @@ def test_deb_version_not_in_index(repo: AptRepo, apt_server: str, cache: Cache) 
     )
     offline_snapshot = Cache(cache.root, Network(timeout=10, snapshot="file:///nonexistent"))
     with pytest.raises(HurdxenError) as info:
-        sources.fetch_deb(p, offline_snapshot)
+        sources_deb.fetch_deb(p, offline_snapshot)
     assert info.value.render() == (
         f"error: hello-headers 2:9.9-9 (i386, testing): not in {apt_server} ({apt_server}/dists/testing/main/"
         "binary-i386/Packages.xz: package hello-headers 2:9.9-9 for i386 is not in the index (versions there: "
@@ -381,7 +381,7 @@ def test_deb_version_not_in_index(repo: AptRepo, apt_server: str, cache: Cache) 
 
 
 def test_deb_record_is_json(repo: AptRepo, apt_server: str, cache: Cache) -> None:
-    sources.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
+    sources_deb.fetch_deb(debpin(apt_server, repo.keyring_path), cache)
     (record,) = (cache.root / "debian").iterdir()
     data = json.loads(record.read_text())
     assert data["filename"] == repo.debs[0].pool_path

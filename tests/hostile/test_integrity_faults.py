@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hurdxen import executors, fsutil, sources
+from hurdxen import executors, fsutil, sources, sources_deb
 from hurdxen.errors import HurdxenError
 from tests.hostile.harness import refused
 
@@ -61,10 +61,10 @@ def test_edited_cached_blob_offline_is_one_line(tmp_path: Path) -> None:
 def test_damaged_deb_record_is_not_trusted(record: bytes, tmp_path: Path) -> None:
     pin = sources.DebPin("hurd", "1:0.9", "hurd-i386", "sid", "http://127.0.0.1:9/debian", "hurd-modules.debian")
     cache = sources.Cache(tmp_path / "cache")
-    rec = sources._deb_record(cache, pin)
+    rec = sources_deb._deb_record(cache, pin)
     rec.parent.mkdir(parents=True)
     rec.write_bytes(record)
-    assert not sources.is_cached_deb(pin, cache)
+    assert not sources_deb.is_cached_deb(pin, cache)
 
 
 # ------------------------------------------------------------------------------------------------ kill -9
