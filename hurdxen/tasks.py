@@ -411,9 +411,15 @@ def task_verify() -> TaskDict:
 
 
 def act_reproduce(ctx: Context) -> TaskFailed | None:
+    return guarded(_reproduce_and_say, ctx)
+
+
+def _reproduce_and_say(ctx: Context) -> None:
     from hurdxen import reproduce
 
-    return guarded(reproduce.reproduce_project, ctx.root, ctx.artifacts, ctx.cache.root)
+    result = reproduce.reproduce_project(ctx.root, ctx.artifacts, ctx.cache.root)
+    volatile = f", {len(result.volatile_only)} of them JSON equal but for volatile keys" if result.volatile_only else ""
+    ctx.monitor().note(f"reproduce: the clean rebuild matches: {len(result.compared)} files equal{volatile}")
 
 
 def task_reproduce() -> TaskDict:
