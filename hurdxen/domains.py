@@ -172,15 +172,18 @@ def direct_config(
         kernel_c += [
             "Non-PAE kernels need a non-PAE hypervisor, which current Xen no longer has. On a PAE Xen, xl says:",
             f"  {DOMU_NOT_PAE}",
-            "Use the xen-pae kernel there.",
+            "Use a PAE kernel there (GNU Mach built with --enable-pae).",
         ]
     elif kernel.bits == 32:
         kernel_c += [
             "32-bit PV guests need a hypervisor built with CONFIG_PV32=y (Debian's is not: 'Found 32-bit PV kernel,",
-            "but CONFIG_PV32 missing'). On an old non-PAE hypervisor use the xen-nopae kernel.",
+            "but CONFIG_PV32 missing'). On an old non-PAE hypervisor use a non-PAE kernel.",
         ]
     else:
-        kernel_c += ["64-bit GNU Mach on Xen is experimental: expect a page fault early in pmap_bootstrap_xen."]
+        kernel_c += [
+            "64-bit GNU Mach on Xen is experimental: with recipes/patches/gnumach it loads the Hurd's exec server,",
+            "then stops at its first return to user mode (64-bit system calls under Xen are not done yet).",
+        ]
     extra = " ".join([f"root={s.root}", *s.kernel_args])
     entries: list[tuple[str, XlValue, list[str]]] = [
         ("name", domain, []),

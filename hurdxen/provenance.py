@@ -276,7 +276,7 @@ def make_readme(
         "",
         "Common failures:",
         "",
-        f"- `{domains.DOMU_NOT_PAE}`: a non-PAE kernel on a PAE hypervisor; use the xen-pae kernel.",
+        f"- `{domains.DOMU_NOT_PAE}`: a non-PAE kernel on a PAE hypervisor; use a PAE kernel.",
         "- `Found 32-bit PV kernel, but CONFIG_PV32 missing`: rebuild Xen with CONFIG_PV32=y.",
         "- `bootstrap_create: No bootstrap code loaded with the kernel!`: the ramdisk line is missing.",
         "- `error: incompatible architecture: 2.` (pv-grub2): a 32-bit kernel given to the 64-bit image.",

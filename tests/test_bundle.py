@@ -284,8 +284,10 @@ def test_nopae_and_memory_warnings() -> None:
     assert D.DOMU_NOT_PAE in cfg.text
     assert cfg.warnings and "768 MB" in cfg.warnings[0]
     assert D.parse_xl(cfg.text)["extra"] == "root=part:2:device:hd0"
+    assert "Use a PAE kernel there" in cfg.text and "xen-pae" not in cfg.text  # advice names no recipe variant
     k64 = D.KernelInput("xen-amd64", "kernels/gnumach-xen-amd64.gz", 64, None)
-    assert not D.direct_config("r-1", k64, m, D.DomainSettings(memory=2048)).warnings
+    cfg64 = D.direct_config("r-1", k64, m, D.DomainSettings(memory=2048))
+    assert not cfg64.warnings and "first return to user mode" in cfg64.text
 
 
 def test_pvgrub_config_has_no_ramdisk() -> None:
