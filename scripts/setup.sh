@@ -28,6 +28,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# `--tests` (scripts/test.sh): tools only some tests use (a local OCI registry to publish to, the host executor's
+# MIG build tools, Debian's 64-bit MIG for the fake GNU Mach tree). One at a time, and a miss is one line: a distribution
+# without one (it is Debian-first) still runs every other test, and the tests that need it say why they skip.
+if [ "${1:-}" = --tests ]; then
+  missing=()
+  for p in docker-registry flex bison automake patch mig-x86-64-gnu; do
+    dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing the test tools ${missing[*]}"
+    $SUDO apt-get update -q >/dev/null 2>&1 || true
+    for p in "${missing[@]}"; do
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "$p" >/dev/null 2>&1 \
+        || echo "setup: could not install the test tool $p; the tests that need it will skip"
+    done
+  fi
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
