@@ -1,4 +1,5 @@
-"""doit tasks, generated from the recipes. `dodo.py` only re-exports what is here.
+"""doit tasks, generated from the recipes: loading and checking them, sources, images and the stages; the boot check's
+tasks are in tasks_boot, the release's in tasks_release. `dodo.py` only re-exports them.
 
 Every action is a module-level function with picklable arguments (so `doit -n 2` works), and every stage task
 carries one `config_changed` on its identity: a hash of its inputs, options, step script and builder image.
@@ -6,7 +7,6 @@ carries one `config_changed` on its identity: a hash of its inputs, options, ste
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -40,7 +40,8 @@ DOIT_CONFIG: dict[str, Any] = {
     "default_tasks": ["build"],
     "verbosity": 2,
     "reporter": Reporter,
-    "sort": "definition",
+    # `doit list` by name: doit's "definition" order is by line number, which means nothing across modules.
+    "sort": "name",
     # One unreachable input should not hide what else fails: build all that can be built, then report.
     "continue": True,
 }
@@ -320,193 +321,9 @@ task_pvgrub2 = stage_task(
 )
 
 
-# The release modules are imported inside their actions: task generation (every `doit` call) does not need them.
-
-
-def act_bundle(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
-    from hurdxen import bundle
-
-    def run() -> None:
-        result = bundle.bundle(ctx, r)
-        mon = ctx.monitor()
-        for w in result.warnings:
-            mon.note(f"warning: {w}")
-        mon.note(f"bundle: {result.directory} and {result.tarball.name}")
-
-    return guarded(run)
-
-
-def task_bundle() -> TaskDict:
-    """bundle: the release — kernels, hurd-modules, pv-grub2, domain configs, SHA256SUMS, signature, provenance"""
-    r, ctx = load()
-    # The boot check gates the bundle; with release.allow_unbooted the bundle does not wait for (or run) it.
-    needs_boot = "boot" in r and not r["release"].get("allow_unbooted", False)
-    return {
-        "actions": [(act_bundle, [ctx, r])],
-        "task_dep": ["build", *(["boot"] if needs_boot else [])],
-        # Always rerun: it is deterministic, takes seconds, and reads the git revision.
-        "uptodate": [False],
-    }
-
-
-def current_bundle(ctx: Context, r: recipes.Recipes) -> Path:
-    from hurdxen import bundle
-
-    spec = bundle.spec_from_recipes(r, ctx.source_date_epoch)
-    return bundle.release_dir(ctx.artifacts) / spec.release
-
-
-def act_publish(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
-    from hurdxen import bundle, publish
-
-    def run() -> None:
-        pub = r["release"].get("publish", {})
-        if not pub.get("dir") and not pub.get("oci"):
-            raise HurdxenError(
-                "publish: nowhere to publish to",
-                hint="set release.publish.dir or release.publish.oci (recipe, overlay or command line)",
-            )
-        b = bundle.load_result(current_bundle(ctx, r))
-        mon = ctx.monitor()
-        if pub.get("dir"):
-            mon.note(f"publish: {publish.publish_dir(b, Path(pub['dir']))}")
-        if pub.get("oci"):
-            mon.note(f"publish: {publish.publish_oci(b, pub['oci'], insecure=bool(pub.get('insecure')))}")
-
-    return guarded(run)
-
-
-def task_publish() -> TaskDict:
-    """publish: the bundle to a directory (atomic, with `latest` and an index) and/or an OCI registry"""
-    r, ctx = load()
-    return {"actions": [(act_publish, [ctx, r])], "task_dep": ["bundle"], "uptodate": [False]}
-
-
-def act_verify(ctx: Context, r: recipes.Recipes, target: str) -> TaskFailed | None:
-    from hurdxen import release_verify
-
-    def run() -> None:
-        report = release_verify.verify(Path(target) if target else current_bundle(ctx, r))
-        print(report.render())
-        report.raise_for_problems()
-
-    return guarded(run)
-
-
-def task_verify() -> TaskDict:
-    """verify: check a bundle (SHA256SUMS, signature, manifest, kernels' Xen notes); `doit verify --bundle PATH`"""
-    r, ctx = load()
-    return {
-        "actions": [(act_verify, [ctx, r])],
-        "params": [
-            {
-                "name": "target",
-                "long": "bundle",
-                "default": "",
-                "help": "a bundle directory or tarball (default: the current release under artifacts/)",
-            }
-        ],
-        "uptodate": [False],
-    }
-
-
-def act_reproduce(ctx: Context) -> TaskFailed | None:
-    return guarded(_reproduce_and_say, ctx)
-
-
-def _reproduce_and_say(ctx: Context) -> None:
-    from hurdxen import reproduce
-
-    result = reproduce.reproduce_project(ctx.root, ctx.artifacts, ctx.cache.root)
-    volatile = f", {len(result.volatile_only)} of them JSON equal but for volatile keys" if result.volatile_only else ""
-    ctx.monitor().note(f"reproduce: the clean rebuild matches: {len(result.compared)} files equal{volatile}")
-
-
-def task_reproduce() -> TaskDict:
-    """reproduce: rebuild everything in a clean copy (other path, time, umask, TZ, locale) and compare bit for bit"""
-    _, ctx = load()
-    return {"actions": [(act_reproduce, [ctx])], "task_dep": ["bundle"], "uptodate": [False]}
-
-
 def boot_recipe(r: recipes.Recipes) -> boot.BootRecipe:
     b = r["base"]["base"]
     return boot.recipe_from(r["boot"], int(b["source_date_epoch"]), r.files["boot"])
-
-
-def act_boot_hypervisor(recipe: boot.BootRecipe, ctx: Context) -> TaskFailed | None:
-    return guarded(boot.stage_hypervisor, recipe, ctx)
-
-
-def act_boot_dom0(recipe: boot.BootRecipe, ctx: Context) -> TaskFailed | None:
-    return guarded(boot.stage_dom0, recipe, ctx)
-
-
-def act_boot_check(recipe: boot.BootRecipe, ctx: Context) -> TaskFailed | None:
-    only = tuple(n for n in os.environ.get("HURDXEN_BOOT_CASES", "").split(",") if n)
-    return guarded(boot.stage_check, recipe, ctx, only)
-
-
-def task_boot() -> Iterator[TaskDict]:
-    """boot: a PV32 Xen in QEMU (TCG) with a Linux dom0 boots every kernel, ramdisk and pv-grub2 image"""
-    r, ctx = load()
-    yield {"basename": "boot", "name": None, "doc": task_boot.__doc__}
-    if "boot" not in r:
-        return
-    recipe = boot_recipe(r)
-    hv_tag, dom0_tag = ctx.image_tag(recipe.image), ctx.image_tag(recipe.dom0_image)
-    hv_dir = boot.hypervisor_dir(ctx, recipe.hypervisor, hv_tag)
-    yield {
-        "name": "hypervisor",
-        "doc": "Xen 4.17 with " + ", ".join(f"{k}={v}" for k, v in recipe.hypervisor.build_config),
-        "actions": [(act_boot_hypervisor, [recipe, ctx])],
-        "task_dep": [*image_deps(ctx, recipe.image), pin_task_name(
-            TarballPin("xen orig tarball", recipe.hypervisor.url, recipe.hypervisor.sha256, "boot.xen.url"))],
-        "targets": [str(hv_dir / "xen")],
-        "uptodate": [config_changed(recipe.hypervisor.identity(hv_tag))],
-    }  # fmt: skip
-    yield {
-        "name": "dom0",
-        "doc": f"Linux {recipe.dom0.kernel_release} dom0 initramfs with the Xen toolstack",
-        "actions": [(act_boot_dom0, [recipe, ctx])],
-        "task_dep": image_deps(ctx, recipe.dom0_image),
-        "targets": [str(boot.dom0_dir(ctx, recipe.dom0, dom0_tag) / "dom0-initrd.img")],
-        "uptodate": [config_changed(recipe.dom0.identity(dom0_tag))],
-    }
-    known = {
-        "gnumach": {k.name for k in the_plan().kernels},
-        "hurd-modules": {s.name for s in the_plan().hurd_modules},
-        "pvgrub2": set(pvgrub.by_name(the_plan().pvgrub2)),
-    }
-    deps: list[str] = []
-    for i, c in enumerate(recipe.cases):
-        for stg, key, name in (
-            ("gnumach", "kernel", c.kernel if c.kind != "pvgrub" else None),
-            ("hurd-modules", "ramdisk", c.ramdisk),
-            ("pvgrub2", "pvgrub", c.pvgrub),
-        ):
-            if name is None:
-                continue
-            if name not in known[stg]:
-                raise_recipe_error(
-                    r,
-                    "boot",
-                    f"cases[{i}].{key}: no {stg} output named {name!r}",
-                    f"one of: {', '.join(sorted(known[stg])) or '(none: recipes/' + stg + '.toml)'}",
-                )
-            deps.append(f"{stg}:{name}")
-    yield {
-        "name": "check",
-        "doc": "boot every case of recipes/boot.toml (HURDXEN_BOOT_CASES=a,b for some); verdicts in the manifest",
-        "actions": [(act_boot_check, [recipe, ctx])],
-        "task_dep": ["boot:hypervisor", "boot:dom0", *dict.fromkeys(deps)],
-        # Booted again only when what it boots (the files), how (cases, hypervisor, dom0, the harness) or the
-        # selection changed; `doit forget boot:check` forces a new run.
-        "file_dep": sorted({str(p) for c in recipe.cases for p in boot.case_inputs(ctx, c).values()}),
-        "targets": [str(ctx.artifacts / "boot" / "boot-report.json")],
-        "uptodate": [config_changed(
-            boot.check_identity(recipe, hv_tag, dom0_tag, os.environ.get("HURDXEN_BOOT_CASES", "")))],
-        "verbosity": 2,
-    }  # fmt: skip
 
 
 def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:
