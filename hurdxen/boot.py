@@ -212,17 +212,18 @@ def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootR
     hv = stage_hypervisor(recipe, ctx)
     dom0 = stage_dom0(recipe, ctx) if any(c.kind != "dom0" for c in cases) else None
     out = Path(ctx.artifacts) / STAGE
+    monitor = ctx.monitor()
     report = run_boot_checks(
         cases,
         hv,
         dom0,
         Path(ctx.artifacts) / "logs" / STAGE,
         ctx.source_date_epoch,
-        ctx.monitor(),
+        monitor,
         recipe.jobs,
         recipe.sessions,
     )
-    print_report(report)
+    print_report(report, monitor)
     summary = report.summary()
     for c, r in zip(cases, summary["cases"], strict=True):
         r["inputs"] = {

@@ -423,14 +423,19 @@ def _one(
     return [result], summary
 
 
-def print_report(report: BootReport) -> None:
+def print_report(report: BootReport, monitor: Monitor) -> None:
+    """The verdict table, then each ending's headline and Xen's crash lines, as notes through the monitor."""
+    import io
+    import sys
+
     from rich.console import Console as RichConsole
 
-    RichConsole(stderr=True).print(report.table())
+    buf = io.StringIO()
+    RichConsole(file=buf, force_terminal=sys.stderr.isatty(), width=160).print(report.table())
+    monitor.note(buf.getvalue().rstrip("\n"))
     for r in report.results:
-        if r.ending is not None and r.ending.crash is not None:
-            RichConsole(stderr=True).print(f"{r.case.name}: " + r.ending.headline, markup=False, highlight=False)
-            for ln in r.ending.crash.lines[:12]:
-                RichConsole(stderr=True).print(f"  (XEN) {ln}", markup=False, highlight=False)
-        elif r.ending is not None:
-            RichConsole(stderr=True).print(f"{r.case.name}: {r.ending.headline}", markup=False, highlight=False)
+        if r.ending is None:
+            continue
+        monitor.note(f"{r.case.name}: {r.ending.headline}")
+        for ln in r.ending.crash.lines[:12] if r.ending.crash is not None else ():
+            monitor.note(f"  (XEN) {ln}")

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from hurdxen import boot, bootcases, bootdiag, bootimages, bootrun
 from hurdxen.errors import HurdxenError
+from hurdxen.monitor import ConsoleMonitor
 from hurdxen.ramdisk import Module, build_ramdisk
 
 __all__ = ["elves"]  # the fixture, imported for pytest
@@ -383,7 +384,7 @@ def boot_report(boot_env: dict[str, Any]) -> bootcases.BootReport:
                            expect=("Welcome to GRUB!",), timeout=120),
     ]  # fmt: skip
     report = bootrun.run_boot_checks(cases, env["hv"], env["dom0"], env["logs"])
-    bootrun.print_report(report)
+    bootrun.print_report(report, ConsoleMonitor())
     print(json.dumps(report.summary(), indent=1))
     return report
 
