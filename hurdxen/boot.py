@@ -45,6 +45,7 @@ class CaseSpec:
     cmdline: str
     memory_mb: int
     timeout: float
+    alive_after: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,19 @@ def recipe_from(data: Any, source_date_epoch: int, shown: str = "recipes/boot.to
         if need not in c:
             raise HurdxenError(f"{shown}: cases[{i}] ({c['name']}): a {kind} case needs `{need}`")
         kf = known_failure(c.get("known_failure"))
+        timeout, alive = float(c.get("timeout", run.get("timeout", 120))), float(c.get("alive_after", 0))
+        if alive and (not c.get("expect") or alive >= timeout):
+            raise HurdxenError(
+                f"{shown}: cases[{i}] ({c['name']}).alive_after: {alive:g} s needs `expect` and less than the "
+                f"case's timeout ({timeout:g} s)",
+                hint="alive_after counts from the last expected line; raise `timeout` or lower `alive_after`",
+            )
         cases.append(
             CaseSpec(
                 c["name"], kind, c.get("kernel"), c.get("ramdisk"), c.get("pvgrub"), tuple(c.get("expect", ())),
                 c.get("expect_refusal"), kf,
                 c.get("cmdline", "console=hyp0 root=device:hd0s1"), int(c.get("memory", run.get("memory", 128))),
-                float(c.get("timeout", run.get("timeout", 120))),
+                timeout, alive,
             )
         )  # fmt: skip
     names = [c.name for c in cases]
@@ -163,6 +171,7 @@ def resolve_case(ctx: Any, case: CaseSpec) -> BootCase:
     return BootCase(
         case.name, case.kind, files.get("kernel"), files.get("ramdisk"), files.get("pvgrub"), case.expect,
         case.expect_refusal, case.known_failure, case.cmdline, case.memory_mb, case.timeout, kernel_symbols(ctx, case),
+        case.alive_after,
     )  # fmt: skip
 
 

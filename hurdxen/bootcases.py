@@ -1,9 +1,11 @@
 """Boot cases and their verdicts.
 
-A case passes when every expected line shows (in order, before anything that marks a failure). Otherwise it is
-judged when it ENDS: the guest crashed (Xen's register dump), GNU Mach panicked, the toolstack refused it, the domain
-shut down, or the case timed out. A recorded known failure is a signature of such an ending (the crash site, the
-panic text, the refusal, or the last line before a timeout):
+A case passes when every expected line shows (in order, before anything that marks a failure) and, when it has
+`alive_after`, the guest then keeps running that many seconds with no crash, panic, shutdown or failure line (a
+guest that dies after its last line is judged by its ending). Otherwise it is judged when it ENDS: the guest
+crashed (Xen's register dump), GNU Mach panicked, the toolstack refused it, the domain shut down, or the case timed
+out. A recorded known failure is a signature of such an ending (the crash site, the panic text, the refusal, or the
+last line before a timeout):
 
 - the case ends as recorded: `known-failure` (accepted by the release gate when release.accept_known_failures);
 - the case ends another way: `fail` ("fails differently from its record");
@@ -70,6 +72,7 @@ class BootCase:
     memory_mb: int = 128
     timeout: float = 90.0
     symbols: Path | None = None
+    alive_after: float = 0.0  # seconds the guest must keep running after its expected lines to pass
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class BootCase:
             "expect": list(self.expect),
             "expect_refusal": self.expect_refusal,
             "known_failure": self.known_failure.__dict__ if self.known_failure else None,
+            "alive_after": self.alive_after,
         }
 
 
@@ -287,27 +291,56 @@ def find_ending(case: BootCase, text: str, timed_out: bool) -> tuple[Ending | No
     return None, False
 
 
-def judge(case: BootCase, text: str, timed_out: bool) -> tuple[Verdict, str, Ending | None] | None:
+def _expected_all(case: BootCase, text: str) -> bool:
+    fail_at, _ = _failed(case, text)
+    found = [find_output(text, p) for p in case.expect]
+    return bool(case.expect) and all(i >= 0 for i in found) and (fail_at < 0 or max(found) < fail_at)
+
+
+def expectations_met(case: BootCase, text: str) -> bool:
+    """Every expected pattern is in the case's output so far, before the first failure pattern."""
+    return _expected_all(case, own_lines(case, text))
+
+
+def _passed(case: BootCase) -> tuple[Verdict, str, Ending | None]:
+    if case.known_failure:
+        return (
+            "xpass",
+            (
+                f"passing further than recorded: every expected line showed, but recipes/boot.toml records the "
+                f"known failure {case.known_failure.describe()} ({case.known_failure.reason}); update the case"
+            ),
+            None,
+        )
+    return "pass", "", None
+
+
+def judge(
+    case: BootCase, text: str, timed_out: bool, alive_for: float = 0.0
+) -> tuple[Verdict, str, Ending | None] | None:
     """The verdict for the case's output so far, or None while it is still open.
 
-    A case passes only if all its expected patterns appear before the first failure pattern."""
+    A case passes only if all its expected patterns appear before the first failure pattern and, with
+    `alive_after`, nothing ended it in the `alive_for` seconds since (the caller's clock: judging is pure)."""
     text = own_lines(case, text)
     if case.expect_refusal and find_output(text, case.expect_refusal) >= 0:
         return "expected-refusal", case.expect_refusal, None
-    fail_at, _ = _failed(case, text)
-    found = [find_output(text, p) for p in case.expect]
-    if case.expect and all(i >= 0 for i in found) and (fail_at < 0 or max(found) < fail_at):
-        if case.known_failure:
-            return (
-                "xpass",
-                (
-                    f"passing further than recorded: every expected line showed, but recipes/boot.toml records the "
-                    f"known failure {case.known_failure.describe()} ({case.known_failure.reason}); update the case"
-                ),
-                None,
-            )
-        return "pass", "", None
-    ending, settled = find_ending(case, text, timed_out)
+    after = ""
+    if _expected_all(case, text):
+        if not case.alive_after:
+            return _passed(case)
+        ending, settled = find_ending(case, text, False)
+        if ending is None:
+            if alive_for >= case.alive_after:
+                return _passed(case)
+            if timed_out:
+                why = f"timed out {alive_for:.1f} s after the expected lines (alive_after {case.alive_after:g} s)"
+                return "fail", why, None
+            return None
+        after = f" after every expected line (alive_after {case.alive_after:g} s)"
+        settled = settled or timed_out
+    else:
+        ending, settled = find_ending(case, text, timed_out)
     if ending is None or not settled:
         return None
     if case.expect_refusal:
@@ -316,7 +349,7 @@ def judge(case: BootCase, text: str, timed_out: bool) -> tuple[Verdict, str, End
     if kf and ending.kind == kf.kind and kf.match in ending.signature:
         return "known-failure", f"{kf.reason} [{ending.headline}]", ending
     missing = [p for p in case.expect if find_output(text, p) < 0]
-    why = ending.headline + (f"; missing: {'; '.join(missing)}" if missing else "")
+    why = ending.headline + after + (f"; missing: {'; '.join(missing)}" if missing else "")
     if kf:
         return "fail", f"fails differently from its record ({kf.describe()}): {why}", ending
     return "fail", why, ending

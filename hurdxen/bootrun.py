@@ -37,6 +37,7 @@ from hurdxen.bootcases import (
     BootResult,
     Verdict,
     clean,
+    expectations_met,
     find_output,
     guest_domid,
     is_own,
@@ -233,16 +234,21 @@ def _read_guest_file(p: Path) -> bytes:
 
 
 def _watch(case: BootCase, con: Console, since: int, started: float) -> tuple[Verdict, str, Any, dict[str, float]]:
-    """Poll the case's output until its verdict is known (or the timeout, or QEMU's end)."""
-    seen = -1
+    """Poll the case's output until its verdict is known (or the timeout, or QEMU's end). A case with
+    `alive_after` is judged on as time passes once its expected lines are in (`met`: when they were seen)."""
+    seen, met = -1, None
     while True:
         time.sleep(0.1)
-        over = time.monotonic() - started > case.timeout or con.exited
+        now = time.monotonic()
+        over = now - started > case.timeout or con.exited
         raw = con.since(since)[:MAX_CASE_TEXT]
-        if len(raw) == seen and not over:
+        if len(raw) == seen and not over and met is None:
             continue  # nothing new to judge (a pending crash report settles with new output or the timeout)
         seen = len(raw)
-        verdict = judge(case, clean(raw), over)
+        text = clean(raw)
+        if met is None and case.alive_after and expectations_met(case, text):
+            met = now
+        verdict = judge(case, text, over, now - met if met is not None else 0.0)
         if verdict is not None:
             v, reason, ending = verdict
             if con.exited and v == "fail":

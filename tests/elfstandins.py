@@ -20,7 +20,8 @@ STATIC_SRC = "void _start(void) { for (;;) ; }\n"
 DYNAMIC_SRC = "int main(void) { return 0; }\n"
 # A 64-bit Xen PV kernel small enough to read: the boot check's crash and XPASS tests boot it. Its command line
 # (`extra`) picks what it does: "fault" (a page fault in fake_fault, called from fake_step ← fake_main), "panic"
-# (a GNU Mach-style panic line, then a crash shutdown), anything else (GNU Mach's last boot line, then poweroff).
+# (a GNU Mach-style panic line, then a crash shutdown), anything else (GNU Mach's last boot line, then poweroff,
+# or with "alive" spin there, with "dies" fault there: the alive_after tests).
 PV_KERNEL_SRC = r"""/* Its Xen notes are what libxc needs to lay it out. */
 #define VIRT_BASE 0xffffffff80000000
 typedef unsigned long ulong;
@@ -77,6 +78,8 @@ __attribute__((noinline)) void fake_step(const struct start_info *si) {
 __attribute__((noinline)) void fake_main(const struct start_info *si) {
     say("fake kernel: Running on xen-3.0-x86_64.\n");
     fake_step(si);
+    if (has(si->cmd_line, "alive")) for (;;) ;
+    if (has(si->cmd_line, "dies")) fake_fault((volatile ulong *)0xdead0000);
     shutdown(0);
     for (;;) ;
 }

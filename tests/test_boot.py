@@ -175,6 +175,32 @@ def test_known_failures_are_judged_when_the_case_ends() -> None:
     assert bootcases.judge(_case(), "hurdxen-dom0: created c domid 1\n" + junk, True) is not None
 
 
+def test_alive_after() -> None:
+    """With `alive_after`, a case passes only once its guest has kept running that long after its expected lines;
+    an ending in the meantime (a crash, a shutdown) is judged as such."""
+    c = _case(alive_after=5.0)
+    up = "hurdxen-dom0: created c domid 3\n(d3) GNU Mach 1.8\n(d3) task loaded: x\n"
+    assert bootcases.expectations_met(c, up) and not bootcases.expectations_met(c, up.replace("task", "none"))
+    assert bootcases.judge(c, up, False, 4.9) is None
+    assert _verdict(_case(), up) == ("pass", "")  # without it: as soon as the lines are in
+    v = bootcases.judge(c, up, False, 5.0)
+    assert v is not None and v[:2] == ("pass", "")
+    v = bootcases.judge(c, up, True, 2.0)
+    assert v is not None and v[0] == "fail" and v[1] == "timed out 2.0 s after the expected lines (alive_after 5 s)"
+    # It crashes after its last line: open until the crash report is settled, then a failure that says so.
+    crash = AMD64_CRASH.replace("(d3) GNU Mach 1.8\n", "(d3) GNU Mach 1.8\n(d3) task loaded: x\n")
+    assert _verdict(_case(), crash) == ("pass", "")
+    assert bootcases.judge(c, crash, False, 9.0) is None
+    v = bootcases.judge(c, crash + SHUT, False, 0.5)
+    assert v is not None and v[0] == "fail" and v[2] is not None and v[2].kind == "crash", v
+    assert v[1].startswith("page fault at ffffffff7ffffff0")
+    assert v[1].endswith("after every expected line (alive_after 5 s)")
+    v = bootcases.judge(c, up + "[xl:c] Domain 3 has shut down, reason code 0 0x0\n", False, 0.5)
+    assert v is not None and v[0] == "fail" and v[1].startswith("the guest shut down (poweroff) after every"), v
+    kf = _case(alive_after=5.0, known_failure=bootcases.KnownFailure("crash", "ffffffff80030c90", "dies later"))
+    assert _verdict(kf, crash + SHUT)[0] == "known-failure"  # type: ignore[index]
+
+
 @given(st.lists(st.sampled_from([
     "(XEN) d1v0 Unhandled: vec 14, #PF[0002]", "(XEN) Domain 1 (vcpu#0) crashed on cpu#0:",
     "(XEN) RIP:    e033:[<ffffffff80030c90>]", "(XEN) cr3: 0000000000001000   cr2: ffffffff7ffffff0",
@@ -227,9 +253,11 @@ def test_recipe_and_stage_inputs() -> None:
     rec = boot.recipe_from(r["boot"], 1234)
     byname = {c.name: c for c in rec.cases}
     assert byname["xen-nopae"].expect_refusal
-    # The 64-bit kernel boots to its boot tasks (recipes/patches/gnumach/0002-0009): plain expect cases.
+    # The 64-bit kernel boots to its boot tasks (recipes/patches/gnumach/0002-0011): plain expect cases; its guest
+    # and the 32-bit one keep running in user mode after them.
     for name in ("xen-amd64", "pvgrub-x86_64-standalone"):
         assert byname[name].known_failure is None and "task loaded: exec /hurd/exec" in byname[name].expect
+    assert byname["xen-amd64"].alive_after >= 1 and byname["xen-pae"].alive_after >= 1
     assert byname["pvgrub-i386-standalone"].kind == "pvgrub" and byname["quick-xen-pae"].kind == "dom0"
     assert dict(rec.hypervisor.config) == {"CONFIG_EXPERT": "y", "CONFIG_PV32": "y", "CONFIG_VERBOSE_DEBUG": "y"}
     assert rec.hypervisor.identity("img") != rec.hypervisor.identity("other-img")
@@ -250,6 +278,11 @@ def test_recipe_and_stage_inputs() -> None:
     bad["cases"] = [{"name": "p", "kind": "pvgrub"}]
     with pytest.raises(HurdxenError, match="needs `pvgrub`"):
         boot.recipe_from(bad, 1)
+    alive = {"name": "a", "kernel": "xen-pae", "expect": ["x"], "alive_after": 5}
+    assert boot.recipe_from({**r["boot"], "cases": [alive]}, 1).cases[0].alive_after == 5.0
+    for case in ({**alive, "timeout": 5}, {**alive, "expect": []}):
+        with pytest.raises(HurdxenError, match=r"cases\[0\] \(a\)\.alive_after: 5 s needs `expect` and less than"):
+            boot.recipe_from({**r["boot"], "cases": [case]}, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,6 +411,9 @@ def boot_report(boot_env: dict[str, Any]) -> bootcases.BootReport:
         fake_case(name="fake-other-crash", cmdline="fault",
                   known_failure=bootcases.KnownFailure("crash", "fake_step", "recorded elsewhere")),
         fake_case(name="fake-panic", cmdline="panic"),
+        fake_case(name="fake-alive", cmdline="alive", alive_after=3),
+        fake_case(name="fake-dies", cmdline="dies", alive_after=3),
+        fake_case(name="fake-poweroff", cmdline="boot", alive_after=3),
         bootcases.BootCase("pvgrub-i386-standalone", "pvgrub", None, pvgrub=images["i386-xen-standalone"],
                            expect=PAE_EXPECT[1:], timeout=120),
         bootcases.BootCase("pvgrub-x86_64-disk", "pvgrub", None, pvgrub=images["x86_64-xen-disk"],
@@ -444,6 +480,23 @@ def test_crash_is_symbolized(boot_report: bootcases.BootReport) -> None:
     p = got["fake-panic"]
     assert p.verdict == "fail" and p.ending is not None and p.ending.panic is not None, p.reason
     assert p.ending.headline == "panic in fake_step (kern/fake.c:42): fake panic for the boot check"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_alive_after_in_a_real_boot(boot_report: bootcases.BootReport) -> None:
+    """`alive_after`: the fake kernel that spins after its last line passes once it has run that long; the one that
+    faults there, or powers off, fails with its ending."""
+    got = _got(boot_report)
+    alive = got["fake-alive"]
+    assert alive.verdict == "pass" and alive.ending is None, alive.reason
+    assert alive.seconds >= 3 + dict(alive.timeline)["task loaded: exec /hurd/exec"], alive.summary()
+    dies = got["fake-dies"]
+    assert dies.verdict == "fail" and dies.ending is not None and dies.ending.crash is not None, dies.reason
+    assert dies.ending.crash.site is not None and dies.ending.crash.site.function == "fake_fault"
+    assert dies.reason.endswith("after every expected line (alive_after 3 s)"), dies.reason
+    off = got["fake-poweroff"]
+    assert off.verdict == "fail" and off.ending is not None and off.ending.kind == "shutdown", off.reason
 
 
 @pytest.mark.docker
