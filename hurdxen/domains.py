@@ -181,8 +181,8 @@ def direct_config(
         ]
     else:
         kernel_c += [
-            "64-bit GNU Mach on Xen is experimental: with recipes/patches/gnumach it loads the Hurd's exec server,",
-            "then stops at its first return to user mode (64-bit system calls under Xen are not done yet).",
+            "64-bit GNU Mach on Xen is experimental: with recipes/patches/gnumach it starts the Hurd's boot tasks in",
+            "user mode, but their first system call fails (64-bit system calls under Xen are not done yet).",
         ]
     extra = " ".join([f"root={s.root}", *s.kernel_args])
     entries: list[tuple[str, XlValue, list[str]]] = [

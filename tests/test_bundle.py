@@ -287,7 +287,7 @@ def test_nopae_and_memory_warnings() -> None:
     assert "Use a PAE kernel there" in cfg.text and "xen-pae" not in cfg.text  # advice names no recipe variant
     k64 = D.KernelInput("xen-amd64", "kernels/gnumach-xen-amd64.gz", 64, None)
     cfg64 = D.direct_config("r-1", k64, m, D.DomainSettings(memory=2048))
-    assert not cfg64.warnings and "first return to user mode" in cfg64.text
+    assert not cfg64.warnings and "their first system call fails" in cfg64.text
 
 
 def test_pvgrub_config_has_no_ramdisk() -> None:
