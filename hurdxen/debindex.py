@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import bz2
 import email.utils
-import gzip
 import hashlib
 import lzma
 import subprocess
 import tempfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from debian import deb822
 
@@ -240,18 +241,38 @@ def check_fresh(release: Release, at: datetime, where: str = "Release", *, snaps
         )
 
 
-def decompress(path: str, data: bytes) -> bytes:
-    """`data` of an index file, uncompressed according to its name (.xz, .gz, .bz2, or none)."""
+# Debian's largest index (sid main amd64 Packages) is about 70 MB uncompressed: a signed index that claims more is
+# refused as it is read, not after memory is gone (its hash is vouched for by the signature, its content is not).
+INDEX_MAX_BYTES = 512 * 1024 * 1024
+
+
+def decompress(path: str, data: bytes, limit: int = INDEX_MAX_BYTES) -> bytes:
+    """`data` of an index file, uncompressed according to its name (.xz, .gz, .bz2, or none), at most `limit` bytes."""
+    makers: dict[str, Callable[[], Any]] = {
+        ".xz": lzma.LZMADecompressor,
+        ".bz2": bz2.BZ2Decompressor,
+        ".gz": lambda: zlib.decompressobj(31),
+    }
+    make = next((m for suffix, m in makers.items() if path.endswith(suffix)), None)
+    if make is None:
+        return data
+    out = bytearray()
+    rest = data
     try:
-        if path.endswith(".xz"):
-            return lzma.decompress(data)
-        if path.endswith(".gz"):
-            return gzip.decompress(data)
-        if path.endswith(".bz2"):
-            return bz2.decompress(data)
-    except (lzma.LZMAError, OSError, EOFError, ValueError) as e:
+        while rest:  # one stream after another, as `xz -d` and `gzip -d` read concatenated ones
+            d = make()
+            out += d.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit:
+                raise HurdxenError(
+                    f"{path}: uncompresses to more than {limit >> 20} MiB",
+                    hint="no Debian index is that large: the mirror serves a crafted file; use another mirror",
+                )
+            if not d.eof:
+                raise HurdxenError(f"{path}: cannot decompress (truncated)")
+            rest = d.unused_data
+    except (lzma.LZMAError, OSError, EOFError, ValueError, zlib.error) as e:
         raise HurdxenError(f"{path}: cannot decompress ({e})") from None
-    return data
+    return bytes(out)
 
 
 def release_checksum(release_text: str, path: str, where: str = "Release") -> tuple[str, int]:

@@ -4,8 +4,10 @@ random bytes never raise anything but HurdxenError (ELF notes are in test_elfnot
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
+import lzma
 import os
 import struct
 import subprocess
@@ -214,6 +216,30 @@ def test_hostile_inrelease(data: bytes) -> None:
     with pytest.raises(HurdxenError) as e:
         debindex.verify_inrelease(data, keyring, "http://mirror/dists/bookworm/InRelease")
     refused(e, hint=False)
+
+
+COMPRESSORS = {".xz": lzma.compress, ".gz": gzip.compress, ".bz2": bz2.compress}
+
+
+@pytest.mark.parametrize("suffix", sorted(COMPRESSORS))
+def test_index_bomb_stops_at_the_limit(suffix: str) -> None:
+    """A signed Release vouches for an index's compressed bytes, not for what they expand to: 4 MiB of zeros against a
+    1 MiB limit stops at the limit with one line, whatever the compressor (and concatenated streams count together)."""
+    compress = COMPRESSORS[suffix]
+    bomb = compress(b"\0" * (4 << 20))
+    start = time.process_time()
+    with pytest.raises(HurdxenError) as e:
+        debindex.decompress(f"main/binary-amd64/Packages{suffix}", bomb, limit=1 << 20)
+    assert time.process_time() - start < 5
+    refused(e)
+    assert "more than 1 MiB" in e.value.message
+    two = compress(b"\0" * (600 << 10)) + compress(b"\0" * (600 << 10))
+    with pytest.raises(HurdxenError, match="more than 1 MiB"):
+        debindex.decompress(f"Packages{suffix}", two, limit=1 << 20)
+    text = b"Package: a\nVersion: 1\n\n"
+    assert debindex.decompress(f"Packages{suffix}", compress(text) + compress(text)) == text * 2
+    with pytest.raises(HurdxenError, match="cannot decompress"):
+        debindex.decompress(f"Packages{suffix}", compress(text * 50)[:-12])
 
 
 def test_download_error_redacts_password(tmp_path: Path) -> None:
