@@ -253,7 +253,7 @@ def test_recipe_and_stage_inputs() -> None:
     rec = boot.recipe_from(r["boot"], 1234)
     byname = {c.name: c for c in rec.cases}
     assert byname["xen-nopae"].expect_refusal
-    # The 64-bit kernel boots to its boot tasks (recipes/patches/gnumach/0002-0011): plain expect cases; its guest
+    # The 64-bit kernel boots to its boot tasks (recipes/patches/gnumach/0002-0012): plain expect cases; its guest
     # and the 32-bit one keep running in user mode after them.
     for name in ("xen-amd64", "pvgrub-x86_64-standalone"):
         assert byname[name].known_failure is None and "task loaded: exec /hurd/exec" in byname[name].expect
