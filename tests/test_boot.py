@@ -221,6 +221,19 @@ def test_crash_parsing_never_raises_and_stays_bounded(lines: list[str], noise: s
     bootcases.judge(_case(known_failure=FAKE_KF), "hurdxen-dom0: created c domid 1\n" + text, True)
 
 
+def test_sessions_share_out_alive_windows() -> None:
+    """Longest first onto the least loaded session: two alive windows never queue in one session; order kept."""
+
+    def case(name: str, alive: float = 0.0) -> bootcases.BootCase:
+        return bootcases.BootCase(name, "guest", Path("k"), expect=("x",), alive_after=alive, timeout=60)
+
+    guests = [case("pae", 3), case("nopae"), case("amd64", 3), case("grub32"), case("grub64")]
+    parts = bootrun.share_out(guests, 2)
+    assert [[c.name for c in p] for p in parts] == [["pae", "nopae", "grub64"], ["amd64", "grub32"]]
+    assert [[c.name for c in p] for p in bootrun.share_out(guests, 1)] == [[c.name for c in guests]]
+    assert sorted(c.name for p in bootrun.share_out(guests, 4) for c in p) == sorted(c.name for c in guests)
+
+
 def test_a_guest_sees_only_its_own_lines() -> None:
     """The previous guest is destroyed in the background: its late lines must not count for the next one."""
     c = _case()
