@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
 import json
 import os
 import shutil
@@ -357,11 +358,24 @@ def rebuild(root: Path, art: Path, cache: Path) -> Path:
     return copy
 
 
-def reproduce_project(root: Path, artifacts: Path, cache: Path) -> ReproduceResult:
-    """`doit reproduce`: rebuild `doit build bundle` in a clean copy and compare with `artifacts`."""
+def other_releases(artifacts: Path, release: str) -> tuple[str, ...]:
+    """Exclusion patterns for the bundles of other revisions under artifacts/release/: a bundle made at an earlier
+    commit stays there, and the rebuild makes only this revision's (`release`)."""
+    d = artifacts / "release"
+    keep = {release, f"{release}.tar.gz"}
+    names = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+    return tuple(
+        pat for n in names if n not in keep for pat in (f"release/{glob.escape(n)}", f"release/{glob.escape(n)}/*")
+    )
+
+
+def reproduce_project(root: Path, artifacts: Path, cache: Path, release: str | None = None) -> ReproduceResult:
+    """`doit reproduce`: rebuild `doit build bundle` in a clean copy and compare with `artifacts` (of its releases,
+    only `release`, this revision's, when given)."""
     return reproduce(
         lambda art: rebuild(root, art, cache),
         artifacts / "reproduce-work",
         reference=artifacts,
         report_dir=artifacts / "reproduce-report",
+        exclude=(*DEFAULT_EXCLUDE, *(other_releases(artifacts, release) if release else ())),
     )

@@ -102,19 +102,20 @@ def task_verify() -> TaskDict:
     }
 
 
-def act_reproduce(ctx: Context) -> TaskFailed | None:
-    return guarded(_reproduce_and_say, ctx)
+def act_reproduce(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
+    return guarded(_reproduce_and_say, ctx, r)
 
 
-def _reproduce_and_say(ctx: Context) -> None:
+def _reproduce_and_say(ctx: Context, r: recipes.Recipes) -> None:
     from hurdxen import reproduce
 
-    result = reproduce.reproduce_project(ctx.root, ctx.artifacts, ctx.cache.root)
+    # Bundles of earlier revisions may sit beside this one's: only this revision's is rebuilt and compared.
+    result = reproduce.reproduce_project(ctx.root, ctx.artifacts, ctx.cache.root, current_bundle(ctx, r).name)
     volatile = f", {len(result.volatile_only)} of them JSON equal but for volatile keys" if result.volatile_only else ""
     ctx.monitor().note(f"reproduce: the clean rebuild matches: {len(result.compared)} files equal{volatile}")
 
 
 def task_reproduce() -> TaskDict:
     """reproduce: rebuild everything in a clean copy (other path, time, umask, TZ, locale) and compare bit for bit"""
-    _, ctx = load()
-    return {"actions": [(act_reproduce, [ctx])], "task_dep": ["bundle"], "uptodate": [False]}
+    r, ctx = load()
+    return {"actions": [(act_reproduce, [ctx, r])], "task_dep": ["bundle"], "uptodate": [False]}

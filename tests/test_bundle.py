@@ -810,6 +810,24 @@ def test_reproduce_project_rebuilds_with_the_revisions_own_code(tmp_path: Path) 
     assert R.own_code(root, env) == (root / "hurdxen" / "__init__.py").resolve()
 
 
+def test_reproduce_project_skips_bundles_of_other_revisions(tmp_path: Path) -> None:
+    """A bundle made at an earlier commit stays under artifacts/release/; the rebuild makes only this revision's."""
+    root = _tiny_revision(tmp_path / "rev", with_code=True)
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "release" / "hurdxen-0.9+gold[1]").mkdir(parents=True)
+    (artifacts / "release" / "hurdxen-0.9+gold[1]" / "SHA256SUMS").write_text("old\n")
+    (artifacts / "release" / "hurdxen-0.9+gold[1].tar.gz").write_bytes(b"old")
+    (artifacts / "code.txt").write_text("the reproduced revision inside=True\n")
+    with pytest.raises(HurdxenError, match=r"release/hurdxen-0.9\+gold\[1\].* \(only in reference\)"):
+        R.reproduce_project(root, artifacts, tmp_path / "cache")
+    res = R.reproduce_project(root, artifacts, tmp_path / "cache", release="hurdxen-1.0")
+    assert res.ok and res.compared == ("code.txt",)
+    # This revision's own bundle is still compared: one missing from the rebuild is a difference.
+    (artifacts / "release" / "hurdxen-1.0.tar.gz").write_bytes(b"this revision")
+    with pytest.raises(HurdxenError, match=r"release/hurdxen-1.0.tar.gz differs between builds \(only in reference\)"):
+        R.reproduce_project(root, artifacts, tmp_path / "cache", release="hurdxen-1.0")
+
+
 def test_reproduce_project_refuses_a_revision_without_its_code(tmp_path: Path) -> None:
     root = _tiny_revision(tmp_path / "rev", with_code=False)
     artifacts = tmp_path / "artifacts"
