@@ -93,11 +93,16 @@ def test_killed_builds_steps_are_ended_by_the_next_run(tmp_path: Path) -> None:
     build = subprocess.Popen([sys.executable, "-c", RUNNER, str(state), str(marker)], env=env)
     try:
         # Bounded polls, generous for a loaded machine: the build's start and the group's end are what is tested.
+        # The step can start before its group record is renamed into place (written atomically once the group
+        # exists): wait for the record itself, not its temporary file.
+        groups = state / executors.STEP_GROUPS
+        records: list[Path] = []
         for _ in range(1200):
-            if marker.exists():
+            records = [r for r in groups.iterdir() if r.name.isdigit()] if groups.is_dir() else []
+            if marker.exists() and records:
                 break
             time.sleep(0.05)
-        (record,) = (state / executors.STEP_GROUPS).iterdir()
+        (record,) = records
         pgid = int(record.name)
         build.send_signal(signal.SIGKILL)  # the build dies; its step (bash, two sleeps) keeps running
         build.wait()
