@@ -4,6 +4,7 @@ against real signed apt archives and a snapshot-shaped server on 127.0.0.1 (test
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -229,54 +230,60 @@ def test_expired_live_index_refused_when_resolving(
 # ------------------------------------------------------------------ keyring rotation
 
 
-def test_keyring_rotation(apt_repo: AptRepo, http_server: TestServer, tmp_path: Path) -> None:
-    """The ports index is signed by a new key; the keyring package pinned from Debian's archive decides."""
+@contextlib.contextmanager
+def rotated_keyrings(apt_repo: AptRepo, tmp_path: Path, file: str) -> Iterator[tuple[GpgKey, GpgKey]]:
+    """An old and a new ports key, each shipped by a version of `test-ports-keyring` (2024.1, 2025.1) in `apt_repo`."""
     old, new = GpgKey.generate(tmp_path / "k-old"), GpgKey.generate(tmp_path / "k-new")
     try:
         for version, key in (("2024.1", old), ("2025.1", new)):
-            apt_repo.add_deb(
-                "test-ports-keyring", version, "all", {"usr/share/keyrings/ports.gpg": key.keyring_path.read_bytes()}
-            )
+            apt_repo.add_deb("test-ports-keyring", version, "all", {file: key.keyring_path.read_bytes()})
         apt_repo.publish("sid", "main", "all")
-        with AptRepo(tmp_path / "ports", new, ports=True) as ports:
-            ports.add_deb("libc0.3", "2.42-1", "hurd-i386", {"lib/ld.so.1": b"x"})
-            ports.publish("unstable", "main", "hurd-i386")
-            http_server.serve_dir("/debian", apt_repo.archive)
-            http_server.serve_dir("/debian-ports", ports.archive)
-
-            def pin(version: str) -> DebPin:
-                kp = {
-                    "package": "test-ports-keyring",
-                    "version": version,
-                    "suite": "sid",
-                    "archive": http_server.url + "/debian",
-                    "keyring": str(apt_repo.keyring_path),  # Debian's archive key verifies the keyring package
-                    "file": "usr/share/keyrings/ports.gpg",
-                }
-                return ports_pin(http_server.url + "/debian-ports", None, "2.42-1", keyring_package=kp)
-
-            with pytest.raises(HurdxenError) as info:
-                sources_deb.fetch_deb(pin("2024.1"), cache_for(tmp_path, http_server))
-            msg = info.value.render()
-            assert "signed by a key that is not in the keyring [NO_PUBKEY" in msg
-            assert msg.endswith(
-                f"(hint: pin a newer `{VARIANT}.keyring_package`: "
-                "test-ports-keyring 2024.1 lacks the key (keys rotate))"
-            )
-            cache = cache_for(tmp_path, http_server)
-            commit_recipe(tmp_path, http_server.url + "/debian-ports", "2.42-1")
-            assert sources_deb.fetch_deb(pin("2025.1"), cache).is_file()
-            (entry,) = [e for e in pinlock.load(cache.lock).values() if e["package"] == "libc0.3"]  # type: ignore[arg-type]
-            assert entry["signed_by"] == new.fingerprint
-            assert entry["keyring"] == {
-                "package": "test-ports-keyring",
-                "version": "2025.1",
-                "file": "usr/share/keyrings/ports.gpg",
-                "fingerprints": [new.fingerprint],
-            }
+        yield old, new
     finally:
         old.close()
         new.close()
+
+
+def test_keyring_rotation(apt_repo: AptRepo, http_server: TestServer, tmp_path: Path) -> None:
+    """The ports index is signed by a new key; the keyring package pinned from Debian's archive decides."""
+    with (
+        rotated_keyrings(apt_repo, tmp_path, "usr/share/keyrings/ports.gpg") as (_old, new),
+        AptRepo(tmp_path / "ports", new, ports=True) as ports,
+    ):
+        ports.add_deb("libc0.3", "2.42-1", "hurd-i386", {"lib/ld.so.1": b"x"})
+        ports.publish("unstable", "main", "hurd-i386")
+        http_server.serve_dir("/debian", apt_repo.archive)
+        http_server.serve_dir("/debian-ports", ports.archive)
+
+        def pin(version: str) -> DebPin:
+            kp = {
+                "package": "test-ports-keyring",
+                "version": version,
+                "suite": "sid",
+                "archive": http_server.url + "/debian",
+                "keyring": str(apt_repo.keyring_path),  # Debian's archive key verifies the keyring package
+                "file": "usr/share/keyrings/ports.gpg",
+            }
+            return ports_pin(http_server.url + "/debian-ports", None, "2.42-1", keyring_package=kp)
+
+        with pytest.raises(HurdxenError) as info:
+            sources_deb.fetch_deb(pin("2024.1"), cache_for(tmp_path, http_server))
+        msg = info.value.render()
+        assert "signed by a key that is not in the keyring [NO_PUBKEY" in msg
+        assert msg.endswith(
+            f"(hint: pin a newer `{VARIANT}.keyring_package`: test-ports-keyring 2024.1 lacks the key (keys rotate))"
+        )
+        cache = cache_for(tmp_path, http_server)
+        commit_recipe(tmp_path, http_server.url + "/debian-ports", "2.42-1")
+        assert sources_deb.fetch_deb(pin("2025.1"), cache).is_file()
+        (entry,) = [e for e in pinlock.load(cache.lock).values() if e["package"] == "libc0.3"]  # type: ignore[arg-type]
+        assert entry["signed_by"] == new.fingerprint
+        assert entry["keyring"] == {
+            "package": "test-ports-keyring",
+            "version": "2025.1",
+            "file": "usr/share/keyrings/ports.gpg",
+            "fingerprints": [new.fingerprint],
+        }
 
 
 # ------------------------------------------------------------------ the update command, end to end
@@ -451,13 +458,7 @@ def test_update_moves_a_rotated_keyring_first(
 ) -> None:
     """The ports archive is now signed by a new key: the build names the keyring pin; `pins update` moves the keyring
     package (from the Debian-shaped archive) and reads the ports index with it; the rebuild passes."""
-    old, new = GpgKey.generate(tmp_path / "k-old"), GpgKey.generate(tmp_path / "k-new")
-    try:
-        for version, key in (("2024.1", old), ("2025.1", new)):
-            apt_repo.add_deb(
-                "test-ports-keyring", version, "all", {"usr/share/keyrings/p.gpg": key.keyring_path.read_bytes()}
-            )
-        apt_repo.publish("sid", "main", "all")
+    with rotated_keyrings(apt_repo, tmp_path, "usr/share/keyrings/p.gpg") as (_old, new):
         debian = http_server.serve_dir("/debian", apt_repo.archive)
         with AptRepo(tmp_path / "ports", new, ports=True) as ports:
             publish_set(ports, elves, "1:0.9.git20250420-1", "2.41-6")
@@ -482,6 +483,3 @@ def test_update_moves_a_rotated_keyring_first(
             assert libc["signed_by"] == new.fingerprint and libc["keyring"]["version"] == "2025.1"
             r = proj.run_doit("hurd-modules:hurd-i386")
             assert r.returncode == 0, r.stdout[-3000:]
-    finally:
-        old.close()
-        new.close()
