@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import io
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -449,9 +451,6 @@ def _one(
 
 def print_report(report: BootReport, monitor: Monitor) -> None:
     """The verdict table, then each ending's headline and Xen's crash lines, as notes through the monitor."""
-    import io
-    import sys
-
     from rich.console import Console as RichConsole
 
     buf = io.StringIO()
