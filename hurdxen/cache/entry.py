@@ -140,7 +140,11 @@ def push(spec: stage.Spec, ctx: Any, config: CacheConfig) -> str | None:
         signature = trust.sign(statement, config.signing_key)
         sdigest, ssize = _blob(statement)
         gdigest, gsize = _blob(signature)
-        for digest, size, data in ((cdigest, csize, config_data), (sdigest, ssize, statement), (gdigest, gsize, signature)):
+        for digest, size, data in (
+            (cdigest, csize, config_data),
+            (sdigest, ssize, statement),
+            (gdigest, gsize, signature),
+        ):
             reg.push_blob(digest, size, lambda d=data: io.BytesIO(d))
         for layer, path in layers:
             reg.push_blob(layer.digest, layer.size, lambda p=path: open(p, "rb"))

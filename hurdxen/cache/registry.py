@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
+import urllib3
 
 from hurdxen.cache.config import CacheConfig
 from hurdxen.errors import HurdxenError, printable
@@ -107,7 +108,9 @@ class Registry:
                     headers={"Authorization": f"Basic {basic}"} if basic else {},
                     timeout=self.limits.timeout,
                 )
-                token = r.json().get("token") or r.json().get("access_token") if r.ok and len(r.content) < 1 << 20 else None
+                token = (
+                    r.json().get("token") or r.json().get("access_token") if r.ok and len(r.content) < 1 << 20 else None
+                )
             except (requests.RequestException, ValueError, AttributeError):
                 token = None
             if not token:
@@ -141,7 +144,9 @@ class Registry:
             break
         if resp.status_code not in ok:
             resp.close()
-            raise _err(f"stage cache {self.config.registry}: {method} {printable(url, 160)} answered {resp.status_code}")
+            raise _err(
+                f"stage cache {self.config.registry}: {method} {printable(url, 160)} answered {resp.status_code}"
+            )
         return resp
 
     # ------------------------------------------------------------------ reading
@@ -170,12 +175,8 @@ class Registry:
                 else:
                     out.write(chunk)
                 if time.monotonic() > deadline:
-                    raise _err(
-                        f"stage cache: too slow ({got} of {want} bytes in {self.limits.deadline(want):.0f} s)"
-                    )
-        except (requests.RequestException, OSError, ValueError) as e:
-            if isinstance(e, HurdxenError):
-                raise
+                    raise _err(f"stage cache: too slow ({got} of {want} bytes in {self.limits.deadline(want):.0f} s)")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
             raise _err(f"stage cache: the transfer broke off after {got} bytes ({type(e).__name__})") from None
         finally:
             resp.close()
@@ -265,9 +266,3 @@ class Registry:
 
     def delete_manifest(self, digest: str) -> None:
         self.request("DELETE", self._url(f"manifests/{digest}"), ok=(202, 200)).close()
-
-
-@contextlib.contextmanager
-def opened(path: Path) -> Iterator[IO[bytes]]:
-    with open(path, "rb") as f:
-        yield f
