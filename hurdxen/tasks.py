@@ -295,11 +295,11 @@ def ensure_pin(pin: TarballPin | GitPin | DebPin, ctx: Context) -> None:
 
 
 def split_for_cache(
-    deps: stage.Deps, ctx: Context, hit: bool
+    deps: stage.Deps, ctx: Context, defer: bool
 ) -> tuple[list[str], tuple[tuple[Callable[..., object], tuple[Any, ...]], ...]]:
-    """A stage the cache has needs no builder image and no sources: those dependencies become actions run only
-    when the entry is refused. Upstream stages stay dependencies."""
-    if not hit:
+    """A stage the cache has (or this tree already holds) needs no builder image and no sources: those
+    dependencies become actions run only when it has to be built here after all. Upstream stages stay."""
+    if not defer:
         return list(deps.tasks), ()
     pins = {pin_task_name(p): p for p in all_pins()}
     keep: list[str] = []
@@ -319,8 +319,8 @@ def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> I
     yield {"basename": st.name, "name": None, "doc": st.doc}
     for spec in specs:
         deps = spec.deps(ctx)
-        hit = _probe_cache and cache_hook.is_hit(ctx.stage_cache, spec, ctx)
-        task_dep, deferred = split_for_cache(deps, ctx, hit)
+        hit, defer = cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
+        task_dep, deferred = split_for_cache(deps, ctx, defer)
         yield {
             "basename": st.name,
             "name": spec.task.split(":", 1)[1],

@@ -45,6 +45,7 @@ def run_registry(workdir: Path) -> Iterator[LocalRegistry]:
 
         pytest.skip("apt-get install docker-registry")
     port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "registry.yml"
     cfg.write_text(
         textwrap.dedent(f"""\

@@ -201,9 +201,12 @@ def test_a_changed_input_never_matches(tmp_path: Path, config: CacheConfig) -> N
     spec, a = pushed(tmp_path, config)
     other = dataclasses.replace(spec, salt="another patch")
     assert other.identity(a) != spec.identity(a)
-    assert not hook.is_hit(config, other, Ctx(tmp_path / "c", config))
-    assert hook.is_hit(config, spec, Ctx(tmp_path / "c", config))
+    assert hook.probe(config, other, Ctx(tmp_path / "c", config)) == (False, False)
+    assert hook.probe(config, spec, Ctx(tmp_path / "c", config)) == (True, True)
     refused(other, Ctx(tmp_path / "c", config), config, "answered 404")
+    build_toy(other, Ctx(tmp_path / "c", config))  # built here, not pushed: its images and sources can wait
+    assert hook.probe(config, other, Ctx(tmp_path / "c", config)) == (False, True)
+    assert hook.probe(None, other, Ctx(tmp_path / "c", config)) == (False, False)  # no cache: as today
 
 
 def test_hook_pulls_a_hit_and_builds_a_miss_then_pushes(tmp_path: Path, config: CacheConfig) -> None:
@@ -454,7 +457,7 @@ def test_registry_gone_mid_run_is_a_refusal_then_a_local_build(tmp_path: Path, c
     with Proxy(config.registry) as proxy:
         via = dataclasses.replace(config, registry=proxy.host, push=False)
         b = Ctx(tmp_path / "b", via)
-        assert hook.is_hit(via, spec, b)
+        assert hook.probe(via, spec, b)[0]
     # the proxy is gone: the hit seen at task generation now meets a closed port
     built: list[str] = []
     hook.run(lambda s, c: (built.append(s.task), build_toy(s, c)), spec, b, hit=True)
@@ -476,5 +479,5 @@ def test_unreachable_registry_means_no_hits(tmp_path: Path, config: CacheConfig)
         def monitor(self) -> NullMonitor:
             return Notes()
 
-    assert not hook.is_hit(dead, ToySpec(), NoteCtx(tmp_path, dead))
+    assert hook.probe(dead, ToySpec(), NoteCtx(tmp_path, dead)) == (False, False)
     assert len(notes) == 1 and "not used this run" in notes[0]

@@ -34,19 +34,20 @@ def available(config: CacheConfig, monitor: Any) -> set[str] | None:
     return _tags[config.url]
 
 
-def is_hit(config: CacheConfig | None, spec: stage.Spec, ctx: Any) -> bool:
-    """Whether `spec`'s identity is in the cache and not already built here."""
+def probe(config: CacheConfig | None, spec: stage.Spec, ctx: Any) -> tuple[bool, bool]:
+    """(hit, defer): whether `spec`'s identity is in the cache, and whether its images and sources can wait until
+    the stage really has to be built here (it is in the cache, or this tree already holds that identity — pulled
+    earlier, with no sources fetched). Without a stage cache: (False, False), as if this module did not exist."""
     if config is None:
-        return False
+        return False, False
     identity = spec.identity(ctx)
-    with_local = stage.out_dir(ctx, spec.task) / manifest.MANIFEST
-    try:
-        if json.loads(with_local.read_text()).get("identity") == identity:
-            return False  # built (or pulled) here already: doit decides as usual
-    except (OSError, ValueError, AttributeError):
-        pass
     tags = available(config, ctx.monitor())
-    return tags is not None and entry.tag_for(spec.task, identity) in tags
+    hit = tags is not None and entry.tag_for(spec.task, identity) in tags
+    try:
+        here = json.loads((stage.out_dir(ctx, spec.task) / manifest.MANIFEST).read_text()).get("identity") == identity
+    except (OSError, ValueError, AttributeError):
+        here = False
+    return hit, hit or here
 
 
 def run(
