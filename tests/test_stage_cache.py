@@ -9,7 +9,6 @@ statement, and a proxy of ours (tests/ociregistry.py) that stalls, trickles, die
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -269,7 +268,7 @@ def _layer(oci: dict[str, Any], media: str) -> dict[str, Any]:
 
 def _put_blob(reg: Registry, data: bytes) -> tuple[str, int]:
     digest = f"sha256:{fsutil.sha256_bytes(data)}"
-    reg.push_blob(digest, len(data), lambda: io.BytesIO(data))
+    reg.push_blob(digest, len(data), data)
     return digest, len(data)
 
 
@@ -481,3 +480,32 @@ def test_unreachable_registry_means_no_hits(tmp_path: Path, config: CacheConfig)
 
     assert hook.probe(dead, ToySpec(), NoteCtx(tmp_path, dead)) == (False, False)
     assert len(notes) == 1 and "not used this run" in notes[0]
+
+
+# ------------------------------------------------------------------ hurdxen cache verify / prune
+
+
+def test_cli_verify_reports_and_prune_deletes_refused_entries(
+    tmp_path: Path, config: CacheConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hurdxen.cache.cli import cmd_ls, cmd_prune, cmd_verify
+
+    spec, a = pushed(tmp_path, config)
+    bad = dataclasses.replace(spec, salt="unsigned later")
+    build_toy(bad, a)
+    entry.push(bad, a, config)
+    reg = Registry(config)
+    good_tag, bad_tag = entry.tag_for(spec.task, spec.identity(a)), entry.tag_for(bad.task, bad.identity(a))
+    oci = _oci(reg, bad_tag)
+    oci["layers"] = [x for x in oci["layers"] if x["mediaType"] != entry.MEDIA_SIGNATURE]
+    reg.put_manifest(bad_tag, json.dumps(oci).encode())
+    capsys.readouterr()
+    assert cmd_ls(reg) == 0 and capsys.readouterr().out.count("toy:one") == 2
+    assert cmd_verify(reg) == 1
+    out = capsys.readouterr().out
+    assert f"ok       {good_tag}" in out and f"refused  {bad_tag}" in out and "unsigned" in out
+    cmd_prune(reg, tmp_path, refused=True, stale=False, dry_run=True)
+    assert capsys.readouterr().out.startswith(f"would delete  {bad_tag}") and bad_tag in reg.tags()
+    cmd_prune(reg, tmp_path, refused=True, stale=False, dry_run=False)
+    assert capsys.readouterr().out.startswith(f"deleted  {bad_tag}")
+    assert reg.tags() == {good_tag} and cmd_verify(reg) == 0

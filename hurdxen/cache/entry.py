@@ -13,7 +13,6 @@ paths; the registry's title annotations must agree with them or the entry is ref
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -145,9 +144,9 @@ def push(spec: stage.Spec, ctx: Any, config: CacheConfig) -> str | None:
             (sdigest, ssize, statement),
             (gdigest, gsize, signature),
         ):
-            reg.push_blob(digest, size, lambda d=data: io.BytesIO(d))
+            reg.push_blob(digest, size, data)
         for layer, path in layers:
-            reg.push_blob(layer.digest, layer.size, lambda p=path: open(p, "rb"))
+            reg.push_blob(layer.digest, layer.size, path)
     oci = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,

@@ -65,7 +65,10 @@ def run(
         t0 = time.monotonic()
         try:
             fact = entry.pull(spec, ctx, config)
-            mon.note(f"stage cache: {spec.task} pulled from {fact['ref']} ({time.monotonic() - t0:.1f} s)")
+            size = _bytes(stage.out_dir(ctx, spec.task))
+            mon.note(
+                f"stage cache: {spec.task} pulled from {fact['ref']} ({size} bytes, {time.monotonic() - t0:.2f} s)"
+            )
             return
         except HurdxenError as e:
             mon.note(f"{e.render()} — building {spec.task} here")
@@ -73,12 +76,18 @@ def run(
         fn(*args)
     build(spec, ctx)
     if config is not None and config.push:
+        t0 = time.monotonic()
         try:
             ref = entry.push(spec, ctx, config)
             if ref:
-                mon.note(f"stage cache: {spec.task} pushed to {ref}")
+                size = _bytes(stage.out_dir(ctx, spec.task))
+                mon.note(f"stage cache: {spec.task} pushed to {ref} ({size} bytes, {time.monotonic() - t0:.2f} s)")
         except HurdxenError as e:
             mon.note(f"{e.render()} — {spec.task} was built but not pushed")
+
+
+def _bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def cached_from(targets: Iterable[str]) -> str | None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -237,7 +237,7 @@ class Registry:
         r = self.request("HEAD", self._url(f"manifests/{tag}"), ok=(200, 404), headers={"Accept": MEDIA_MANIFEST})
         return r.status_code == 200
 
-    def push_blob(self, digest: str, size: int, open_data: Any) -> None:
+    def push_blob(self, digest: str, size: int, data: bytes | Path) -> None:
         """Upload one blob (monolithic: POST for a session, PUT with the digest); skipped when it is there."""
         if self.has_blob(digest):
             return
@@ -248,12 +248,12 @@ class Registry:
             raise _err(f"stage cache {self.config.registry}: no upload location")
         url = self.config.base + loc if loc.startswith("/") else loc
         url += ("&" if "?" in url else "?") + f"digest={digest}"
-        with open_data() as data:
+        with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as body:
             self.request(
                 "PUT",
                 url,
                 ok=(201,),
-                data=data,
+                data=body,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             ).close()
 
