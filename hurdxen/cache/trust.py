@@ -59,7 +59,8 @@ def verify(data: bytes, signature: bytes, config: CacheConfig, what: str) -> str
         )
         raise HurdxenError(f"stage cache: {what}: {why}", hint="the entry is refused and the stage built here")
     fpr = str(v.fingerprint or "").upper()
-    if config.signers and fpr not in config.signers:
+    primary = str(getattr(v, "pubkey_fingerprint", "") or fpr).upper()  # a subkey signs; its primary key names it
+    if config.signers and not {fpr, primary} & set(config.signers):
         raise HurdxenError(
             f"stage cache: {what}: good signature by {fpr}, not one of stage_cache_signers",
             hint="add the key to stage_cache_signers if you trust it",
