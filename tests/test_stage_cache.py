@@ -509,3 +509,17 @@ def test_cli_verify_reports_and_prune_deletes_refused_entries(
     cmd_prune(reg, tmp_path, refused=True, stale=False, dry_run=False)
     assert capsys.readouterr().out.startswith(f"deleted  {bad_tag}")
     assert reg.tags() == {good_tag} and cmd_verify(reg) == 0
+
+
+def test_bundle_record_is_the_same_built_or_pulled(tmp_path: Path, config: CacheConfig) -> None:
+    """What the bundle records of a stage (release_inputs.strip_volatile: no volatile keys, no local facts) is the
+    same for the pusher's built stage and the puller's pulled one: `cached_from` is a local fact like
+    `fetched_from`. (bench/cache_bundle.py shows the whole chain: two bundle tarballs with one sha256.)"""
+    from hurdxen.release_inputs import strip_volatile
+
+    spec, a = pushed(tmp_path, config)
+    b = Ctx(tmp_path / "b", config)
+    entry.pull(spec, b, config)
+    built, pulled = manifest.read(stage.out_dir(a, spec.task)), manifest.read(stage.out_dir(b, spec.task))
+    assert "cached_from" in pulled.raw and "fetched_from" in json.dumps(built.raw)
+    assert strip_volatile(built.raw) == strip_volatile(pulled.raw)
