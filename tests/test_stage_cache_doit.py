@@ -117,3 +117,12 @@ def test_tampered_entry_is_refused_and_built_here(shared: Shared) -> None:
     assert "built    mig:i686-gnu" in run.output and "pulled   mig:x86_64-gnu" in run.output
     # built here from the same inputs: the same bytes as the first clone's (MIG builds reproducibly)
     assert outputs(third, "i686-gnu")["bin/i686-gnu-mig"] == first_mig.read_bytes()
+
+
+def test_parallel_pull(shared: Shared) -> None:
+    """`doit -n 2`: the actions (with the cache config and deferred dependencies) travel to worker processes."""
+    fourth = clone(shared.root / "fourth", shared.registry, shared.key, "offline = true\n")
+    run = fourth.doit("-n", "2", "build", HURDXEN_CACHE=str(shared.root / "fourth-empty-cache"))
+    assert run.returncode == 0 and "summary: 2 pulled" in run.output, run.output[-3000:]
+    for t in TARGETS:
+        assert outputs(fourth, t)[f"bin/{t}-mig"] == outputs(shared.first, t)[f"bin/{t}-mig"]
