@@ -37,8 +37,20 @@ class LocalRegistry:
         return self.data / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
 
 
+def htpasswd_line(user: str, password: str) -> str:
+    """A bcrypt htpasswd line (distribution accepts only bcrypt), from the C library's crypt(3)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n"
+
+
 @contextlib.contextmanager
-def run_registry(workdir: Path) -> Iterator[LocalRegistry]:
+def run_registry(workdir: Path, htpasswd: str | None = None) -> Iterator[LocalRegistry]:
+    """The registry; with `htpasswd` (lines of htpasswd_line), it answers 401 with a Basic challenge."""
     exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not Path(exe).is_file():
         import pytest
@@ -46,6 +58,10 @@ def run_registry(workdir: Path) -> Iterator[LocalRegistry]:
         pytest.skip("apt-get install docker-registry")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    auth = ""
+    if htpasswd is not None:
+        (workdir / "htpasswd").write_text(htpasswd)
+        auth = f"auth:\n  htpasswd: {{realm: test, path: {workdir / 'htpasswd'}}}\n"
     cfg = workdir / "registry.yml"
     cfg.write_text(
         textwrap.dedent(f"""\
@@ -57,6 +73,7 @@ def run_registry(workdir: Path) -> Iterator[LocalRegistry]:
         http:
           addr: 127.0.0.1:{port}
         """)
+        + auth
     )
     # Its log to a file: a pipe nobody reads fills up after a few dozen error lines (404s are logged) and the
     # registry then blocks on write, which looks like a stalled registry.

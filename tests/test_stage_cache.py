@@ -523,3 +523,33 @@ def test_bundle_record_is_the_same_built_or_pulled(tmp_path: Path, config: Cache
     built, pulled = manifest.read(stage.out_dir(a, spec.task)), manifest.read(stage.out_dir(b, spec.task))
     assert "cached_from" in pulled.raw and "fetched_from" in json.dumps(built.raw)
     assert strip_volatile(built.raw) == strip_volatile(pulled.raw)
+
+
+def test_credentials_come_from_the_docker_config(
+    tmp_path: Path, config: CacheConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that wants a login (Basic challenge): the `auths` entry `docker login` writes is used; without
+    it, pushing and pulling are one line each."""
+    import base64
+
+    from ociregistry import htpasswd_line
+
+    with run_registry(tmp_path / "locked", htpasswd_line("ci", "s3cret")) as locked:
+        cfg = dataclasses.replace(config, registry=locked.host)
+        spec = ToySpec()
+        a = Ctx(tmp_path / "a", cfg)
+        build_toy(spec, a)
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+        with pytest.raises(HurdxenError, match="answered 401"):
+            entry.push(spec, a, cfg)
+        docker = tmp_path / "docker"
+        docker.mkdir()
+        auth = base64.b64encode(b"ci:s3cret").decode()
+        (docker / "config.json").write_text(json.dumps({"auths": {f"http://{locked.host}": {"auth": auth}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+        assert entry.push(spec, a, cfg) is not None
+        b = Ctx(tmp_path / "b", cfg)
+        entry.pull(spec, b, cfg)
+        assert (stage.out_dir(b, spec.task) / "data.bin").read_bytes() == (
+            stage.out_dir(a, spec.task) / "data.bin"
+        ).read_bytes()
