@@ -15,7 +15,11 @@ source at --gnumach-git, with fresh artifacts directories, and reports medians o
       containers/builder with one more comment line);
   (f) the boot check: `doit boot:check` (after `doit forget boot:check`; hypervisor and dom0 built) booting every
       case of recipes/boot.toml, its wall time and per booted kernel (wall / cases; goals < 20 s and < 5 s on
-      2 cores), with the dom0's start-up and each case's seconds from boot-report.json.
+      2 cores), with the dom0's start-up and each case's seconds from boot-report.json;
+  (g) the stage cache (bench/stage_cache.py, `--only cache`): a cold `doit build` pushing every stage to a
+      registry on 127.0.0.1 against a fresh clone pulling them (another path, empty artifacts and source cache,
+      offline), then, with the boot check, that clone's `doit boot:check bundle verify` (goal: fresh clone ->
+      verified bundle < 90 s); pull and push throughput, the warm run's hit ratio.
 
 Every ratio is measured within the same run. Figures are wall-clock seconds (time.perf_counter) of whole processes
 (doit, or a Python process calling ensure_image), except (a)'s raw steps, which are the executor's container runs.
@@ -335,6 +339,24 @@ def table(s: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cache_figures(project: Project, runs: int, boots: bool, out: Path, log: Callable[[str], None]) -> int:
+    """(g) alone: its runs, medians, table, and JSON beside the other results (results-cache.json)."""
+    import stage_cache
+
+    per_run = stage_cache.measure(project, runs, boots, log)
+    keys = ["cache_cold_s", "cache_warm_s", "cache_warm_bundle_s", "pull_mb_s", "push_mb_s", "hit_ratio"]
+    s = {k: median([r[k] for r in per_run]) for k in keys if all(k in r for r in per_run)}
+    path = out.with_name("results-cache.json") if out.name == "results.json" else out
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    path.write_text(json.dumps({"machine": machine, "runs": runs, "median": s, "per_run": per_run}, indent=2) + "\n")
+    rows = stage_cache.rows(s, per_run)
+    w = max(len(r[0]) for r in rows)
+    print("\n".join([f"| {'measure'.ljust(w)} | median | note |", f"|{'-' * (w + 2)}|--------|------|"]))
+    print("\n".join(f"| {a.ljust(w)} | {b} | {c} |" for a, b, c in rows))
+    print(f"\n(medians of {runs} runs; JSON: {path})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3, help="runs per figure; each figure is their median (default 3)")
@@ -343,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     p.add_argument("--without-hurd-modules", action="store_true", help="leave the hurd-modules recipe out")
     p.add_argument("--overlay", type=Path, help="the project copy's hurdxen.local.toml (default: GNU Mach's git only)")
-    p.add_argument("--only", choices=["boot"], help="measure (f), the boot check, alone")
+    p.add_argument(
+        "--only", choices=["boot", "cache"], help="measure (f), the boot check, or (g), the stage cache, alone"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary project copy")
     a = p.parse_args(argv)
 
@@ -356,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overlay = a.overlay.resolve() if a.overlay else None
         project = Project(workdir, a.gnumach_git, a.cache.resolve(), a.without_hurd_modules, overlay)
         boots = (project.root / "recipes" / "boot.toml").is_file()
+        if a.only == "cache":
+            return cache_figures(project, a.runs, boots, a.json, log)
         warm = project.fresh_artifacts("warm")
         log("warming up: a full `doit build` (not timed)" + (", the hypervisor and the dom0" if boots else ""))
         start = time.perf_counter()

@@ -95,6 +95,7 @@ def run(
             edits[d.input.split(".debian.")[0] + ".libc_version"] = d.floating
     pins.rewrite(copy, edits)
     env = {**os.environ, "HURDXEN_ARTIFACTS": str(work / "artifacts"), "HURDXEN_CACHE": str(cache.root)}
+    env["HURDXEN_STAGE_CACHE"] = "off"  # floating inputs: nothing to pull, nothing anyone should pull
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     proc = subprocess.run(
         [sys.executable, "-m", "doit", "--continue", *tasks],

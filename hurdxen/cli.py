@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect-kernel": ("hurdxen.xenverify", "cli", "decode a kernel's Xen notes and say what Xen would do with it"),
     "ramdisk": ("hurdxen.ramdisk_tools", "cli", "dump a hurd-modules ramdisk, or check it against an installed Hurd"),
     "canary": ("hurdxen.canary", "cli", "build with floating inputs (GNU Mach master, newest packages); report drift"),
+    "cache": ("hurdxen.cache.cli", "cli", "the shared stage cache (OCI registry): ls, verify, prune"),
     "pins": ("hurdxen.pins", "cli", "update: move the Debian pins to the newest signed versions, rewrite the lock"),
 }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hurdxen import pinlock
+from hurdxen.cache.config import CacheConfig, from_settings
 from hurdxen.containers import BaseSpec, ImageSpec
 from hurdxen.executors import Executor, make_executor
 from hurdxen.monitor import Monitor, default_monitor
@@ -33,6 +34,7 @@ class Context:
     source_date_epoch: int
     base: BaseSpec
     images: tuple[tuple[str, ImageSpec], ...]
+    stage_cache: CacheConfig | None = None  # the shared OCI stage cache ([settings] stage_cache), if any
 
     def executor(self) -> Executor:
         return make_executor(self.executor_kind, self.artifacts)
@@ -93,4 +95,5 @@ def make_context(recipes: Recipes) -> Context:
         source_date_epoch=base.source_date_epoch,
         base=base,
         images=images,
+        stage_cache=from_settings(settings, recipes.root),
     )

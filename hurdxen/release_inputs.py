@@ -13,8 +13,9 @@ from hurdxen import domains, manifest
 from hurdxen.errors import HurdxenError
 from hurdxen.release_spec import KNOWN_FAILURE, OK_VERDICTS, VOLATILE_KEYS, BundleSpec
 
-# Keys of stage manifests that describe this machine, not the release: where bytes were fetched from.
-LOCAL_KEYS = frozenset({"fetched_from", "archive"})
+# Keys of stage manifests that describe this machine, not the release: where bytes were fetched from, and the stage
+# cache entry a stage was pulled from (a bundle is the same byte for byte whether its stages were built or pulled).
+LOCAL_KEYS = frozenset({"fetched_from", "archive", "cached_from"})
 
 
 @dataclass(frozen=True)

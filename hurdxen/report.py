@@ -12,11 +12,13 @@ from typing import Any
 from doit.exceptions import UnmetDependency
 from doit.reporter import ConsoleReporter
 
+from hurdxen.cache.hook import cached_from
+
 
 @dataclass
 class Outcome:
     task: str
-    status: str = "running"  # built, reused, failed, not run
+    status: str = "running"  # built, pulled (from the stage cache), reused, failed, not run
     seconds: float | None = None
     where: str = ""  # the directory holding its targets
     why: str = ""  # the error line, or the tasks it waited for
@@ -66,7 +68,8 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
     def add_success(self, task: Any) -> None:
         if task.actions:
             o = self._outcome(task)
-            o.status = "built"
+            ref = cached_from(getattr(task, "targets", None) or ())
+            o.status, o.why = ("pulled", f"cached from {ref}") if ref else ("built", o.why)
             o.seconds = time.monotonic() - self.started.get(task.name, time.monotonic())
 
     def skip_uptodate(self, task: Any) -> None:
@@ -99,7 +102,7 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
         counts: dict[str, int] = {}
         for o in self.outcomes.values():
             counts[o.status] = counts.get(o.status, 0) + 1
-        order = ("built", "reused", "failed", "not run")
+        order = ("built", "pulled", "reused", "failed", "not run")
         head = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "nothing to do"
         lines = [f"summary: {head} ({time.monotonic() - self.t0:.1f} s)"]
         width = max((len(o.task) for o in self.outcomes.values()), default=0)

@@ -17,6 +17,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from hurdxen import boot, containers, executors, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes, stage
+from hurdxen.cache import hook as cache_hook
 from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
 from hurdxen.manifest import MANIFEST
@@ -79,11 +80,12 @@ def guarded(fn: Callable[..., object], *args: Any) -> TaskFailed | None:
 
 _loaded: tuple[recipes.Recipes, Context] | None = None
 _plan: Plan | None = None
+_probe_cache = False  # ask the stage cache which stages it has: only in a run that builds (not `doit list`)
 
 
 def load() -> tuple[recipes.Recipes, Context]:
     """Validate every recipe once, before any task is generated; exit with one line on bad input."""
-    global _loaded
+    global _loaded, _probe_cache
     if _loaded is None:
         try:
             r = recipes.load(ROOT)
@@ -101,6 +103,7 @@ def load() -> tuple[recipes.Recipes, Context]:
                 executors.remove_stale_containers(ctx.artifacts)
             executors.end_stale_steps(ctx.artifacts)  # host steps of a killed build, before their dirs go
             fsutil.sweep_tmp(ctx.artifacts)
+            _probe_cache = ctx.stage_cache is not None
         _loaded = (r, ctx)
     return _loaded
 
@@ -129,12 +132,17 @@ def act_image(ctx: Context, name: str) -> TaskFailed | None:
     return guarded(lambda: containers.ensure_image(ctx.image(name), ctx.log(f"image:{name}"), ctx.monitor()))
 
 
-def act_fetch(pin: TarballPin | GitPin | DebPin, ctx: Context) -> TaskFailed | None:
+def fetch_pin(pin: TarballPin | GitPin | DebPin, ctx: Context) -> None:
     if isinstance(pin, TarballPin):
-        return guarded(fetch_tarball, pin, ctx.cache)
-    if isinstance(pin, GitPin):
-        return guarded(fetch_git, pin, ctx.cache)
-    return guarded(fetch_deb, pin, ctx.cache)
+        fetch_tarball(pin, ctx.cache)
+    elif isinstance(pin, GitPin):
+        fetch_git(pin, ctx.cache)
+    else:
+        fetch_deb(pin, ctx.cache)
+
+
+def act_fetch(pin: TarballPin | GitPin | DebPin, ctx: Context) -> TaskFailed | None:
+    return guarded(fetch_pin, pin, ctx)
 
 
 def is_fetched(pin: TarballPin | GitPin | DebPin, ctx: Context) -> bool:
@@ -261,8 +269,49 @@ def task_sources() -> Iterator[TaskDict]:
         }
 
 
-def act_stage(build: Callable[[Any, Context], object], spec: Any, ctx: Context) -> TaskFailed | None:
-    return guarded(build, spec, ctx)
+def act_stage(
+    build: Callable[[Any, Context], object],
+    spec: Any,
+    ctx: Context,
+    hit: bool = False,
+    deferred: tuple[tuple[Callable[..., object], tuple[Any, ...]], ...] = (),
+) -> TaskFailed | None:
+    return guarded(cache_hook.run, build, spec, ctx, hit, deferred)
+
+
+def ensure_image(ctx: Context, name: str) -> None:
+    """What `base` and `image:<name>` do, for a stage whose cache entry was refused (those tasks were not run)."""
+    if not image_present(ctx.base.tag):
+        containers.ensure_base(ctx.base, ctx.cache.root, ctx.log("base"), ctx.monitor())
+    spec = ctx.image(name)
+    if not image_present(spec.tag):
+        containers.ensure_image(spec, ctx.log(f"image:{name}"), ctx.monitor())
+
+
+def ensure_pin(pin: TarballPin | GitPin | DebPin, ctx: Context) -> None:
+    """What `sources:<pin>` does, likewise."""
+    if not is_fetched(pin, ctx):
+        fetch_pin(pin, ctx)
+
+
+def split_for_cache(
+    deps: stage.Deps, ctx: Context, defer: bool
+) -> tuple[list[str], tuple[tuple[Callable[..., object], tuple[Any, ...]], ...]]:
+    """A stage the cache has (or this tree already holds) needs no builder image and no sources: those
+    dependencies become actions run only when it has to be built here after all. Upstream stages stay."""
+    if not defer:
+        return list(deps.tasks), ()
+    pins = {pin_task_name(p): p for p in all_pins()}
+    keep: list[str] = []
+    deferred: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+    for t in deps.tasks:
+        if t.startswith("image:"):
+            deferred.append((ensure_image, (ctx, t.split(":", 1)[1])))
+        elif t in pins:
+            deferred.append((ensure_pin, (pins[t], ctx)))
+        else:
+            keep.append(t)
+    return keep, tuple(deferred)
 
 
 def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> Iterator[TaskDict]:
@@ -270,12 +319,14 @@ def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> I
     yield {"basename": st.name, "name": None, "doc": st.doc}
     for spec in specs:
         deps = spec.deps(ctx)
+        hit, defer = cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
+        task_dep, deferred = split_for_cache(deps, ctx, defer)
         yield {
             "basename": st.name,
             "name": spec.task.split(":", 1)[1],
             "doc": spec.doc,
-            "actions": [(act_stage, [st.build, spec, ctx])],
-            "task_dep": list(deps.tasks),
+            "actions": [(act_stage, [st.build, spec, ctx, hit, deferred])],
+            "task_dep": task_dep,
             "file_dep": [str(p) for p in deps.files],
             "targets": [*(str(p) for p in spec.outputs(ctx).values()), str(stage.out_dir(ctx, spec.task) / MANIFEST)],
             "uptodate": [config_changed(spec.identity(ctx))],
