@@ -78,7 +78,6 @@ class Project:
             PYTHONPATH=str(CODE),
             HURDXEN_CACHE=str(SHARED_CACHE),
             HURDXEN_ARTIFACTS=str(self.artifacts),
-            HURDXEN_QUIET="1",
         )
         env.update(extra)
         return env
