@@ -77,13 +77,15 @@ class StatusLine:
         self.live = Live(self, console=self.console, transient=True, refresh_per_second=4)
         self.live.start()
 
-    def __rich__(self) -> str:
+    def __rich__(self) -> Any:
+        from rich.text import Text
+
         r = self.reporter
         now = time.monotonic()
         running = [f"{n} {now - t:.0f} s" for n, t in r.started.items() if r.outcomes[n].status == "running"]
         done = sum(o.status != "running" for o in r.outcomes.values())
         left = max(r.total - done - len(running), 0) if r.total else 0
-        return f"[bold]…[/] {', '.join(running) or 'waiting'} · {done} done, {left} left"
+        return Text.assemble(("… ", "bold"), f"{', '.join(running) or 'waiting'} · {done} done, {left} left")
 
     def write(self, text: str) -> None:
         self.console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
