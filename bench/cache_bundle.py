@@ -61,7 +61,7 @@ def tagged_copy(dest: Path) -> None:
 
 
 def run(project: Path, source_cache: str, gnupghome: Path) -> tuple[float, str, int]:
-    env = {**os.environ, "PYTHONPATH": str(project), "HURDXEN_CACHE": source_cache, "HURDXEN_QUIET": "1"}
+    env = {**os.environ, "PYTHONPATH": str(project), "HURDXEN_CACHE": source_cache}
     env["GNUPGHOME"] = str(gnupghome)
     env.pop("HURDXEN_ARTIFACTS", None)
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from doit.exceptions import UnmetDependency
 from doit.reporter import ConsoleReporter
 
 from hurdxen.cache.hook import cached_from
+from hurdxen.monitor import jsonl_requested, verbose_requested
 
 
 @dataclass
@@ -49,12 +50,71 @@ def targets_dir(task: Any) -> str:
     return os.path.commonpath([os.path.dirname(t) for t in targets])
 
 
+def reachable(tasks: dict[str, Any], selected: list[str]) -> set[str]:
+    """The tasks a run may execute: the selected ones and everything they depend on."""
+    seen: set[str] = set()
+    todo = list(selected)
+    while todo:
+        name = todo.pop()
+        task = tasks.get(name)
+        if task is None or name in seen:
+            continue
+        seen.add(name)
+        todo.extend(task.task_dep)
+        todo.extend(getattr(task, "setup_tasks", []))
+    return {n for n in seen if tasks[n].actions}
+
+
+class StatusLine:
+    """On a terminal, a live line under the task lines: what runs and for how long, how many are done and left."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.reporter = reporter
+        self.console = Console(file=reporter.outstream, highlight=False)
+        self.live = Live(self, console=self.console, transient=True, refresh_per_second=4)
+        self.live.start()
+
+    def __rich__(self) -> Any:
+        from rich.text import Text
+
+        r = self.reporter
+        now = time.monotonic()
+        running = [f"{n} {now - t:.0f} s" for n, t in r.started.items() if r.outcomes[n].status == "running"]
+        done = sum(o.status != "running" for o in r.outcomes.values())
+        left = max(r.total - done - len(running), 0) if r.total else 0
+        return Text.assemble(("… ", "bold"), f"{', '.join(running) or 'waiting'} · {done} done, {left} left")
+
+    def write(self, text: str) -> None:
+        self.console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+
+    def stop(self) -> None:
+        self.live.stop()
+
+
 class Reporter(ConsoleReporter):  # type: ignore[misc]
     def __init__(self, outstream: Any, options: Any) -> None:
         super().__init__(outstream, options)
         self.outcomes: dict[str, Outcome] = {}
         self.started: dict[str, float] = {}
         self.t0 = time.monotonic()
+        self.total = 0
+        self.status: StatusLine | None = None
+
+    def initialize(self, tasks: dict[str, Any], selected_tasks: list[str]) -> None:
+        super().initialize(tasks, selected_tasks)
+        self.total = len(reachable(tasks, list(selected_tasks or [])))
+        interactive = getattr(self.outstream, "isatty", lambda: False)() and not os.environ.get("CI")
+        if interactive and not verbose_requested() and not jsonl_requested():
+            self.status = StatusLine(self)
+
+    def write(self, text: str) -> None:
+        if self.status is not None:
+            self.status.write(text)
+        else:
+            super().write(text)
 
     def _outcome(self, task: Any) -> Outcome:
         return self.outcomes.setdefault(task.name, Outcome(task.name, where=targets_dir(task)))
@@ -71,6 +131,7 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
             ref = cached_from(getattr(task, "targets", None) or ())
             o.status, o.why = ("pulled", f"cached from {ref}") if ref else ("built", o.why)
             o.seconds = time.monotonic() - self.started.get(task.name, time.monotonic())
+            self.write(f"✓  {task.name} ({o.seconds:.1f} s{', ' + o.why if o.why else ''})\n")
 
     def skip_uptodate(self, task: Any) -> None:
         super().skip_uptodate(task)
@@ -94,6 +155,9 @@ class Reporter(ConsoleReporter):  # type: ignore[misc]
 
     def complete_run(self) -> None:
         # doit's own complete_run repeats failed tasks' output; the error lines are already out, and in the summary.
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
         if self.runtime_errors:
             self.write("Execution aborted.\n" + "\n".join(self.runtime_errors) + "\n")
         self.write(self.summary())

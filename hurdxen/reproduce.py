@@ -343,7 +343,6 @@ def rebuild(root: Path, art: Path, cache: Path) -> Path:
         "HURDXEN_ARTIFACTS": str(art),
         "HURDXEN_CACHE": str(cache),
         "PYTHONPATH": str(copy),
-        "HURDXEN_QUIET": "1",
         "HURDXEN_STAGE_CACHE": "off",  # the rebuild builds every stage itself: a cache would compare with itself
     }
     own_code(copy, env)

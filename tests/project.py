@@ -1,6 +1,13 @@
-"""Helpers for tests that run the pipeline: a throwaway copy of the project, a `doit` runner, Docker availability.
+"""The one harness for tests that run the pipeline: a throwaway copy of the project and a `doit` runner.
 
-The fixtures built on them are in conftest.py."""
+    proj = Project.create(tmp_path / "proj")                                   # every recipe; or copy_project(…)
+    proj.overlay({"gnumach": {"source": {"git": "/path", "commit": "…"}}})     # hurdxen.local.toml in the copy
+    r = proj.doit("gnumach:xen-pae")                                           # DoitRun: returncode, output
+
+doit runs with cwd = the copy (so tasks.py takes the copy's recipes/), PYTHONPATH = this checkout's code,
+`HURDXEN_ARTIFACTS` = a directory outside the copy (switchable per call) and the shared download cache
+(`HURDXEN_CACHE` or the main checkout's cache), so Debian packages and base images are fetched once for every test.
+The fixtures built on it are in conftest.py."""
 
 from __future__ import annotations
 
@@ -8,9 +15,12 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 # The code under test: this checkout, whatever hurdxen the venv has installed.
 CODE = Path(__file__).resolve().parent.parent
@@ -51,10 +61,51 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"no TOML for {type(v).__name__}")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("-", "").replace("_", "").isalnum() else _toml_value(k)
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Enough TOML for overlays: nested tables of scalars, arrays and inline tables (a `{}` value is inline)."""
+    lines: list[str] = []
+
+    def table(path: list[str], d: Mapping[str, Any]) -> None:
+        scalars = [(k, v) for k, v in d.items() if not (isinstance(v, Mapping) and v)]
+        subs = [(k, v) for k, v in d.items() if isinstance(v, Mapping) and v]
+        if path and (scalars or not subs):
+            lines.append(f"[{'.'.join(_toml_key(p) for p in path)}]")
+        for k, v in scalars:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in subs:
+            table([*path, k], v)
+
+    table([], data)
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class DoitRun:
     returncode: int
     output: str  # stdout and stderr interleaved
+
+    @property
+    def stdout(self) -> str:
+        """The same text, under subprocess's name."""
+        return self.output
 
     @property
     def executed(self) -> list[str]:
@@ -71,24 +122,40 @@ class DoitRun:
 class Project:
     root: Path
     artifacts: Path
+    env_extra: dict[str, str] = field(default_factory=dict)
 
-    def env(self, **extra: str) -> dict[str, str]:
+    @classmethod
+    def create(cls, root: Path, artifacts: Path | None = None) -> Project:
+        """A copy with every recipe and no hurdxen.local.toml (the main checkout's overlay stays there)."""
+        copy_project(root, recipes=None)
+        return cls(root, artifacts or root.parent / f"{root.name}-artifacts")
+
+    @property
+    def overlay_path(self) -> Path:
+        return self.root / "hurdxen.local.toml"
+
+    def overlay(self, data: Mapping[str, Any] | str) -> None:
+        """Write the copy's hurdxen.local.toml (replacing it)."""
+        self.overlay_path.write_text(data if isinstance(data, str) else to_toml(data))
+
+    def env(self, artifacts: Path | None = None, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
+        env.pop("HURDXEN_LOCAL", None)
         env.update(
             PYTHONPATH=str(CODE),
             HURDXEN_CACHE=str(SHARED_CACHE),
-            HURDXEN_ARTIFACTS=str(self.artifacts),
-            HURDXEN_QUIET="1",
+            HURDXEN_ARTIFACTS=str(artifacts or self.artifacts),
         )
+        env.update(self.env_extra)
         env.update(extra)
         return env
 
-    def _run_kwargs(self, args: tuple[str, ...], extra_env: dict[str, str]) -> dict[str, Any]:
+    def _run_kwargs(self, args: tuple[str, ...], artifacts: Path | None, extra_env: dict[str, str]) -> dict[str, Any]:
         """How `doit args` runs here: in the project, with its environment, stdout and stderr interleaved as text."""
         return {
             "args": [*DOIT, *args],
             "cwd": self.root,
-            "env": self.env(**extra_env),
+            "env": self.env(artifacts, **extra_env),
             "stdout": subprocess.PIPE,
             "stderr": subprocess.STDOUT,
             "text": True,
@@ -96,11 +163,22 @@ class Project:
 
     def popen(self, *args: str, **extra_env: str) -> subprocess.Popen[str]:
         # its own process group, so a test can kill all of it
-        return subprocess.Popen(**self._run_kwargs(args, extra_env), start_new_session=True)
+        return subprocess.Popen(**self._run_kwargs(args, None, extra_env), start_new_session=True)
 
-    def doit(self, *args: str, timeout: float = 900, **extra_env: str) -> DoitRun:
-        proc = subprocess.run(**self._run_kwargs(args, extra_env), timeout=timeout)
+    def doit(self, *args: str, artifacts: Path | None = None, timeout: float = 1800, **extra_env: str) -> DoitRun:
+        proc = subprocess.run(**self._run_kwargs(args, artifacts, extra_env), timeout=timeout, check=False)
         return DoitRun(proc.returncode, proc.stdout)
+
+    def run_hurdxen(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`python -m hurdxen ARGS` (the CLI) with the copy's environment; stdout and stderr apart."""
+        return subprocess.run(
+            [sys.executable, "-m", "hurdxen", *args],
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
 
 def docker_answers() -> bool:
@@ -111,3 +189,16 @@ def docker_answers() -> bool:
         return True
     except Exception:
         return False
+
+
+def clone_artifacts(src: Path, dest: Path) -> Path:
+    """A copy of an artifacts dir, doit's state included: tasks done there are up to date in the clone."""
+    shutil.copytree(src, dest, symlinks=True)
+    for stale in dest.glob(".lock"):
+        stale.unlink()
+    return dest
+
+
+def require_docker() -> None:
+    if not docker_answers():
+        pytest.skip("no Docker engine answers (start dockerd, see scripts/setup.sh)")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from projectcopy import ProjectCopy, clone_artifacts, require_docker
+from project import Project, clone_artifacts, require_docker
 
 from hurdxen.fsutil import sha256_file
 
@@ -31,7 +31,7 @@ def real_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         pytest.skip("set GNUMACH_SOURCE=<git URL or path of a GNU Mach repository> to build the real source")
     require_docker()
     root = tmp_path_factory.mktemp("gnumach-real")
-    proj = ProjectCopy.create(root / "proj", artifacts=root / "a1")
+    proj = Project.create(root / "proj", artifacts=root / "a1")
     source: dict[str, str] = {"git": SOURCE}
     if os.environ.get("GNUMACH_COMMIT"):
         source["commit"] = os.environ["GNUMACH_COMMIT"]
@@ -40,19 +40,19 @@ def real_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
     # First build: MIG and the prepared source too.
     t = time.monotonic()
-    r1 = proj.run_doit(*tasks)
+    r1 = proj.doit(*tasks)
     first = time.monotonic() - t
     assert r1.returncode == 0, r1.stdout[-4000:]
 
     # Second build in another artifacts dir (and another project path): MIG reused from a clone of the first,
     # the source prepared again and every variant rebuilt.
-    proj2 = ProjectCopy.create(root / "proj-second", artifacts=root / "a2")
+    proj2 = Project.create(root / "proj-second", artifacts=root / "a2")
     proj2.overlay_path.write_text(proj.overlay_path.read_text())
     clone_artifacts(proj.artifacts, proj2.artifacts)
     for sub in ("gnumach", "logs"):
         shutil.rmtree(proj2.artifacts / sub, ignore_errors=True)
     t = time.monotonic()
-    r2 = proj2.run_doit(*tasks)
+    r2 = proj2.doit(*tasks)
     second = time.monotonic() - t
     assert r2.returncode == 0, r2.stdout[-4000:]
     return {"a1": proj.artifacts, "a2": proj2.artifacts, "first": first, "second": second, "root": root}

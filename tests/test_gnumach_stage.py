@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from fakemachrepo import PATCH_NAME, PATCHED_BANNER, FakeMach, make_fakemach_repo
-from projectcopy import ProjectCopy, clone_artifacts, require_docker
+from project import Project, clone_artifacts, require_docker
 
 from hurdxen import manifest
 from hurdxen.executors import FALLBACK_BUILD_UID
@@ -35,7 +35,7 @@ UPSTREAM = "https://git.savannah.gnu.org/git/hurd/gnumach.git"  # recipes/gnumac
 @dataclass
 class Seed:
     fake: FakeMach
-    proj: ProjectCopy
+    proj: Project
     output: str
 
 
@@ -44,16 +44,16 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
     require_docker()
     root = tmp_path_factory.mktemp("gnumach-stage")
     fake = make_fakemach_repo(root)
-    proj = ProjectCopy.create(root / "proj", artifacts=root / "a1")
+    proj = Project.create(root / "proj", artifacts=root / "a1")
     proj.overlay(fake.overlay())
-    r = proj.run_doit(*TASKS)
+    r = proj.doit(*TASKS)
     assert r.returncode == 0, r.stdout[-4000:]
     return Seed(fake, proj, r.stdout)
 
 
-def fresh(seed: Seed, tmp_path: Path, overlay: dict[str, object] | None = None, keep: bool = True) -> ProjectCopy:
+def fresh(seed: Seed, tmp_path: Path, overlay: dict[str, object] | None = None, keep: bool = True) -> Project:
     """Another project copy whose artifacts dir is a clone of the seed's (`keep=False`: without its gnumach/)."""
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
     proj.overlay(overlay or seed.fake.overlay())
     clone_artifacts(seed.proj.artifacts, proj.artifacts)
     if not keep:
@@ -158,8 +158,8 @@ def test_variant_build_cannot_write_into_the_source(seed: Seed, tmp_path: Path) 
     mk = proj.artifacts / "gnumach" / "source" / "Makefile.in"
     mk.write_text("\n".join(mk.read_text().splitlines()[1:]) + "\n")
     before = hashes(proj.artifacts / "gnumach" / "xen-pae")
-    assert proj.run_doit("forget", "gnumach:xen-pae").returncode == 0
-    r = proj.run_doit("gnumach:xen-pae")
+    assert proj.doit("forget", "gnumach:xen-pae").returncode == 0
+    r = proj.doit("gnumach:xen-pae")
     assert r.returncode != 0
     assert "configure needs a writable copy of the source tree" in r.stdout
     assert MARKER not in mk.read_text()
@@ -170,9 +170,9 @@ def test_variant_build_cannot_write_into_the_source(seed: Seed, tmp_path: Path) 
 
 
 def test_wrong_patch_sha256_is_refused_naming_the_key(seed: Seed, tmp_path: Path) -> None:
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
     proj.overlay(seed.fake.overlay(patch_sha256="0" * 64))
-    r = proj.run_doit("gnumach:xen-pae")
+    r = proj.doit("gnumach:xen-pae")
     assert r.returncode == 2
     assert f"error: hurdxen.local.toml: gnumach.patches.sha256.{PATCH_NAME}: the patch's sha256 is" in r.stdout
     assert seed.fake.patch_sha256 in r.stdout
@@ -187,7 +187,7 @@ def _notes_overlay(seed: Seed, mode: str) -> dict[str, object]:
 def test_name_owner_kernel_fails_strict_verify_and_keeps_the_good_one(seed: Seed, tmp_path: Path) -> None:
     proj = fresh(seed, tmp_path, _notes_overlay(seed, "name-owner"))
     before = hashes(proj.artifacts / "gnumach" / "xen-pae")
-    r = proj.run_doit("gnumach:xen-pae")
+    r = proj.doit("gnumach:xen-pae")
     assert r.returncode != 0
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("error: gnumach:xen-pae:")), "")
     assert "owner" in line, r.stdout[-3000:]
@@ -200,7 +200,7 @@ def test_name_owner_kernel_fails_strict_verify_and_keeps_the_good_one(seed: Seed
 
 def test_name_owner_kernel_is_never_published(seed: Seed, tmp_path: Path) -> None:
     proj = fresh(seed, tmp_path, _notes_overlay(seed, "name-owner"), keep=False)
-    r = proj.run_doit("gnumach:xen-pae")
+    r = proj.doit("gnumach:xen-pae")
     assert r.returncode != 0
     assert not (proj.artifacts / "gnumach" / "xen-pae").exists()
     assert not [p for p in (proj.artifacts / "gnumach").iterdir() if p.name.startswith(".tmp-")]
@@ -209,7 +209,7 @@ def test_name_owner_kernel_is_never_published(seed: Seed, tmp_path: Path) -> Non
 def test_bad_pae_note_fails_with_the_pae_mode_explanation(seed: Seed, tmp_path: Path) -> None:
     proj = fresh(seed, tmp_path, _notes_overlay(seed, "bad-pae"))
     before = hashes(proj.artifacts / "gnumach" / "xen-pae")
-    r = proj.run_doit("gnumach:xen-pae")
+    r = proj.doit("gnumach:xen-pae")
     assert r.returncode != 0
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("error: gnumach:xen-pae:")), "")
     assert "PAE_MODE" in line and "yes[extended-cr3]" in line, r.stdout[-3000:]
@@ -231,7 +231,7 @@ def _kernels(artifacts: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_two_builds_in_different_dirs_are_identical(seed: Seed, tmp_path: Path) -> None:
     proj = fresh(seed, tmp_path, keep=False)
-    r = proj.run_doit(*TASKS)
+    r = proj.doit(*TASKS)
     assert r.returncode == 0, r.stdout[-3000:]
     assert _kernels(proj.artifacts) == _kernels(seed.proj.artifacts)
 
@@ -247,9 +247,9 @@ def test_host_executor_build_matches_the_docker_build(seed: Seed, tmp_path: Path
     probe.write_text("int x;\n")
     if os.system(f"gcc -m32 -c {probe} -o {tmp_path / 'probe.o'} 2>/dev/null") != 0:
         pytest.skip("host gcc cannot build 32-bit code (gcc-multilib)")
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
     proj.overlay(seed.fake.overlay())
-    r = proj.run_doit(*TASKS, HURDXEN_EXECUTOR="host")
+    r = proj.doit(*TASKS, HURDXEN_EXECUTOR="host")
     assert r.returncode == 0, r.stdout[-3000:]
     m = json.loads((proj.artifacts / "gnumach" / "xen-pae" / "manifest.json").read_text())
     assert m["step"]["executor"] == "host"
@@ -263,8 +263,8 @@ def test_host_executor_build_matches_the_docker_build(seed: Seed, tmp_path: Path
 
 
 def test_debian_prebuilt_kernel_passes_non_strict_with_the_owner_warning(tmp_path: Path) -> None:
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
-    r = proj.run_doit("gnumach:debian-xen-486")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
+    r = proj.doit("gnumach:debian-xen-486")
     assert r.returncode == 0, r.stdout[-3000:]
     d = proj.artifacts / "gnumach" / "debian-xen-486"
     m = json.loads((d / "manifest.json").read_text())
@@ -277,9 +277,9 @@ def test_debian_prebuilt_kernel_passes_non_strict_with_the_owner_warning(tmp_pat
 
 def test_debian_amd64_index_kernel_of_that_name_is_refused(tmp_path: Path) -> None:
     """bookworm's amd64 index has gnumach-image-1.8-xen-486 too, but its ELF is x86-64 (tests/debian_kernels.py)."""
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
     proj.overlay({"gnumach": {"prebuilt": {"debian-xen-486": {"package": {"arch": "amd64"}}}}})
-    r = proj.run_doit("gnumach:debian-xen-486")
+    r = proj.doit("gnumach:debian-xen-486")
     assert r.returncode != 0
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("error: gnumach:debian-xen-486:")), "")
     assert "ELFCLASS64" in line or "64-bit" in line or "x86-64" in line or "x86_64" in line, r.stdout[-3000:]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aptrepo import AptRepo, GpgKey
 from elfstandins import ElfFactory, elves
-from projectcopy import ProjectCopy
+from project import Project
 
 from hurdxen import manifest
 from hurdxen.fsutil import sha256_file
@@ -72,23 +72,23 @@ def repos(tmp_path_factory: pytest.TempPathFactory, elves: ElfFactory) -> Iterat
     key.close()
 
 
-def make_project(tmp_path: Path, variants: dict[str, Any], name: str = "proj") -> ProjectCopy:
-    proj = ProjectCopy.create(tmp_path / name, artifacts=tmp_path / f"{name}-artifacts")
+def make_project(tmp_path: Path, variants: dict[str, Any], name: str = "proj") -> Project:
+    proj = Project.create(tmp_path / name, artifacts=tmp_path / f"{name}-artifacts")
     proj.overlay({"hurd-modules": {"variants": variants}})
     return proj
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]) -> ProjectCopy:
+def built(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]) -> Project:
     root = tmp_path_factory.mktemp("hurd-modules-stage")
     proj = make_project(root, {**variant_overlay(repos[32], 32), **variant_overlay(repos[64], 64)})
-    r = proj.run_doit("hurd-modules:hurd-i386", "hurd-modules:hurd-amd64")
+    r = proj.doit("hurd-modules:hurd-i386", "hurd-modules:hurd-amd64")
     assert r.returncode == 0, r.stdout[-3000:]
     return proj
 
 
 @pytest.mark.parametrize("bits", [32, 64])
-def test_ramdisk_written_with_manifest_and_modules(built: ProjectCopy, elves: ElfFactory, bits: int) -> None:
+def test_ramdisk_written_with_manifest_and_modules(built: Project, elves: ElfFactory, bits: int) -> None:
     d = built.artifacts / "hurd-modules" / ARCHES[bits]
     rd = parse_ramdisk((d / RAMDISK_NAME).read_bytes())
     assert [m.data for m in rd.modules] == [elves.static(bits), elves.ldso(bits, LIBC)]
@@ -109,7 +109,7 @@ def test_ramdisk_written_with_manifest_and_modules(built: ProjectCopy, elves: El
     assert built_m.output(f"module:{ldso}") == d / "modules" / ldso
 
 
-def test_dump_through_the_cli(built: ProjectCopy) -> None:
+def test_dump_through_the_cli(built: Project) -> None:
     f = built.artifacts / "hurd-modules" / "hurd-i386" / RAMDISK_NAME
     r = built.run_hurdxen("ramdisk", "dump", str(f))
     assert r.returncode == 0, r.stderr
@@ -119,9 +119,9 @@ def test_dump_through_the_cli(built: ProjectCopy) -> None:
     assert "ramdisk" in help_.stdout and "inspect-kernel" in help_.stdout
 
 
-def test_byte_identical_across_two_builds(built: ProjectCopy, repos: dict[int, AptRepo], tmp_path: Path) -> None:
+def test_byte_identical_across_two_builds(built: Project, repos: dict[int, AptRepo], tmp_path: Path) -> None:
     proj = make_project(tmp_path, {**variant_overlay(repos[32], 32), **variant_overlay(repos[64], 64)}, "second")
-    r = proj.run_doit("hurd-modules:hurd-i386", "hurd-modules:hurd-amd64")
+    r = proj.doit("hurd-modules:hurd-i386", "hurd-modules:hurd-amd64")
     assert r.returncode == 0, r.stdout[-3000:]
     for arch in ARCHES.values():
         for rel in (RAMDISK_NAME, "manifest.json"):
@@ -142,7 +142,7 @@ def test_libc_version_not_the_package_pin_is_a_recipe_error(repos: dict[int, Apt
     over = variant_overlay(repos[32], 32)
     over["hurd-i386"]["libc_version"] = "2.41-7"
     proj = make_project(tmp_path, over)
-    r = proj.run_doit("hurd-modules:hurd-i386")
+    r = proj.doit("hurd-modules:hurd-i386")
     assert r.returncode == 2
     assert "variants.hurd-i386.debian.packages.libc0.3: 2.41-6 is not the pinned libc_version 2.41-7" in r.stdout
     assert "Traceback" not in r.stdout
@@ -155,7 +155,7 @@ def test_ldso_that_is_not_the_pinned_libc_is_refused_nothing_written(
     """A libc0.3 2.41-7 package whose ld.so says 2.41-6: the banner check refuses it."""
     publish_hurd(apt_repo, elves, 32, libc="2.41-7", banner="2.41-6")
     proj = make_project(tmp_path, variant_overlay(apt_repo, 32, libc="2.41-7"))
-    r = proj.run_doit("hurd-modules:hurd-i386")
+    r = proj.doit("hurd-modules:hurd-i386")
     assert r.returncode != 0
     assert "error: hurd-modules:hurd-i386:" in r.stdout
     assert "glibc 2.41-6, but the pinned libc0.3 version is 2.41-7" in r.stdout
@@ -172,7 +172,7 @@ def test_bad_signature_fails_and_keeps_the_previous_ramdisk(
 ) -> None:
     publish_hurd(apt_repo, elves, 32)
     proj = make_project(tmp_path, variant_overlay(apt_repo, 32))
-    assert proj.run_doit("hurd-modules:hurd-i386").returncode == 0
+    assert proj.doit("hurd-modules:hurd-i386").returncode == 0
     out = proj.artifacts / "hurd-modules" / "hurd-i386"
     before = {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()}
     # A new suite, so nothing is answered from the cache's record of the first one.
@@ -182,7 +182,7 @@ def test_bad_signature_fails_and_keeps_the_previous_ramdisk(
     else:
         apt_repo.resign_with_other_key()
     proj.overlay({"hurd-modules": {"variants": variant_overlay(apt_repo, 32, suite="test2")}})
-    r = proj.run_doit("hurd-modules:hurd-i386")
+    r = proj.doit("hurd-modules:hurd-i386")
     assert r.returncode != 0
     # The sources task that fetches the index fails first, as one line; the stage does not run.
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("sources:") and " error: " in ln), "")

@@ -17,7 +17,7 @@ import pytest
 from aptrepo import AptRepo, GpgKey
 from elfstandins import ElfFactory, elves
 from httpserver import TestServer
-from projectcopy import ProjectCopy
+from project import Project
 
 from hurdxen import pinlock, pins, recipes, sources_deb
 from hurdxen.errors import HurdxenError
@@ -45,7 +45,7 @@ def commit_recipe(root: Path, archive: str, version: str) -> None:
     )
 
 
-def point_recipe_at(proj: ProjectCopy, archive: str, keyring: Path, **extra: str) -> None:
+def point_recipe_at(proj: Project, archive: str, keyring: Path, **extra: str) -> None:
     """Edit the copy's committed hurd-modules recipe (not an overlay: overrides are local and never locked)."""
     recipe = proj.root / "recipes" / "hurd-modules.toml"
     more = "".join(f'\n{k} = "{v}"' for k, v in extra.items())
@@ -310,13 +310,13 @@ def publish_set(repo: AptRepo, elves: ElfFactory, hurd: str, libc: str, banner: 
 def test_update_moves_pins_lock_and_rebuild(
     apt_signing_key: GpgKey, elves: ElfFactory, http_server: TestServer, tmp_path: Path
 ) -> None:
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "art")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "art")
     old_hurd, old_libc = "1:0.9.git20250420-1", "2.41-6"  # the recipe's pins
     with AptRepo(tmp_path / "ports", apt_signing_key, ports=True) as ports:
         publish_set(ports, elves, old_hurd, old_libc)
         archive = http_server.serve_dir("/debian-ports", ports.archive)
         point_recipe_at(proj, archive, ports.keyring_path)
-        r = proj.run_doit("hurd-modules:hurd-i386")
+        r = proj.doit("hurd-modules:hurd-i386")
         assert r.returncode == 0, r.stdout[-3000:]
         lock = pinlock.load(pinlock.path_for(proj.root))
         assert {e["version"] for e in lock.values() if e["package"] == "libc0.3"} == {old_libc}
@@ -337,7 +337,7 @@ def test_update_moves_pins_lock_and_rebuild(
             ("hurd", "1:0.9.git20261101-1"),
             ("libc0.3", "2.42-2"),
         }
-        r = proj.run_doit("hurd-modules:hurd-i386")
+        r = proj.doit("hurd-modules:hurd-i386")
         assert r.returncode == 0, r.stdout[-3000:]
         m = json.loads((proj.artifacts / "hurd-modules/hurd-i386/manifest.json").read_text())
         assert m["libc_version"] == "2.42-2"
@@ -389,7 +389,7 @@ def test_canary_builds_floating_inputs_in_a_copy(
     """GNU Mach's branch head and the newest packages are built in a copy; the project's recipes stay as pinned."""
     import git
 
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "art")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "art")
     mach = git.Repo.init(tmp_path / "gnumach", initial_branch="master")
     (tmp_path / "gnumach" / "README").write_text("GNU Mach\n")
     mach.index.add(["README"])
@@ -422,7 +422,7 @@ def test_doit_build_falls_back_to_the_snapshot_and_then_runs_offline(
     apt_signing_key: GpgKey, elves: ElfFactory, http_server: TestServer, tmp_path: Path
 ) -> None:
     """The recipe's versions are gone from the (ports-shaped) archive; the snapshot of the day still has them."""
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "art")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "art")
     old_hurd, old_libc = "1:0.9.git20250420-1", "2.41-6"  # the recipe's pins
     with AptRepo(tmp_path / "ports", apt_signing_key, ports=True) as ports:
         publish_set(ports, elves, old_hurd, old_libc)
@@ -437,7 +437,7 @@ def test_doit_build_falls_back_to_the_snapshot_and_then_runs_offline(
         point_recipe_at(proj, archive, ports.keyring_path, snapshot=STAMP)
         proj.overlay({"settings": {"snapshot": http_server.url + "/snap"}})
         cache = tmp_path / "cache"
-        r = proj.run_doit("hurd-modules:hurd-i386", HURDXEN_CACHE=str(cache))
+        r = proj.doit("hurd-modules:hurd-i386", HURDXEN_CACHE=str(cache))
         assert r.returncode == 0, r.stdout[-3000:]
         lock = pinlock.load(pinlock.path_for(proj.root))
         ports_entries = {e["package"]: e for e in lock.values() if e["arch"] == "hurd-i386"}
@@ -449,7 +449,7 @@ def test_doit_build_falls_back_to_the_snapshot_and_then_runs_offline(
         assert m["libc_version"] == old_libc
     # Both servers gone: the lock and the cache are enough.
     http_server.stop()
-    r = proj.run_doit("-a", "hurd-modules:hurd-i386", HURDXEN_CACHE=str(cache), HURDXEN_OFFLINE="1")
+    r = proj.doit("-a", "hurd-modules:hurd-i386", HURDXEN_CACHE=str(cache), HURDXEN_OFFLINE="1")
     assert r.returncode == 0, r.stdout[-3000:]
 
 
@@ -463,7 +463,7 @@ def test_update_moves_a_rotated_keyring_first(
         with AptRepo(tmp_path / "ports", new, ports=True) as ports:
             publish_set(ports, elves, "1:0.9.git20250420-1", "2.41-6")
             ports_url = http_server.serve_dir("/debian-ports", ports.archive)
-            proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "art")
+            proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "art")
             recipe = proj.root / "recipes" / "hurd-modules.toml"
             text = recipe.read_text().replace("http://deb.debian.org/debian-ports", ports_url)
             kp = (
@@ -472,7 +472,7 @@ def test_update_moves_a_rotated_keyring_first(
             )
             text = re.sub(r"^keyring_package = .*$", kp, text, flags=re.M)
             recipe.write_text(text)
-            r = proj.run_doit("hurd-modules:hurd-i386")
+            r = proj.doit("hurd-modules:hurd-i386")
             assert r.returncode != 0
             assert f"pin a newer `{VARIANT}.keyring_package`: test-ports-keyring 2024.1 lacks the key" in r.stdout
             up = proj.run_hurdxen("pins", "update", "--only", "hurd-modules")
@@ -481,5 +481,5 @@ def test_update_moves_a_rotated_keyring_first(
             lock = pinlock.load(pinlock.path_for(proj.root))
             libc = next(e for e in lock.values() if e["package"] == "libc0.3" and e["arch"] == "hurd-i386")
             assert libc["signed_by"] == new.fingerprint and libc["keyring"]["version"] == "2025.1"
-            r = proj.run_doit("hurd-modules:hurd-i386")
+            r = proj.doit("hurd-modules:hurd-i386")
             assert r.returncode == 0, r.stdout[-3000:]

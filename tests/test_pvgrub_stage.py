@@ -16,7 +16,7 @@ import pytest
 from aptrepo import AptRepo
 from elfstandins import ElfFactory, elves
 from fakemachrepo import FakeMach, make_fakemach_repo
-from projectcopy import ProjectCopy, clone_artifacts, require_docker
+from project import Project, clone_artifacts, require_docker
 from test_hurd_modules_stage import LIBC, repos, variant_overlay
 
 from hurdxen import manifest
@@ -42,7 +42,7 @@ STANDALONE = {"i386-xen-standalone": ("xen-pae", 32), "x86_64-xen-standalone": (
 class Built:
     fake: FakeMach
     overlay: dict[str, Any]
-    proj: ProjectCopy
+    proj: Project
 
 
 def overlay_for(fake: FakeMach, repos: dict[int, AptRepo], notes: str | None = None) -> dict[str, Any]:
@@ -57,9 +57,9 @@ def built(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]) -
     root = tmp_path_factory.mktemp("pvgrub-stage")
     fake = make_fakemach_repo(root)
     over = overlay_for(fake, repos)
-    proj = ProjectCopy.create(root / "proj", artifacts=root / "a1")
+    proj = Project.create(root / "proj", artifacts=root / "a1")
     proj.overlay(over)
-    r = proj.run_doit(*(f"pvgrub2:{n}" for n in IMAGES))
+    r = proj.doit(*(f"pvgrub2:{n}" for n in IMAGES))
     assert r.returncode == 0, r.stdout[-4000:]
     return Built(fake, over, proj)
 
@@ -103,12 +103,12 @@ def test_standalone_memdisk_holds_the_stage_outputs(built: Built, elves: ElfFact
 
 
 def test_images_identical_across_two_artifact_dirs(built: Built, tmp_path: Path) -> None:
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "a2")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "a2")
     proj.overlay(built.overlay)
     clone_artifacts(built.proj.artifacts, proj.artifacts)
     for sub in ("gnumach", "hurd-modules", "pvgrub2", "logs"):
         shutil.rmtree(proj.artifacts / sub, ignore_errors=True)
-    r = proj.run_doit(*(f"pvgrub2:{n}" for n in IMAGES))
+    r = proj.doit(*(f"pvgrub2:{n}" for n in IMAGES))
     assert r.returncode == 0, r.stdout[-4000:]
     for n in IMAGES:
         for name in (f"pv-grub-{n}", f"pv-grub-{n}.gz", f"pv-grub-{n}.memdisk.tar"):
@@ -125,12 +125,12 @@ def test_kernel_refused_by_strict_verify_never_reaches_an_image(
 ) -> None:
     """pvgrub's own kernel check is lenient (Xen's view: note-owner problems are warnings there), so the gate is the
     gnumach stage: a name-owner kernel is not published, the standalone image is not rebuilt, the old one stays."""
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "a3")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "a3")
     proj.overlay(overlay_for(built.fake, repos, notes="name-owner"))
     clone_artifacts(built.proj.artifacts, proj.artifacts)
     d = proj.artifacts / "pvgrub2" / "i386-xen-standalone"
     before = {p.name: sha256_file(p) for p in d.iterdir()}
-    r = proj.run_doit("pvgrub2:i386-xen-standalone")
+    r = proj.doit("pvgrub2:i386-xen-standalone")
     assert r.returncode != 0
     assert any(ln.startswith("error: gnumach:xen-pae:") for ln in r.stdout.splitlines()), r.stdout[-3000:]
     # The run ends with a summary: the failed task with its error line, the one it held back, and why.
@@ -154,10 +154,10 @@ def test_a_new_gnumach_variant_is_a_recipe_edit(built: Built, repos: dict[int, A
     image = {"name": "i386-o1", "platform": "i386-xen", "flavour": "standalone", "kernels": ["xen-pae-o1"]}
     with open(built.proj.root / "recipes" / "pvgrub2.toml", "rb") as f:
         over["pvgrub2"] = {"images": [*tomllib.load(f)["images"], image]}  # an overlay's array replaces the recipe's
-    proj = ProjectCopy.create(tmp_path / "proj", artifacts=tmp_path / "a4")
+    proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "a4")
     proj.overlay(over)
     clone_artifacts(built.proj.artifacts, proj.artifacts)
-    r = proj.run_doit("pvgrub2:i386-o1")
+    r = proj.doit("pvgrub2:i386-o1")
     assert r.returncode == 0, r.stdout[-4000:]
     m = manifest.read(proj.artifacts / "pvgrub2" / "i386-o1")
     assert m.fact("kernels") == [{"name": "xen-pae-o1", "bits": 32, "pae": True}]

@@ -16,8 +16,7 @@ import pytest
 from aptrepo import AptRepo
 from elfstandins import elves
 from fakemachrepo import make_fakemach_repo
-from project import CODE
-from projectcopy import ProjectCopy, require_docker
+from project import CODE, Project, require_docker
 from test_pvgrub_stage import overlay_for, repos
 
 __all__ = ["elves", "repos"]
@@ -29,7 +28,7 @@ RELEASE = "hurdxen-1.0.0"
 
 @dataclass
 class Released:
-    proj: ProjectCopy
+    proj: Project
     bundle: Path
     tarball: Path
     doit_output: str
@@ -54,7 +53,7 @@ def released(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]
     require_docker()
     root = tmp_path_factory.mktemp("release-e2e")
     fake = make_fakemach_repo(root)
-    proj = ProjectCopy.create(root / "proj", artifacts=root / "artifacts")
+    proj = Project.create(root / "proj", artifacts=root / "artifacts")
     over = overlay_for(fake, repos)
     # No boot check in this chain (the fakemach kernels do not boot): the bundle says so, as the flag requires.
     over["release"] = {"allow_unbooted": True}
@@ -66,7 +65,7 @@ def released(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]
     git(proj.root, "add", "-A")
     git(proj.root, "commit", "-q", "-m", "release")
     git(proj.root, "tag", "v1.0.0")
-    r = proj.run_doit("bundle")
+    r = proj.doit("bundle")
     assert r.returncode == 0, r.stdout[-5000:]
     bundle = proj.artifacts / "release" / RELEASE
     yield Released(proj, bundle, bundle.with_name(RELEASE + ".tar.gz"), r.stdout, fake.repo)
@@ -121,13 +120,13 @@ def test_provenance_names_every_input_of_every_artefact(released: Released) -> N
 
 
 def test_doit_verify_passes_and_a_tampered_bundle_fails(released: Released, tmp_path: Path) -> None:
-    r = released.proj.run_doit("verify")
+    r = released.proj.doit("verify")
     assert r.returncode == 0, r.stdout[-3000:]
     copy = tmp_path / RELEASE
     shutil.copytree(released.bundle, copy)
     with open(copy / "kernels" / "gnumach-xen-pae.gz", "ab") as f:
         f.write(b"\0")
-    r = released.proj.run_doit("verify", "--bundle", str(copy))
+    r = released.proj.doit("verify", "--bundle", str(copy))
     assert r.returncode != 0
     errors = [ln for ln in r.stdout.splitlines() if ln.startswith("error: ")]
     assert errors and "gnumach-xen-pae.gz" in errors[0], r.stdout[-3000:]
@@ -136,13 +135,13 @@ def test_doit_verify_passes_and_a_tampered_bundle_fails(released: Released, tmp_
 
 def test_second_bundle_is_bit_identical(released: Released) -> None:
     before = released.tarball.read_bytes()
-    r = released.proj.run_doit("bundle")
+    r = released.proj.doit("bundle")
     assert r.returncode == 0, r.stdout[-3000:]
     assert released.tarball.read_bytes() == before
 
 
 def test_doit_reproduce_rebuilds_everything_identically(released: Released) -> None:
-    r = released.proj.run_doit("reproduce", timeout=2400)
+    r = released.proj.doit("reproduce", timeout=2400)
     assert r.returncode == 0, r.stdout[-5000:]
     assert not (released.proj.artifacts / "reproduce-report").exists() or not any(
         (released.proj.artifacts / "reproduce-report").iterdir()

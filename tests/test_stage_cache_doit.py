@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 from ociregistry import Key, LocalRegistry, drop_key, make_key, run_registry
-from project import SHARED_CACHE, DoitRun, Project, copy_project
-from projectcopy import require_docker
+from project import SHARED_CACHE, DoitRun, Project, copy_project, require_docker
 
 pytestmark = [pytest.mark.docker]
 TARGETS = ("i686-gnu", "x86_64-gnu")

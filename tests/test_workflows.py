@@ -26,10 +26,6 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 TEST_COMMAND = "bash scripts/test.sh"
 SETUP_COMMAND = "bash scripts/setup.sh"
 
-# Task basenames other branches are adding (boot check, release bundle): until they are wired into doit, a workflow
-# naming them is reported as pending (a skip that says so) rather than failing. Any other unknown name fails.
-PENDING_TASKS = {"boot", "bundle", "verify", "reproduce", "publish"}
-
 # Plumbing a workflow may run besides doit and the test command: (program words, why).
 ALLOWED: tuple[tuple[tuple[str, ...], str], ...] = (
     (("docker", "load"), "restore the builder images from the cache"),
@@ -346,21 +342,14 @@ def test_doit_invocations_name_existing_tasks() -> None:
         invocations += 1
         assert v.tasks, f"{block.workflow}:{block.line}: {cmd!r} names no task (doit's default is `build`: say so)"
         for t in v.tasks:
-            if t not in known and t.split(":")[0] not in PENDING_TASKS:
-                unknown.append(f"{block.workflow}:{block.line}: doit task {t!r} does not exist")
-            elif t not in known and t.split(":")[0] in known:
+            if t in known:
+                continue
+            if t.split(":")[0] in known:
                 unknown.append(f"{block.workflow}:{block.line}: {t.split(':')[0]} exists but has no task {t!r}")
+            else:
+                unknown.append(f"{block.workflow}:{block.line}: doit task {t!r} does not exist")
     assert invocations >= 5
     assert not unknown, "\n".join(unknown)
-
-
-def test_pending_tasks_are_wired() -> None:
-    """The task names other branches are adding; skipped, naming them, until `doit list --all` has them."""
-    known = doit_tasks()
-    used = {t for block, cmd, path in all_commands() for t in classify(cmd, path).tasks}
-    missing = sorted(t for t in used if t not in known)
-    if missing:
-        pytest.skip(f"doit tasks used by the workflows but not wired yet: {', '.join(missing)}")
 
 
 def test_ci_runs_the_readme_test_command_and_lints_like_it() -> None:
