@@ -30,17 +30,16 @@ def named(msg: str, task: str) -> str:
 
 
 def error_line(fail: Any, task: str) -> str:
-    """The failure as one line for the summary: its `error: …` line (a step failure quotes its log below it) with
-    the hint; for anything else, the last line doit has for it."""
+    """The failure as one short line for the summary: its `error: …` line without the hint (the failure's own line
+    above the summary carries the hint, and a step failure the tail of its log); for anything else, the last line
+    doit has for it. The summary's row already names the task."""
     msg = str(getattr(fail, "message", "") or fail.get_msg()).strip()
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
     if msg.startswith("error: "):
         line = lines[0]
-        at = msg.rfind("(hint: ")
-        if "(hint: " not in line and at >= 0:
-            line += " … " + " ".join(msg[at:].split())
-        return named(line, task)
-    return f"{task}: {lines[-1] if lines else fail.get_name()}"
+        at = line.rfind(" (hint: ")
+        return line[:at] if at >= 0 else line
+    return lines[-1] if lines else fail.get_name()
 
 
 def targets_dir(task: Any) -> str:

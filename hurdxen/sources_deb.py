@@ -173,12 +173,20 @@ def resolve_deb(pin: DebPin, cache: Cache, *, strict: bool = True, newest: bool 
             # A snapshot that answered but lacks the version says more than a later timestamp that does not exist.
             if last is None or not isinstance(last, debindex.PackageMissing):
                 last = e
-    snap = last.message if last else why
+    snap = _reason(last, pin) if last else why
     raise HurdxenError(
-        f"{pin.name}: not in {pin.archive} ({live.message}) nor in the snapshot service ({snap})",
+        f"{pin.name}: not in {pin.archive} ({_reason(live, pin)}) nor in the snapshot service ({snap})",
         hint=f"`hurdxen pins update` moves `{pin.version_key or pin.key}` to an existing version, "
         f"or set `{pin.key}.snapshot`",
     )
+
+
+def _reason(e: HurdxenError, pin: DebPin) -> str:
+    """A nested error without the pin's name, which the outer message already starts with."""
+    for prefix in (f"{pin.name} index: ", f"{pin.name}: "):
+        if e.message.startswith(prefix):
+            return e.message[len(prefix) :]
+    return e.message
 
 
 def snapshot_archive(pin: DebPin) -> str:
@@ -197,8 +205,8 @@ def _snapshot_stamps(pin: DebPin, cache: Cache) -> tuple[list[str], str]:
         stamp = _mr_first_seen(pin, cache.network)
     if not stamp:
         return [], (
-            f"no snapshot timestamp: set `{pin.key}.snapshot`"
-            + ("" if snapshot_archive(pin) == "debian" else " (the snapshot API does not index debian-ports)")
+            "no snapshot timestamp"  # the hint says where to set one
+            + ("" if snapshot_archive(pin) == "debian" else ": the snapshot API does not index debian-ports")
         )
     try:
         t = datetime.strptime(stamp, SNAPSHOT_TS).replace(tzinfo=UTC)

@@ -259,10 +259,12 @@ def test_unreachable_engine_is_one_line(tmp_path: Path) -> None:
         "base: error: no Docker engine answers at unix:///nonexistent.sock (hint: start one with `scripts/setup.sh` "
         "(it runs `dockerd --bridge=none`), or set HURDXEN_EXECUTOR=host)"
     )
-    # One line as it fails, and once more in the run's summary (which says what it held back).
+    # One line as it fails, and once more in the run's summary (shorter: its row names the task, the hint was given).
     progress, summary = run.output.split("summary: ", 1)
     assert [ln for ln in progress.splitlines() if "error:" in ln] == [line]
-    assert [ln[ln.index("base: error:") :] for ln in summary.splitlines() if "error:" in ln] == [line]
+    short = line[len("base: ") : line.index(" (hint: ")]
+    assert [ln[ln.index("error:") :] for ln in summary.splitlines() if "error:" in ln] == [short]
+    assert [ln.split()[:2] for ln in summary.splitlines() if "error:" in ln] == [["failed", "base"]]
     assert "not run" in summary and "UnmetDependency" not in run.output
 
 

@@ -375,7 +375,7 @@ def test_deb_version_not_in_index(repo: AptRepo, apt_server: str, cache: Cache) 
     assert info.value.render() == (
         f"error: hello-headers 2:9.9-9 (i386, testing): not in {apt_server} ({apt_server}/dists/testing/main/"
         "binary-i386/Packages.xz: package hello-headers 2:9.9-9 for i386 is not in the index (versions there: "
-        "2:1.0-1)) nor in the snapshot service (no snapshot timestamp: set `k.snapshot`) "
+        "2:1.0-1)) nor in the snapshot service (no snapshot timestamp) "
         "(hint: `hurdxen pins update` moves `k.version` to an existing version, or set `k.snapshot`)"
     )
 
