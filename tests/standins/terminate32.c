@@ -1,0 +1,100 @@
+/* A 32-bit boot module that makes tasks go away, as a Hurd server that gives up at its start does (no libc).
+   GNU Mach's i386 trap convention: `lcall $7,$0` through the call gate of the task's LDT (Xen emulates the gate
+   for a PV guest) with the trap number (negative) in %eax and the arguments on the user stack above a return
+   address, as glibc's stubs (called as functions) leave them. It makes mach_task_self and mach_reply_port, then
+   hand-built mach_msg RPCs on the kernel's task ports (message ids from GNU Mach's include/mach/mach.defs,
+   subsystem mach 2000: task_create 2007, task_terminate 2008, vm_allocate 2021): task_create a child,
+   vm_allocate in it (nothing is mapped: the child has page directories but no page tables), task_terminate it,
+   then task_terminate itself: the reaper then destroys its pmap, page tables of its own mappings included, which
+   is what panicked the 32-bit Xen kernel before recipes/patches/gnumach/0013 (issue 24). Each step is reported
+   through mach_print (trap 30: GNU Mach's printf, which reaches Xen's serial log); a wrong answer stops it with a
+   line that says which. */
+typedef unsigned int u32;
+
+#define TRAP(name, nr) __asm__(".text\n.globl " #name "\n" #name ":\n movl $" #nr ",%eax\n lcall $7,$0\n ret\n")
+TRAP(mach_msg_trap, -25);
+TRAP(mach_reply_port, -26);
+TRAP(mach_task_self, -28);
+TRAP(mach_print, -30);
+u32 mach_reply_port(void);
+u32 mach_task_self(void);
+void mach_print(const char *s);
+int mach_msg_trap(void *msg, int option, u32 send_size, u32 rcv_size, u32 rcv_name, u32 timeout, u32 notify);
+
+__asm__(".text\n.globl _start\n_start:\n andl $-16,%esp\n call standin_main\n1: jmp 1b\n");
+
+/* The i386 message layout of GNU Mach's headers and MIG: a 24-byte header, 4-byte type descriptors
+   (name:8 size:8 number:12 inline:1 longform:1 deallocate:1 unused:1), port names in 4 bytes. */
+struct header { u32 bits, size, remote, local, seqno; int id; };
+#define TYPE(name, bits) ((name) | (bits) << 8 | 1u << 16 | 1u << 28) /* one inline element */
+enum { BOOLEAN = 0, INTEGER_32 = 2, MOVE_SEND = 17, COPY_SEND = 19, MAKE_SEND_ONCE = 21 };
+#define COMPLEX 0x80000000u
+#define SEND_MSG 1
+#define RCV_MSG 2
+#define REQUEST(dest, reply, size, id) ((struct header){COPY_SEND | MAKE_SEND_ONCE << 8, (size), (dest), (reply), 0, (id)})
+
+struct msg { struct header h; u32 w[6]; };
+
+static u32 reply_port;
+
+static char *hex(char *p, u32 v) {
+    for (int i = 28; i >= 0; i -= 4) *p++ = "0123456789abcdef"[(v >> i) & 15];
+    return p;
+}
+static char *put(char *p, const char *s) { while (*s) *p++ = *s++; return p; }
+
+static void say(const char *what, u32 value) {
+    char line[120], *p = put(line, "hurdxen-terminate: ");
+    p = put(p, what);
+    if (value != ~0u) p = hex(put(p, " "), value);
+    *p++ = '\n';
+    *p = 0;
+    mach_print(line);
+}
+
+static void fail(const char *what, u32 value) {
+    say(what, value);
+    say("FAILED", ~0u);
+    for (;;) ;
+}
+
+/* A routine's RPC: send `m` (size bytes) and receive its reply into `m` on reply_port; stops with a line unless
+   mach_msg succeeds and the reply has the request's id + 100, `reply_size` bytes and a return code of 0. */
+static void rpc(struct msg *m, u32 size, u32 reply_size, const char *what) {
+    int id = m->h.id;
+    int r = mach_msg_trap(m, SEND_MSG | RCV_MSG, size, sizeof *m, reply_port, 0, 0);
+    if (r != 0) fail(what, (u32)r);
+    if (m->h.id != id + 100 || m->h.size != reply_size || m->w[0] != TYPE(INTEGER_32, 32)) fail(what, (u32)m->h.id);
+    if (m->w[1] != 0) fail(what, m->w[1]);
+}
+
+void standin_main(void) {
+    u32 self = mach_task_self();
+    reply_port = mach_reply_port();
+    if (!self || !reply_port) fail("mach_task_self/mach_reply_port", self);
+    say("mach_task_self", self);
+
+    /* task_create(self, inherit_memory = FALSE, &child) */
+    struct msg m = {REQUEST(self, reply_port, 32, 2007), {TYPE(BOOLEAN, 32), 0}};
+    rpc(&m, 32, 40, "task_create");
+    if (!(m.h.bits & COMPLEX) || m.w[2] != TYPE(MOVE_SEND, 32) || !m.w[3]) fail("task_create child", m.w[2]);
+    u32 child = m.w[3];
+    say("task_create child", child);
+
+    /* vm_allocate(child, &address, 64 KB, anywhere = TRUE) */
+    m = (struct msg){REQUEST(child, reply_port, 48, 2021),
+                     {TYPE(INTEGER_32, 32), 0, TYPE(INTEGER_32, 32), 0x10000, TYPE(BOOLEAN, 32), 1}};
+    rpc(&m, 48, 40, "vm_allocate");
+    say("vm_allocate in the child", m.w[3]);
+
+    /* task_terminate(child) */
+    m = (struct msg){REQUEST(child, reply_port, 24, 2008), {0}};
+    rpc(&m, 24, 32, "task_terminate(child)");
+    say("task_terminate(child) returned", 0);
+
+    /* task_terminate(self): no reply comes; the reaper destroys this task's pmap. */
+    say("task_terminate(self)", ~0u);
+    m = (struct msg){REQUEST(self, reply_port, 24, 2008), {0}};
+    mach_msg_trap(&m, SEND_MSG | RCV_MSG, 24, sizeof m, reply_port, 0, 0);
+    fail("task_terminate(self) returned", m.h.id);
+}
