@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from debian_kernels import fetch_kernel
-from elfstandins import ElfFactory, elves
+from elfstandins import TERMINATE32_CHILD, TERMINATE32_SELF, TERMINATE32_SRC, ElfFactory, elves
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -272,6 +272,12 @@ def test_recipe_and_stage_inputs() -> None:
         assert byname[name].known_failure is None and "task loaded: exec /hurd/exec" in byname[name].expect
     assert byname["xen-amd64"].alive_after >= 1 and byname["xen-pae"].alive_after >= 1
     assert byname["pvgrub-i386-standalone"].kind == "pvgrub" and byname["quick-xen-pae"].kind == "dom0"
+    # The stand-in that terminates tasks (issue 24): the recipe case waits for exactly the lines it prints, in order,
+    # and for the kernel to keep running after the last (the panic came right after it).
+    term = byname["xen-pae-standin-task-terminate"]
+    assert term.expect[1:] == (TERMINATE32_CHILD, TERMINATE32_SELF) and term.alive_after >= 1
+    for line in (TERMINATE32_CHILD, TERMINATE32_SELF):  # what its say() prints after "hurdxen-terminate: "
+        assert f'say("{line.removeprefix("hurdxen-terminate: ")}"' in TERMINATE32_SRC
     assert dict(rec.hypervisor.config) == {"CONFIG_EXPERT": "y", "CONFIG_PV32": "y", "CONFIG_VERBOSE_DEBUG": "y"}
     assert rec.hypervisor.identity("img") != rec.hypervisor.identity("other-img")
     kf = {"crash_in": "pmap_bootstrap_xen", "reason": "r"}
@@ -329,6 +335,9 @@ def without_pae(kernel: bytes) -> bytes:
 # kernels, ramdisks, pv-grub2 images and logs all live there.
 AWKWARD_DIR = "b with space, and comma, ü"
 FAKE_KF = bootcases.KnownFailure("crash", "fake_fault", "the fake kernel faults on purpose")
+# How Debian's 32-bit kernel (GNU Mach upstream, without recipes/patches/gnumach/0013) ends once a task with page
+# tables is destroyed: the slab allocator's write into a freed page table, still read-only, reaches vm_fault.
+TERMINATE_PANIC = "falls in physical memory area"
 
 
 @pytest.fixture(scope="module")
@@ -375,6 +384,11 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
         build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.static(32)),
                        Module("ld.so.1", EXEC_CMDLINE, elves.ldso(32))])
     )  # fmt: skip
+    terminate = work / "hurd-modules-terminate"
+    terminate.write_bytes(
+        build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.terminate32()),
+                       Module("ld.so.1", EXEC_CMDLINE, elves.ldso(32))])
+    )  # fmt: skip
     amd64 = work / "gnumach-amd64"
     amd64.write_bytes(gzip.decompress(fetch_kernel("amd64").read_bytes()))
     fake = work / "fake-pv-kernel"
@@ -397,7 +411,7 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
         shutil.copy(res.image, images[name])
     return {
         "hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "amd64": amd64, "ramdisk": ramdisk, "fake": fake,
-        "pvgrub": images, "logs": work / "logs", "work": work,
+        "pvgrub": images, "logs": work / "logs", "work": work, "terminate": terminate,
     }  # fmt: skip
 
 
@@ -415,6 +429,10 @@ def boot_report(boot_env: dict[str, Any]) -> bootcases.BootReport:
                            expect=("GNU Mach", "Running on xen-3.0-x86_32p"), timeout=60),
         bootcases.BootCase("guest-32pae", "guest", pae, ramdisk, expect=PAE_EXPECT, timeout=120),
         bootcases.BootCase("guest-32nopae", "guest", nopae, ramdisk, expect_refusal=NOPAE_REFUSAL, timeout=120),
+        # Issue 24 without the toolchain: Debian's (upstream) kernel panics once the stand-in has terminated itself.
+        bootcases.BootCase("guest-32pae-standin-task-terminate", "guest", pae, env["terminate"], timeout=120,
+                           expect=(*PAE_EXPECT[3:], TERMINATE32_CHILD, TERMINATE32_SELF), alive_after=3,
+                           known_failure=bootcases.KnownFailure("panic", TERMINATE_PANIC, "issue 24: pmap_destroy")),
         # Debian's x86_64 kernel: its __xen_guest says VIRT_BASE=0x40000000 while it is linked at
         # 0xffffffff80000000 (the note-owner bug makes Xen read that string), so libxc cannot lay it out.
         bootcases.BootCase("guest-64-debian", "guest", amd64, ramdisk, timeout=120, expect=PAE_EXPECT[2:],
@@ -450,6 +468,10 @@ def test_boot_checks(boot_report: bootcases.BootReport) -> None:
     assert got["guest-32pae"].verdict == "pass", got["guest-32pae"].reason
     assert got["guest-32pae"].matched == PAE_EXPECT
     assert got["guest-32nopae"].verdict == "expected-refusal", got["guest-32nopae"].reason
+    # The stand-in reaches its last line (each RPC answered right), then the upstream kernel panics in pmap_enter.
+    term = got["guest-32pae-standin-task-terminate"]
+    assert term.verdict == "known-failure" and term.ending is not None and term.ending.panic is not None, term.reason
+    assert term.ending.panic.function == "pmap_enter" and TERMINATE32_SELF in term.log.read_text(), term.summary()
     assert got["guest-64-debian"].verdict == "known-failure", got["guest-64-debian"].reason
     ending = got["guest-64-debian"].ending
     assert ending is not None and ending.kind == "refusal" and AMD64_REFUSAL in ending.signature
