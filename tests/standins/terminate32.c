@@ -3,10 +3,12 @@
    for a PV guest) with the trap number (negative) in %eax and the arguments on the user stack above a return
    address, as glibc's stubs (called as functions) leave them. It makes mach_task_self and mach_reply_port, then
    hand-built mach_msg RPCs on the kernel's task ports (message ids from GNU Mach's include/mach/mach.defs,
-   subsystem mach 2000: task_create 2007, task_terminate 2008, vm_allocate 2021): task_create a child,
-   vm_allocate in it (nothing is mapped: the child has page directories but no page tables), task_terminate it,
-   then task_terminate itself: the reaper then destroys its pmap, page tables of its own mappings included, which
-   is what panicked the 32-bit Xen kernel before recipes/patches/gnumach/0013 (issue 24). Each step is reported
+   subsystem mach 2000: task_create 2007, task_terminate 2008, vm_allocate 2021; include/mach/mach_host.defs,
+   mach_host 2600: vm_wire 2636): task_create a child, vm_allocate a page in it and vm_wire it through the host
+   privilege port (its --host-priv-port= argument), which makes the kernel enter it in the child's pmap (a page
+   table: under Xen pinned and read-only), task_terminate the child (its pmap is destroyed in the call), then
+   task_terminate itself (the reaper destroys its pmap, page tables of its own mappings included). Either
+   pmap_destroy panicked the 32-bit Xen kernel before recipes/patches/gnumach/0013 (issue 24). Each step is reported
    through mach_print (trap 30: GNU Mach's printf, which reaches Xen's serial log); a wrong answer stops it with a
    line that says which. */
 typedef unsigned int u32;
@@ -21,7 +23,9 @@ u32 mach_task_self(void);
 void mach_print(const char *s);
 int mach_msg_trap(void *msg, int option, u32 send_size, u32 rcv_size, u32 rcv_name, u32 timeout, u32 notify);
 
-__asm__(".text\n.globl _start\n_start:\n andl $-16,%esp\n call standin_main\n1: jmp 1b\n");
+/* The kernel starts a boot task with argc, then argv, on its stack. */
+__asm__(".text\n.globl _start\n_start:\n movl %esp,%eax\n andl $-16,%esp\n subl $12,%esp\n pushl %eax\n"
+        " call standin_main\n1: jmp 1b\n");
 
 /* The i386 message layout of GNU Mach's headers and MIG: a 24-byte header, 4-byte type descriptors
    (name:8 size:8 number:12 inline:1 longform:1 deallocate:1 unused:1), port names in 4 bytes. */
@@ -33,7 +37,7 @@ enum { BOOLEAN = 0, INTEGER_32 = 2, MOVE_SEND = 17, COPY_SEND = 19, MAKE_SEND_ON
 #define RCV_MSG 2
 #define REQUEST(dest, reply, size, id) ((struct header){COPY_SEND | MAKE_SEND_ONCE << 8, (size), (dest), (reply), 0, (id)})
 
-struct msg { struct header h; u32 w[6]; };
+struct msg { struct header h; u32 w[8]; };
 
 static u32 reply_port;
 
@@ -42,6 +46,20 @@ static char *hex(char *p, u32 v) {
     return p;
 }
 static char *put(char *p, const char *s) { while (*s) *p++ = *s++; return p; }
+
+/* The port name in argument `key`N (the boot script's ${host-port} and the like), 0 if none. */
+static u32 arg_port(u32 *sp, const char *key) {
+    char **argv = (char **)(sp + 1);
+    for (u32 i = 0; i < sp[0]; i++) {
+        const char *a = argv[i], *k = key;
+        while (*k && *a == *k) a++, k++;
+        if (*k) continue;
+        u32 n = 0;
+        while (*a >= '0' && *a <= '9') n = n * 10 + (u32)(*a++ - '0');
+        return n;
+    }
+    return 0;
+}
 
 static void say(const char *what, u32 value) {
     char line[120], *p = put(line, "hurdxen-terminate: ");
@@ -68,7 +86,8 @@ static void rpc(struct msg *m, u32 size, u32 reply_size, const char *what) {
     if (m->w[1] != 0) fail(what, m->w[1]);
 }
 
-void standin_main(void) {
+void standin_main(u32 *sp) {
+    u32 host_priv = arg_port(sp, "--host-priv-port=");
     u32 self = mach_task_self();
     reply_port = mach_reply_port();
     if (!self || !reply_port) fail("mach_task_self/mach_reply_port", self);
@@ -81,11 +100,22 @@ void standin_main(void) {
     u32 child = m.w[3];
     say("task_create child", child);
 
-    /* vm_allocate(child, &address, 64 KB, anywhere = TRUE) */
+    /* vm_allocate(child, &address = 256 MB, one page, anywhere = FALSE) */
+    const u32 address = 0x10000000;
     m = (struct msg){REQUEST(child, reply_port, 48, 2021),
-                     {TYPE(INTEGER_32, 32), 0, TYPE(INTEGER_32, 32), 0x10000, TYPE(BOOLEAN, 32), 1}};
+                     {TYPE(INTEGER_32, 32), address, TYPE(INTEGER_32, 32), 0x1000, TYPE(BOOLEAN, 32), 0}};
     rpc(&m, 48, 40, "vm_allocate");
+    if (m.w[3] != address) fail("vm_allocate address", m.w[3]);
     say("vm_allocate in the child", m.w[3]);
+
+    /* vm_wire(host_priv, child, address, one page, VM_PROT_READ | VM_PROT_WRITE): a page table in its pmap */
+    if (!host_priv) fail("no --host-priv-port=", 0);
+    m = (struct msg){REQUEST(host_priv, reply_port, 56, 2636),
+                     {TYPE(COPY_SEND, 32), child, TYPE(INTEGER_32, 32), address, TYPE(INTEGER_32, 32), 0x1000,
+                      TYPE(INTEGER_32, 32), 3}};
+    m.h.bits |= COMPLEX;
+    rpc(&m, 56, 32, "vm_wire");
+    say("vm_wire in the child", address);
 
     /* task_terminate(child) */
     m = (struct msg){REQUEST(child, reply_port, 24, 2008), {0}};
