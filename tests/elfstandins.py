@@ -21,10 +21,11 @@ DYNAMIC_SRC = "int main(void) { return 0; }\n"
 # The 32-bit boot module that makes tasks go away (a child, then itself) through hand-built mach_msg RPCs, as a
 # Hurd server that gives up at its start does (issue 24); it reports each step through mach_print. See its comment.
 TERMINATE32_SRC = (Path(__file__).resolve().parent / "standins" / "terminate32.c").read_text()
-# Its lines: the child has a (pinned) page table once the first shows, its pmap is gone when the second shows; the
-# third comes just before it terminates itself.
+# Its lines: the first child has a (pinned) page table once the first shows, its pmap is gone when the second shows;
+# the third once 49 more children (page directories only) are gone; the fourth just before it terminates itself.
 TERMINATE32_WIRED = "hurdxen-terminate: vm_wire in the child"
 TERMINATE32_CHILD = "hurdxen-terminate: task_terminate(child) returned"
+TERMINATE32_ALL = "hurdxen-terminate: children created and terminated: 00000032"  # 50, after 49 more children
 TERMINATE32_SELF = "hurdxen-terminate: task_terminate(self)"
 # A 64-bit Xen PV kernel small enough to read: the boot check's crash and XPASS tests boot it. Its command line
 # (`extra`) picks what it does: "fault" (a page fault in fake_fault, called from fake_step ← fake_main), "panic"

@@ -6,8 +6,8 @@
    subsystem mach 2000: task_create 2007, task_terminate 2008, vm_allocate 2021; include/mach/mach_host.defs,
    mach_host 2600: vm_wire 2636): task_create a child, vm_allocate a page in it and vm_wire it through the host
    privilege port (its --host-priv-port= argument), which makes the kernel enter it in the child's pmap (a page
-   table: under Xen pinned and read-only), task_terminate the child (its pmap is destroyed in the call), then
-   task_terminate itself (the reaper destroys its pmap, page tables of its own mappings included). Either
+   table: under Xen pinned and read-only), task_terminate the child (its pmap is destroyed in the call), the same
+   for CHILDREN - 1 more children without the wired page, then task_terminate itself (the reaper destroys its pmap, page tables of its own mappings included). Either
    pmap_destroy panicked the 32-bit Xen kernel before recipes/patches/gnumach/0013 (issue 24). Each step is reported
    through mach_print (trap 30: GNU Mach's printf, which reaches Xen's serial log); a wrong answer stops it with a
    line that says which. */
@@ -38,6 +38,12 @@ enum { BOOLEAN = 0, INTEGER_32 = 2, MOVE_SEND = 17, COPY_SEND = 19, MAKE_SEND_ON
 #define REQUEST(dest, reply, size, id) ((struct header){COPY_SEND | MAKE_SEND_ONCE << 8, (size), (dest), (reply), 0, (id)})
 
 struct msg { struct header h; u32 w[8]; };
+
+/* Children made and terminated in turn: the first with a wired page (a pinned page table), the others with page
+   directories only. A page directory is made read-only without a TLB flush, so a write through a stale writable
+   entry can get by for a while; freeing and reusing many of them (50 rounds: an unpatched kernel of this tree
+   panicked at the 37th) finds one the slab allocator cannot write. */
+#define CHILDREN 50
 
 static u32 reply_port;
 
@@ -93,34 +99,40 @@ void standin_main(u32 *sp) {
     if (!self || !reply_port) fail("mach_task_self/mach_reply_port", self);
     say("mach_task_self", self);
 
-    /* task_create(self, inherit_memory = FALSE, &child) */
-    struct msg m = {REQUEST(self, reply_port, 32, 2007), {TYPE(BOOLEAN, 32), 0}};
-    rpc(&m, 32, 40, "task_create");
-    if (!(m.h.bits & COMPLEX) || m.w[2] != TYPE(MOVE_SEND, 32) || !m.w[3]) fail("task_create child", m.w[2]);
-    u32 child = m.w[3];
-    say("task_create child", child);
+    struct msg m;
+    for (u32 round = 0; round < CHILDREN; round++) {
+        /* task_create(self, inherit_memory = FALSE, &child) */
+        m = (struct msg){REQUEST(self, reply_port, 32, 2007), {TYPE(BOOLEAN, 32), 0}};
+        rpc(&m, 32, 40, "task_create");
+        if (!(m.h.bits & COMPLEX) || m.w[2] != TYPE(MOVE_SEND, 32) || !m.w[3]) fail("task_create child", m.w[2]);
+        u32 child = m.w[3];
+        if (round == 0) say("task_create child", child);
 
-    /* vm_allocate(child, &address = 256 MB, one page, anywhere = FALSE) */
-    const u32 address = 0x10000000;
-    m = (struct msg){REQUEST(child, reply_port, 48, 2021),
-                     {TYPE(INTEGER_32, 32), address, TYPE(INTEGER_32, 32), 0x1000, TYPE(BOOLEAN, 32), 0}};
-    rpc(&m, 48, 40, "vm_allocate");
-    if (m.w[3] != address) fail("vm_allocate address", m.w[3]);
-    say("vm_allocate in the child", m.w[3]);
+        /* vm_allocate(child, &address = 256 MB, one page, anywhere = FALSE) */
+        const u32 address = 0x10000000;
+        m = (struct msg){REQUEST(child, reply_port, 48, 2021),
+                         {TYPE(INTEGER_32, 32), address, TYPE(INTEGER_32, 32), 0x1000, TYPE(BOOLEAN, 32), 0}};
+        rpc(&m, 48, 40, "vm_allocate");
+        if (m.w[3] != address) fail("vm_allocate address", m.w[3]);
 
-    /* vm_wire(host_priv, child, address, one page, VM_PROT_READ | VM_PROT_WRITE): a page table in its pmap */
-    if (!host_priv) fail("no --host-priv-port=", 0);
-    m = (struct msg){REQUEST(host_priv, reply_port, 56, 2636),
-                     {TYPE(COPY_SEND, 32), child, TYPE(INTEGER_32, 32), address, TYPE(INTEGER_32, 32), 0x1000,
-                      TYPE(INTEGER_32, 32), 3}};
-    m.h.bits |= COMPLEX;
-    rpc(&m, 56, 32, "vm_wire");
-    say("vm_wire in the child", address);
+        /* The first child: vm_wire(host_priv, child, address, one page, VM_PROT_READ | VM_PROT_WRITE), which
+           enters the page in its pmap (a page table, pinned). */
+        if (round == 0) {
+            if (!host_priv) fail("no --host-priv-port=", 0);
+            m = (struct msg){REQUEST(host_priv, reply_port, 56, 2636),
+                             {TYPE(COPY_SEND, 32), child, TYPE(INTEGER_32, 32), address, TYPE(INTEGER_32, 32),
+                              0x1000, TYPE(INTEGER_32, 32), 3}};
+            m.h.bits |= COMPLEX;
+            rpc(&m, 56, 32, "vm_wire");
+            say("vm_wire in the child", address);
+        }
 
-    /* task_terminate(child) */
-    m = (struct msg){REQUEST(child, reply_port, 24, 2008), {0}};
-    rpc(&m, 24, 32, "task_terminate(child)");
-    say("task_terminate(child) returned", 0);
+        /* task_terminate(child) */
+        m = (struct msg){REQUEST(child, reply_port, 24, 2008), {0}};
+        rpc(&m, 24, 32, "task_terminate(child)");
+        if (round == 0) say("task_terminate(child) returned", 0);
+    }
+    say("children created and terminated:", CHILDREN);
 
     /* task_terminate(self): no reply comes; the reaper destroys this task's pmap. */
     say("task_terminate(self)", ~0u);
