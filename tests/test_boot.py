@@ -253,6 +253,18 @@ def test_a_guest_sees_only_its_own_lines() -> None:
     assert "(d1)" not in bootcases.own_lines(c, text) and "[prev]" not in bootcases.own_lines(c, text)
 
 
+def test_terminate_standin_is_a_boot_module_that_calls_mach(elves: ElfFactory) -> None:
+    """The task-terminate stand-in passes the ramdisk's module check as a 32-bit static server and enters the kernel
+    the i386 way: `lcall $7,$0` (9a 00 00 00 00 07 00) after the trap number in %eax, for the four traps it uses."""
+    from hurdxen.ramdisk_elf import check_module, variant_for
+
+    data = elves.terminate32()
+    assert check_module("ext2fs.static", "static", data, variant_for(32), "2.41-6").interp is None
+    lcall = bytes.fromhex("9a00000000 0700")
+    for trap in (-25, -26, -28, -30):  # mach_msg_trap, mach_reply_port, mach_task_self, mach_print
+        assert b"\xb8" + trap.to_bytes(4, "little", signed=True) + lcall in data, trap
+
+
 def test_guest_config_and_bad_names(tmp_path: Path) -> None:
     c = _case(ramdisk=Path("r"))
     cfg = bootrun.guest_config(c)
