@@ -18,6 +18,15 @@ int _dl_start(void) { return 0; }
 """
 STATIC_SRC = "void _start(void) { for (;;) ; }\n"
 DYNAMIC_SRC = "int main(void) { return 0; }\n"
+# The 32-bit boot module that makes tasks go away (a child, then itself) through hand-built mach_msg RPCs, as a
+# Hurd server that gives up at its start does (issue 24); it reports each step through mach_print. See its comment.
+TERMINATE32_SRC = (Path(__file__).resolve().parent / "standins" / "terminate32.c").read_text()
+# Its lines: the first child has a (pinned) page table once the first shows, its pmap is gone when the second shows;
+# the third once 49 more children (page directories only) are gone; the fourth just before it terminates itself.
+TERMINATE32_WIRED = "hurdxen-terminate: vm_wire in the child"
+TERMINATE32_CHILD = "hurdxen-terminate: task_terminate(child) returned"
+TERMINATE32_ALL = "hurdxen-terminate: children created and terminated: 00000032"  # 50, after 49 more children
+TERMINATE32_SELF = "hurdxen-terminate: task_terminate(self)"
 # A 64-bit Xen PV kernel small enough to read: the boot check's crash and XPASS tests boot it. Its command line
 # (`extra`) picks what it does: "fault" (a page fault in fake_fault, called from fake_step ← fake_main), "panic"
 # (a GNU Mach-style panic line, then a crash shutdown), anything else (GNU Mach's last boot line, then poweroff,
@@ -122,6 +131,12 @@ class ElfFactory:
     def static(self, bits: int) -> bytes:
         flags = ["-static", "-nostdlib", "-ffreestanding", "-fno-pie", "-no-pie", "-Wl,--build-id=none"]
         return self._gcc(("static", bits, ""), STATIC_SRC, flags)
+
+    def terminate32(self) -> bytes:
+        """The 32-bit static module that terminates a child task and then itself (TERMINATE32_SRC)."""
+        flags = ["-static", "-nostdlib", "-ffreestanding", "-fno-pie", "-no-pie", "-fno-stack-protector",
+                 "-Wl,--build-id=none"]  # fmt: skip
+        return self._gcc(("terminate", 32, ""), TERMINATE32_SRC, flags)
 
     def dynamic(self, bits: int) -> bytes:
         return self._gcc(("dynamic", bits, ""), DYNAMIC_SRC, ["-Wl,--build-id=none"])

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 from debian_kernels import fetch_kernel
-from elfstandins import ElfFactory, elves
+from elfstandins import (
+    TERMINATE32_ALL,
+    TERMINATE32_CHILD,
+    TERMINATE32_SELF,
+    TERMINATE32_SRC,
+    TERMINATE32_WIRED,
+    ElfFactory,
+    elves,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -245,6 +253,18 @@ def test_a_guest_sees_only_its_own_lines() -> None:
     assert "(d1)" not in bootcases.own_lines(c, text) and "[prev]" not in bootcases.own_lines(c, text)
 
 
+def test_terminate_standin_is_a_boot_module_that_calls_mach(elves: ElfFactory) -> None:
+    """The task-terminate stand-in passes the ramdisk's module check as a 32-bit static server and enters the kernel
+    the i386 way: `lcall $7,$0` (9a 00 00 00 00 07 00) after the trap number in %eax, for the four traps it uses."""
+    from hurdxen.ramdisk_elf import check_module, variant_for
+
+    data = elves.terminate32()
+    assert check_module("ext2fs.static", "static", data, variant_for(32), "2.41-6").interp is None
+    lcall = bytes.fromhex("9a00000000 0700")
+    for trap in (-25, -26, -28, -30):  # mach_msg_trap, mach_reply_port, mach_task_self, mach_print
+        assert b"\xb8" + trap.to_bytes(4, "little", signed=True) + lcall in data, trap
+
+
 def test_guest_config_and_bad_names(tmp_path: Path) -> None:
     c = _case(ramdisk=Path("r"))
     cfg = bootrun.guest_config(c)
@@ -272,6 +292,13 @@ def test_recipe_and_stage_inputs() -> None:
         assert byname[name].known_failure is None and "task loaded: exec /hurd/exec" in byname[name].expect
     assert byname["xen-amd64"].alive_after >= 1 and byname["xen-pae"].alive_after >= 1
     assert byname["pvgrub-i386-standalone"].kind == "pvgrub" and byname["quick-xen-pae"].kind == "dom0"
+    # The stand-in that terminates tasks (issue 24): the recipe case waits for exactly the lines it prints, in order,
+    # and for the kernel to keep running after the last (the panic came right after it).
+    term = byname["xen-pae-standin-task-terminate"]
+    lines = (TERMINATE32_WIRED, TERMINATE32_CHILD, TERMINATE32_ALL, TERMINATE32_SELF)
+    assert term.expect[1:] == lines and term.alive_after >= 1
+    for line in lines:  # what its say() prints after "hurdxen-terminate: " (and before a number)
+        assert f'say("{line.removeprefix("hurdxen-terminate: ").split(": 0")[0]}' in TERMINATE32_SRC
     assert dict(rec.hypervisor.config) == {"CONFIG_EXPERT": "y", "CONFIG_PV32": "y", "CONFIG_VERBOSE_DEBUG": "y"}
     assert rec.hypervisor.identity("img") != rec.hypervisor.identity("other-img")
     kf = {"crash_in": "pmap_bootstrap_xen", "reason": "r"}
@@ -329,6 +356,9 @@ def without_pae(kernel: bytes) -> bytes:
 # kernels, ramdisks, pv-grub2 images and logs all live there.
 AWKWARD_DIR = "b with space, and comma, ü"
 FAKE_KF = bootcases.KnownFailure("crash", "fake_fault", "the fake kernel faults on purpose")
+# How Debian's 32-bit kernel (GNU Mach upstream, without recipes/patches/gnumach/0013) ends once a task with page
+# tables is destroyed: the slab allocator's write into a freed page table, still read-only, reaches vm_fault.
+TERMINATE_PANIC = "falls in physical memory area"
 
 
 @pytest.fixture(scope="module")
@@ -375,6 +405,11 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
         build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.static(32)),
                        Module("ld.so.1", EXEC_CMDLINE, elves.ldso(32))])
     )  # fmt: skip
+    terminate = work / "hurd-modules-terminate"
+    terminate.write_bytes(
+        build_ramdisk([Module("ext2fs.static", EXT2FS_CMDLINE, elves.terminate32()),
+                       Module("ld.so.1", EXEC_CMDLINE, elves.ldso(32))])
+    )  # fmt: skip
     amd64 = work / "gnumach-amd64"
     amd64.write_bytes(gzip.decompress(fetch_kernel("amd64").read_bytes()))
     fake = work / "fake-pv-kernel"
@@ -397,7 +432,7 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
         shutil.copy(res.image, images[name])
     return {
         "hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "amd64": amd64, "ramdisk": ramdisk, "fake": fake,
-        "pvgrub": images, "logs": work / "logs", "work": work,
+        "pvgrub": images, "logs": work / "logs", "work": work, "terminate": terminate,
     }  # fmt: skip
 
 
@@ -415,6 +450,10 @@ def boot_report(boot_env: dict[str, Any]) -> bootcases.BootReport:
                            expect=("GNU Mach", "Running on xen-3.0-x86_32p"), timeout=60),
         bootcases.BootCase("guest-32pae", "guest", pae, ramdisk, expect=PAE_EXPECT, timeout=120),
         bootcases.BootCase("guest-32nopae", "guest", nopae, ramdisk, expect_refusal=NOPAE_REFUSAL, timeout=120),
+        # Issue 24 without the toolchain: Debian's (upstream) kernel panics when the stand-in terminates its child.
+        bootcases.BootCase("guest-32pae-standin-task-terminate", "guest", pae, env["terminate"], timeout=120,
+                           expect=(*PAE_EXPECT[3:], TERMINATE32_WIRED), alive_after=3,
+                           known_failure=bootcases.KnownFailure("panic", TERMINATE_PANIC, "issue 24: pmap_destroy")),
         # Debian's x86_64 kernel: its __xen_guest says VIRT_BASE=0x40000000 while it is linked at
         # 0xffffffff80000000 (the note-owner bug makes Xen read that string), so libxc cannot lay it out.
         bootcases.BootCase("guest-64-debian", "guest", amd64, ramdisk, timeout=120, expect=PAE_EXPECT[2:],
@@ -450,6 +489,12 @@ def test_boot_checks(boot_report: bootcases.BootReport) -> None:
     assert got["guest-32pae"].verdict == "pass", got["guest-32pae"].reason
     assert got["guest-32pae"].matched == PAE_EXPECT
     assert got["guest-32nopae"].verdict == "expected-refusal", got["guest-32nopae"].reason
+    # The stand-in's RPCs are answered right up to vm_wire; the upstream kernel panics in pmap_enter when it
+    # terminates the child (pmap_destroy frees the pinned page table), so task_terminate(child) never returns.
+    term = got["guest-32pae-standin-task-terminate"]
+    assert term.verdict == "known-failure" and term.ending is not None and term.ending.panic is not None, term.reason
+    assert term.ending.panic.function == "pmap_enter", term.summary()
+    assert TERMINATE32_CHILD not in term.log.read_text(), term.summary()
     assert got["guest-64-debian"].verdict == "known-failure", got["guest-64-debian"].reason
     ending = got["guest-64-debian"].ending
     assert ending is not None and ending.kind == "refusal" and AMD64_REFUSAL in ending.signature
