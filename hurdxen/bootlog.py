@@ -27,7 +27,7 @@ from typing import Literal
 
 Source = Literal["xen", "domu", "xl", "dom0", "console", "other"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
 RELAY = re.compile(rb"\[(" + NAME.encode() + rb")\] x([0-9a-f]*)")
 FRAME = re.compile(rf"\(XEN\) ?|\(d(\d{{1,5}})\) ?|\[xl:({NAME})\] |hurdxen-dom0: |\[({NAME})\] ")
