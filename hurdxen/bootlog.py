@@ -36,7 +36,9 @@ DOM0_SAYS = "hurdxen-dom0: "
 
 def _text(b: bytes) -> str:
     s = ANSI.sub("", b.decode(errors="replace"))
-    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+    return CONTROL.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", s
+    )
 
 
 def raw_lines(raw: bytes, complete: bool = False) -> Iterator[tuple[int, int, bytes]]:
@@ -54,8 +56,7 @@ def raw_lines(raw: bytes, complete: bool = False) -> Iterator[tuple[int, int, by
 
 
 def canonical_line(line: bytes) -> str:
-    if line.endswith(b"\r"):
-        line = line[:-1]  # the dom0 tty ends its lines with \r\n
+    line = line.rstrip(b"\r")  # the dom0's tty and Xen's serial driver each put a \r before the \n
     m = RELAY.fullmatch(line)
     if m is None:
         return _text(line)

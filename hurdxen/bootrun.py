@@ -47,6 +47,7 @@ from hurdxen.bootcases import (
 from hurdxen.bootimages import DEFAULT_SOURCE_DATE_EPOCH, CpioEntry, Dom0Result, HypervisorResult, gzip_n, write_cpio
 from hurdxen.errors import HurdxenError
 from hurdxen.monitor import Monitor, NullMonitor
+from hurdxen.quoting import XlValue, xl_value
 
 XEN_APPEND = "console=com1 com1=115200,8n1 guest_loglvl=all noreboot"
 # 256 MB is plenty for the toolstack and boots faster than the usual 512 MB (less memory for Linux to set up).
@@ -202,17 +203,18 @@ def guest_config(case: BootCase, root: str = "/guests") -> str:
     d = f"{root}/{case.name}"
     # A fixed uuid: xl otherwise asks libuuid for a random one, which waits ~3 s for entropy in a fresh dom0.
     uid = uuid.uuid5(uuid.NAMESPACE_URL, f"hurdxen-boot:{case.name}")
-    lines = [f'name = "{case.name}"', f'uuid = "{uid}"', 'type = "pv"', f"memory = {case.memory_mb}", "vcpus = 1"]
+    values: list[tuple[str, XlValue]] = [("name", case.name), ("uuid", str(uid)), ("type", "pv"),
+                                         ("memory", case.memory_mb), ("vcpus", 1)]  # fmt: skip
     if case.kind == "pvgrub":
-        lines.append(f'kernel = "{d}/pvgrub"')
+        values.append(("kernel", f"{d}/pvgrub"))
     else:
-        lines.append(f'kernel = "{d}/kernel"')
+        values.append(("kernel", f"{d}/kernel"))
         if case.ramdisk:
-            lines.append(f'ramdisk = "{d}/ramdisk"')
+            values.append(("ramdisk", f"{d}/ramdisk"))
     if case.cmdline and case.kind != "pvgrub":
-        lines.append(f'extra = "{case.cmdline}"')
-    lines += ['on_crash = "preserve"', 'on_poweroff = "preserve"', 'on_reboot = "preserve"']
-    return "\n".join(lines) + "\n"
+        values.append(("extra", case.cmdline))
+    values += [("on_crash", "preserve"), ("on_poweroff", "preserve"), ("on_reboot", "preserve")]
+    return "".join(f"{k} = {xl_value(v)}\n" for k, v in values)
 
 
 def guests_cpio(cases: Sequence[BootCase], mtime: int) -> bytes:

@@ -250,9 +250,13 @@ def test_a_guest_sees_only_its_own_lines() -> None:
 def test_guest_config_and_bad_names(tmp_path: Path) -> None:
     c = _case(ramdisk=Path("r"))
     cfg = bootrun.guest_config(c)
-    assert 'type = "pv"' in cfg and 'ramdisk = "/guests/c/ramdisk"' in cfg and 'on_crash = "preserve"' in cfg
+    assert "type = 'pv'" in cfg and "ramdisk = '/guests/c/ramdisk'" in cfg and "on_crash = 'preserve'" in cfg
+    # A recipe value goes through xl's quoting: a quote stays inside the string, a newline is refused.
+    assert "extra = \"x'\\\"y\"" in bootrun.guest_config(_case(cmdline="x'\"y"))
+    with pytest.raises(HurdxenError, match="control character"):
+        bootrun.guest_config(_case(cmdline='x"\nkernel = "/etc/evil'))
     g = bootrun.guest_config(_case(kind="pvgrub", kernel=None, pvgrub=Path("p")))
-    assert 'kernel = "/guests/c/pvgrub"' in g and "extra" not in g
+    assert "kernel = '/guests/c/pvgrub'" in g and "extra" not in g
     hv = bootimages.HypervisorResult(tmp_path / "xen", tmp_path / "c", "i", "s", 0.0, True)
     with pytest.raises(HurdxenError, match="plain file name"):
         bootrun.run_boot_checks([_case(name="a b")], hv, None, tmp_path)

@@ -89,8 +89,8 @@ def test_forged_lines_change_no_verdict_of_the_guest_itself() -> None:
 def test_forged_lines_do_not_make_another_guest_pass() -> None:
     """The previous guest (domid 1, destroyed in the background) prints the next case's toolstack line and its
     expected lines; the next case, whose own guest (domid 2) panics, fails with that panic."""
-    late = b"".join(xen_line(1, f) + relay("prev", f.encode()) for f in (
-        "[xl:c] Waiting for domain c (domid 1) to die [pid 1]", "hurdxen-dom0: created c domid 1", *EXPECT))  # fmt: skip
+    bait = ("[xl:c] Waiting for domain c (domid 1) to die [pid 1]", "hurdxen-dom0: created c domid 1", *EXPECT)
+    late = b"".join(xen_line(1, f) + relay("prev", f.encode()) for f in bait)
     late += b"".join(xen_line(1, "\r" + f) for f in ("[xl:c] Waiting for domain c (domid 1)", *EXPECT))
     panic = xen_line(2, "fake kernel: Running on xen-3.0-x86_64.") + xen_line(
         2, "panic ../kern/fake.c:42: fake_step: fake panic"
@@ -218,7 +218,8 @@ def test_a_forging_guest_under_real_xen(xen_and_dom0: tuple[Any, Any, Path], elv
     hv, dom0, logs = xen_and_dom0
     kernel = elves.pv_kernel()
     mk = lambda name, cmdline, **kw: bootcases.BootCase(  # noqa: E731
-        name, "guest", kernel, expect=EXPECT, cmdline=cmdline, memory_mb=32, timeout=60, symbols=kernel, **kw)  # fmt: skip
+        name, "guest", kernel, expect=EXPECT, cmdline=cmdline, memory_mb=32, timeout=60, symbols=kernel, **kw
+    )
     cases = [mk("fake-forger", "forge", alive_after=2), mk("fake-victim", "panic")]
     report = bootrun.run_boot_checks(cases, hv, dom0, logs, jobs=1)
     got = {r.case.name: r for r in report.results}
