@@ -167,7 +167,8 @@ def test_every_control_character_in_every_recipe_string(recipe_root: Path) -> No
     ("case", "text", "key"),
     [
         ("esc-in-cc", '[gnumach.variants.xen-pae]\ncc = "gcc\\u001b[2J"\n', "gnumach.variants.xen-pae.cc"),
-        ("cmdline-new-line", '[[boot.cases]]\nname = "x"\nkernel = "xen-pae"\ncmdline = "x\\"\\nkernel = \\"/etc/evil"\n',
+        ("cmdline-new-line",
+         '[[boot.cases]]\nname = "x"\nkernel = "xen-pae"\ncmdline = "x\\"\\nkernel = \\"/etc/evil"\n',
          "boot.cases[0].cmdline"),
         ("cr-in-cflags", '[gnumach.build]\ncflags = "-O2\\r-evil"\n', "gnumach.build.cflags"),
         ("disk-line-separator", '[domains]\ndisk = ["phy:sda4,hda,w\\u2028x"]\n', "domains.disk[0]"),
