@@ -237,7 +237,8 @@ def stream(url: str, net: Network, sink: Callable[[bytes], None], what: str, key
     start = time.monotonic()
     got = 0
     try:
-        wait = max(1.0, min(float(net.timeout), net.rate_grace, net.deadline))
+        # A read waits at most `timeout`, and no longer than the rate check or the deadline could allow.
+        wait = max(1.0, min(float(net.timeout), net.deadline, net.rate_grace if net.min_rate else net.deadline))
         with opener(net).open(url, timeout=wait) as resp:
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > cap:
