@@ -48,3 +48,16 @@ def test_doit_list_refuses_an_escape_in_a_recipe_string(proj: Project) -> None:
     assert run.returncode != 0 and "\x1b" not in run.output, run.output
     line = one_line(run.output)
     assert "mig.targets.i686-gnu.compiler: contains the control character U+001B at offset 3" in line, line
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [(b"[]", "not a hurdxen-pins/1 lock"), (b"{", "not JSON"), (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+     (b" " * (5 << 20), "larger than")],
+    ids=["a-list", "bad-json", "deep", "huge"],
+)  # fmt: skip
+def test_doit_refuses_a_bad_pins_lock_before_any_task(text: bytes, words: str, proj: Project) -> None:
+    """A bad recipes/pins.lock was refused inside doit's up-to-date check: a ~40-line traceback. Now one line."""
+    (proj.root / "recipes" / "pins.lock").write_bytes(text)
+    line = _refused(proj)
+    assert "pins.lock" in line and words in line, line
