@@ -332,11 +332,11 @@ def resolve_at(
             last = e
             continue
         index = fetch_url_pinned(cache, f"{dists}/{rel}", sha, f"{pin.name} index", key, pinned_by=where, size=size)
-        text = debindex.decompress(rel, index.read_bytes()).decode(errors="replace")
+        packages = debindex.load_index(rel, index.read_bytes(), sha)
         if newest:
-            entry = debindex.newest_package(text, pin.package, pin.arch, f"{dists}/{rel}")
+            entry = debindex.newest_package(packages, pin.package, pin.arch, f"{dists}/{rel}")
         else:
-            entry = debindex.find_package(text, pin.package, pin.version, pin.arch, f"{dists}/{rel}")
+            entry = debindex.find_package(packages, pin.package, pin.version, pin.arch, f"{dists}/{rel}")
         return Resolution(entry, f"{base}/{entry.filename}", stamp, signed.signer, keyring_desc)
     assert last is not None
     raise last
