@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from hurdxen import fsutil
 from hurdxen.errors import HurdxenError
 from hurdxen.pvgrub_elf import XEN_ARCH_I386, XEN_ARCH_I386_PAE, XEN_ARCH_I386_PAE_BIMODE, XEN_ARCH_X86_64
-from hurdxen.quoting import grub_word
+from hurdxen.quoting import grub_text, grub_word
 
 PREFIX = "(memdisk)/boot/grub"
 CONFIG_IN_MEMDISK = "boot/grub/grub.cfg"
@@ -171,7 +171,7 @@ def _module_lines(spec: PvGrubImageSpec, prefix: str) -> list[str]:
 
 
 def _search_line(spec: PvGrubImageSpec, target: str) -> str:
-    hints = [f"--hint={d}," for d in spec.search_disks]
+    hints = [grub_word(f"--hint={d},") for d in spec.search_disks]
     # Hints first: the memdisk holds a /boot/grub/grub.cfg too and would be found by a full scan.
     return "search --no-floppy --file --set=root " + " ".join(hints) + " " + target
 
@@ -192,7 +192,7 @@ def render_config(spec: PvGrubImageSpec, standalone_kernel: str = STANDALONE_KER
             'if [ -n "${xen_grub_env_cfg}" ]; then set pvgrub_cfg="${xen_grub_env_cfg}"; fi',
             _search_line(spec, '"${pvgrub_cfg}"'),
             'if [ "${root}" = memdisk ]; then',
-            f'  echo "pv-grub2: no ${{pvgrub_cfg}} on {" ".join(spec.search_disks)}"',
+            f'  echo "pv-grub2: no ${{pvgrub_cfg}} on {grub_text(" ".join(spec.search_disks))}"',
             "else",
             '  echo "pv-grub2: using (${root})${pvgrub_cfg}"',
             '  configfile "${pvgrub_cfg}"',
@@ -202,7 +202,7 @@ def render_config(spec: PvGrubImageSpec, standalone_kernel: str = STANDALONE_KER
         body = [
             _search_line(spec, grub_word(spec.kernel_path)),
             'if [ "${root}" = memdisk ]; then',
-            f'  echo "pv-grub2: no {spec.kernel_path} on {" ".join(spec.search_disks)}"',
+            f'  echo "pv-grub2: no {grub_text(spec.kernel_path)} on {grub_text(" ".join(spec.search_disks))}"',
             "else",
             '  echo "pv-grub2: booting GNU Mach from (${root})"',
             "  insmod gzio",

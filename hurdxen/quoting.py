@@ -46,6 +46,12 @@ def grub_word(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
+def grub_text(text: str) -> str:
+    """Text inside a GRUB double-quoted string: `\\`, `"` and `$` escaped (unchanged when it has none)."""
+    _plain(text, "grub.cfg text")
+    return re.sub(r'([\\"$])', r"\\\1", text)
+
+
 def shell_word(word: str) -> str:
     """One word for a POSIX shell (a step script's command line)."""
     return shlex.quote(_plain(word, "shell word"))

@@ -182,3 +182,33 @@ def test_control_characters_in_overlays(case: str, text: str, key: str, recipe_r
     line = load_error(recipe_root)
     assert line.startswith(f"error: {OVERLAY}: ") or key.split(".")[0] in line, line
     assert key in line and "control character" in line, line
+
+
+def test_a_schema_can_allow_newlines_where_a_value_is_a_script(recipe_root: Path) -> None:
+    """pv-grub2's extra_config is GRUB script lines: its schema allows newlines and tabs (x-controls), nothing
+    else; every other string allows none."""
+    import tomllib
+
+    data = tomllib.loads((recipe_root / "recipes" / "pvgrub2.toml").read_text())
+    data["images"][0]["extra_config"] = "set debug=xen\n\tset pager=1\n"
+    recipes.validate(data, "pvgrub2", "recipes/pvgrub2.toml")
+    data["images"][0]["extra_config"] = "set debug=xen\x1b[2J\n"
+    with pytest.raises(HurdxenError) as e:
+        recipes.validate(data, "pvgrub2", "recipes/pvgrub2.toml")
+    assert "images[0].extra_config: contains the control character U+001B at offset 13" in refused(e)
+    data["images"][0]["extra_config"] = "x"
+    data["images"][0]["name"] = "a\nb"
+    with pytest.raises(HurdxenError) as e:
+        recipes.validate(data, "pvgrub2", "recipes/pvgrub2.toml")
+    assert "images[0].name: contains the control character U+000A" in refused(e)
+
+
+def test_one_quoting_function_per_format() -> None:
+    from hurdxen import quoting
+
+    assert quoting.xl_value("a'b\"c\\d") == '"a\'b\\"c\\\\d"' and quoting.xl_value(["x", 3]) == "['x', 3]"  # type: ignore[list-item]
+    assert quoting.grub_word("$(x) y") == "'$(x) y'" and quoting.grub_text('a"$\\b') == 'a\\"\\$\\\\b'
+    assert quoting.shell_word("a b'c") == "'a b'\"'\"'c'"
+    for f in (quoting.xl_value, quoting.grub_word, quoting.grub_text, quoting.shell_word):
+        with pytest.raises(HurdxenError, match="control character"):
+            f("x\nkernel = '/etc/evil'")
