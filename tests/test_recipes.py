@@ -282,7 +282,8 @@ def test_overlay_settings(recipe_root: Path) -> None:
         (
             "[settings]\nofline = true\n",
             "error: hurdxen.local.toml: settings.ofline: unknown key "
-            "(hint: allowed here: cache, download_deadline, download_min_rate, executor, offline, proxy, snapshot, timeout)",
+            "(hint: allowed here: cache, download_deadline, download_min_rate, executor, offline, proxy, snapshot, "
+            "timeout)",
         ),
         (
             '[settings]\nproxy = "proxy:3128"\n',
