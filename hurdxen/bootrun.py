@@ -5,7 +5,9 @@
   files packed into the initramfs, `destroy NAME` removes it (a crashed guest is kept by `on_crash = "preserve"`
   until its diagnostics are in the log); QEMU is stopped once every case is judged. One guest runs at a time, so
   the slice of the serial log between its `create` and `destroy` is its log, and its verdict is judged on that
-  slice alone.
+  slice alone — each line by its source (hurdxen/bootlog.py: Xen's, the guest's, the toolstack's). The session
+  log keeps the raw serial bytes (a guest's PV console relayed hex-encoded); each case's log is its own lines,
+  decoded, control characters escaped.
 - A `dom0` case (the quick path: GNU Mach itself as Xen's dom0) is one short QEMU run of its own.
 
 Every file QEMU opens is staged under a plain temporary name: QEMU splits `-initrd` at spaces and commas, so the
