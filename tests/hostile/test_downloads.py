@@ -205,3 +205,21 @@ def test_a_served_deb_larger_than_the_signed_size(
         assert f"more than the {deb.path.stat().st_size} bytes expected" in line, line
         assert time.monotonic() - start < 20
         assert not list(cache.tmpdir().iterdir())
+
+
+def test_the_download_bounds_are_settings(tmp_path: Path) -> None:
+    from project import copy_project
+
+    from hurdxen import recipes
+    from hurdxen.context import make_context
+
+    root = copy_project(tmp_path / "project", ("recipes",), recipes=None)
+    net = make_context(recipes.load(root)).cache.network
+    assert (net.deadline, net.min_rate, net.rate_grace) == (1800, 16384, 15.0)
+    (root / "hurdxen.local.toml").write_text("[settings]\ndownload_deadline = 120\ndownload_min_rate = 1000\n")
+    net = make_context(recipes.load(root)).cache.network
+    assert (net.deadline, net.min_rate) == (120, 1000)
+    (root / "hurdxen.local.toml").write_text("[settings]\ndownload_deadline = 0\n")
+    with pytest.raises(HurdxenError) as e:
+        recipes.load(root)
+    assert "settings.download_deadline" in refused(e, hint=False)
