@@ -21,21 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hurdxen import bootdiag
+from hurdxen import bootdiag, bootlog
 
 Kind = Literal["guest", "pvgrub", "dom0"]
 Verdict = Literal["pass", "fail", "known-failure", "expected-refusal", "xpass"]
 EndKind = Literal["crash", "panic", "refusal", "shutdown", "timeout", "error"]
 END_KINDS: tuple[str, ...] = ("crash", "panic", "refusal", "timeout")  # what a known failure can record
 
-# Seen in any case: the run went wrong in a way no case expects.
-FAIL_PATTERNS = (
-    "Kernel panic - not syncing",
-    "Panic on CPU",
-    "bootstrap_create: No bootstrap code loaded",
+# Seen in any case: the run went wrong in a way no case expects; each is read from the source that prints it.
+FAIL_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("linux", "Kernel panic - not syncing"),  # the dom0's Linux
+    ("xen", "Panic on CPU"),  # the hypervisor
+    ("guest", "bootstrap_create: No bootstrap code loaded"),  # GNU Mach found no boot module
 )
 SHUTDOWN_REASONS = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft reset"}
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,8 @@ class BootCase:
     """One boot: `guest` (kernel + ramdisk via the Linux dom0), `pvgrub` (a pv-grub2 image as the guest kernel),
     or `dom0` (the quick path: the kernel itself started as dom0, good for the banner only).
 
-    Patterns are plain substrings of the serial log (ANSI colour codes removed). `symbols` is the unstripped
+    Patterns are plain substrings of the guest's own console lines (bootlog: ANSI colour codes removed, never
+    the toolstack's or Xen's lines). `symbols` is the unstripped
     kernel that names a crash site."""
 
     name: str
@@ -178,100 +178,95 @@ class BootReport:
 
 
 def clean(raw: bytes) -> str:
-    return ANSI.sub("", raw.decode(errors="replace"))
+    """The serial bytes as framed text (bootlog.canonical: split at newlines only, control characters escaped)."""
+    return bootlog.canonical(raw)
 
 
-def find_output(text: str, pattern: str) -> int:
-    """Where `pattern` first appears outside the hypervisor's own `(XEN)` lines (whose ELF loader dump quotes the
-    kernel's notes, e.g. `GUEST_OS="GNU Mach"`), or -1."""
-    i = text.find(pattern)
-    while i >= 0:
-        line_start = text.rfind("\n", 0, i) + 1
-        if not text.startswith("(XEN)", line_start):
-            return i
-        i = text.find(pattern, i + 1)
-    return -1
+def case_log(case: BootCase, text: str) -> bootlog.CaseLog:
+    return bootlog.CaseLog.of(case.name, case.kind == "dom0", text)
 
 
-def _failed(case: BootCase, text: str) -> tuple[int, str]:
-    """Where the first failure pattern is in `text`, and which (-1, "" when none)."""
-    hits = [(text.find(p), p) for p in (f"hurdxen-dom0: xl create {case.name} failed", *FAIL_PATTERNS)]
-    hits = [h for h in hits if h[0] >= 0]
+def _source(log: bootlog.CaseLog, source: str) -> list[tuple[int, str]]:
+    return {"linux": log.linux, "xen": log.xen, "guest": log.guest}[source]()
+
+
+def _failed(case: BootCase, log: bootlog.CaseLog) -> tuple[int, str]:
+    """Where the first failure line is, and which (-1, "" when none): each pattern read from its own source."""
+    refused = f"xl create {case.name} failed"
+    hits = [(i, f"hurdxen-dom0: {refused}") for i, body in log.dom0() if body.startswith(refused)][:1]
+    for source, pattern in FAIL_PATTERNS:
+        i = bootlog.first(_source(log, source), pattern)
+        if i >= 0:
+            hits.append((i, pattern))
     return min(hits) if hits else (-1, "")
 
 
 def guest_domid(case: BootCase, text: str) -> int | None:
-    if case.kind == "dom0":
-        return 0
-    # xl's "Waiting for domain NAME (domid N)" comes before the guest is unpaused; the init's line after it.
-    n = re.escape(case.name)
-    m = re.search(
-        rf"\[xl:{n}\] Waiting for domain {n} \(domid (\d{{1,5}})\)|hurdxen-dom0: created {n} domid (\d{{1,5}})", text
-    )
-    return int(m.group(1) or m.group(2)) if m else None
-
-
-_OTHER = re.compile(r"^(?:\(d(\d{1,5})\)|\[xl:([A-Za-z0-9_.-]+)\]|\[([A-Za-z0-9_.-]+)\])")
+    """The guest's domid, from the toolstack's lines only (0 for a dom0 case)."""
+    return case_log(case, text).domid
 
 
 def own_lines(case: BootCase, text: str) -> str:
     """The lines of a guest case's slice of the session log that may be its own: a guest destroyed in the
     background can still print while the next one starts, so another domain's `(dN)` lines and another case's
     `[NAME]` / `[xl:NAME]` lines are dropped (and every `(dN)` line before this guest's domid is known)."""
-    if case.kind == "dom0":
-        return text
-    domid = guest_domid(case, text)
-    return "".join(ln for ln in text.splitlines(keepends=True) if is_own(case, domid, ln))
+    return case_log(case, text).own_text()
 
 
-def is_own(case: BootCase, domid: int | None, line: str) -> bool:
-    m = _OTHER.match(line)
-    if m is None:
-        return True
-    if m.group(1) is not None:
-        return domid is not None and int(m.group(1)) == domid
-    return case.name in (m.group(2), m.group(3))
+def matched(case: BootCase, text: str) -> tuple[str, ...]:
+    guest = case_log(case, text).guest()
+    return tuple(p for p in case.expect if bootlog.first(guest, p) >= 0)
 
 
-def _shutdown(case: BootCase, text: str) -> str | None:
+def _shutdown(case: BootCase, log: bootlog.CaseLog) -> str | None:
     if case.kind == "dom0":  # GNU Mach itself is dom0: Xen says how it ended
-        d = re.search(r"^\(XEN\) Hardware Dom0 (crashed|halted|shutdown)", text, re.M)
-        return d.group(1) if d else None
-    m = re.search(rf"\[xl:{re.escape(case.name)}\] .*has shut down, reason code (\d{{1,3}})", text)
-    return SHUTDOWN_REASONS.get(int(m.group(1)), f"reason {m.group(1)}") if m else None
+        for _, body in log.xen():
+            if d := re.match(r"Hardware Dom0 (crashed|halted|shutdown)", body):
+                return d.group(1)
+        return None
+    for _, body in log.xl():
+        if m := re.match(r"Domain \d{1,5} has shut down, reason code (\d{1,3})", body):
+            return SHUTDOWN_REASONS.get(int(m.group(1)), f"reason {m.group(1)}")
+    return None
 
 
-def _last_guest_line(case: BootCase, text: str, domid: int | None) -> str:
-    prefixes = [f"[{case.name}] "] + ([f"(d{domid}) "] if domid else [])
-    last = ""
-    for ln in text.splitlines():
-        if case.kind == "dom0" and not ln.startswith("(XEN)"):
-            last = ln
-        elif any(ln.startswith(p) for p in prefixes):
-            last = ln.split(" ", 1)[1] if " " in ln else ""
-    return last.strip()[: bootdiag.MAX_LINE]
+def _last_guest_line(log: bootlog.CaseLog) -> str:
+    guest = log.guest()
+    return guest[-1][1].strip()[: bootdiag.MAX_LINE] if guest else ""
+
+
+def _refusal(case: BootCase, log: bootlog.CaseLog) -> Ending | None:
+    refused = f"xl create {case.name} failed"
+    said = next((body[len(refused) :] for _, body in log.dom0() if body.startswith(refused)), None)
+    if said is None:
+        return None
+    lines = [body for _, body in log.xl()]
+    why = next((ln for ln in lines if ln.startswith("xc_") or "error" in ln.lower()), said.strip())
+    return Ending("refusal", "\n".join(lines), f"refused by the toolstack: {why[:300]}")
 
 
 def find_ending(case: BootCase, text: str, timed_out: bool) -> tuple[Ending | None, bool]:
     """How the case ended in `text` (None while it runs), and whether that ending is settled (all of its lines are
-    in: the domain was reported shut down, or the case is over)."""
-    domid = guest_domid(case, text)
-    shutdown = _shutdown(case, text)
+    in: the domain was reported shut down, or the case is over). Xen's crash report is read from Xen's lines for
+    the toolstack's domid, a panic from the guest's own lines, a shutdown and a refusal from the toolstack's."""
+    log = case_log(case, text)
+    domid = log.domid
+    shutdown = _shutdown(case, log)
     settled = timed_out or shutdown is not None
-    refusal = re.search(rf"hurdxen-dom0: xl create {re.escape(case.name)} failed(.*)", text)
-    if refusal:
-        lines = [ln.split("] ", 1)[1] for ln in text.splitlines() if ln.startswith(f"[xl:{case.name}] ")]
-        why = next((ln for ln in lines if ln.startswith("xc_") or "error" in ln.lower()), refusal.group(1).strip())
-        return Ending("refusal", "\n".join(lines), f"refused by the toolstack: {why[:300]}"), True
-    crash = bootdiag.find_crash(text, domid) if domid is not None else None
+    refusal = _refusal(case, log)
+    if refusal is not None:
+        return refusal, True
+    xen_text = "\n".join(log.lines[i].text for i, _ in log.xen())
+    crash = bootdiag.find_crash(xen_text, domid) if domid is not None else None
     if crash is not None:
         crash = bootdiag.symbolize(crash, case.symbols)
         site = crash.site.render() if crash.site else f"{crash.rip or 0:x}"
         return Ending("crash", site, crash.headline(), crash=crash), settled
-    panic = bootdiag.find_panic(text, domid)
+    guest = [body for _, body in log.guest()]
+    panic = bootdiag.find_panic(guest)
     if panic is not None:
         panic = bootdiag.symbolize_panic(panic)
-        trap = bootdiag.find_mach_trap(text, domid)
+        trap = bootdiag.find_mach_trap(guest, domid)
         if trap is None:
             return Ending("panic", panic.text, panic.headline(), panic=panic), True
         # GNU Mach reported a kernel trap, then panicked in kernel_trap: the trap says where.
@@ -279,30 +274,36 @@ def find_ending(case: BootCase, text: str, timed_out: bool) -> tuple[Ending | No
         site = trap.site.render() if trap.site else f"{trap.rip or 0:x}"
         why = f"{trap.headline()}; {panic.headline()}"
         return Ending("panic", f"{panic.text} [{site}]", why, crash=trap, panic=panic), True
-    _, failed = _failed(case, text)
+    _, failed = _failed(case, log)
     if failed:
         return Ending("error", failed, failed), True
     if shutdown is not None:
         return Ending("shutdown", shutdown, f"the guest shut down ({shutdown})"), True
     if timed_out:
-        last = _last_guest_line(case, text, domid)
+        last = _last_guest_line(log)
         why = f"timeout; last guest line: {last!r}" if last else "timeout; no guest output"
         return Ending("timeout", last, why), True
     return None, False
 
 
-def _expected_all(case: BootCase, text: str) -> bool:
-    fail_at, _ = _failed(case, text)
-    found = [find_output(text, p) for p in case.expect]
+def _expected_all(case: BootCase, log: bootlog.CaseLog) -> bool:
+    fail_at, _ = _failed(case, log)
+    guest = log.guest()
+    found = [bootlog.first(guest, p) for p in case.expect]
     return bool(case.expect) and all(i >= 0 for i in found) and (fail_at < 0 or max(found) < fail_at)
 
 
 def expectations_met(case: BootCase, text: str) -> bool:
-    """Every expected pattern is in the case's output so far, before the first failure pattern."""
-    return _expected_all(case, own_lines(case, text))
+    """Every expected pattern is in the guest's own lines so far, before the first failure line."""
+    return _expected_all(case, case_log(case, text))
 
 
-def _passed(case: BootCase) -> tuple[Verdict, str, Ending | None]:
+def _refusal_seen(case: BootCase, log: bootlog.CaseLog) -> bool:
+    assert case.expect_refusal is not None
+    return bootlog.first(log.xen() if case.kind == "dom0" else log.xl(), case.expect_refusal) >= 0
+
+
+def _passed(case: BootCase, ending: Ending | None = None) -> tuple[Verdict, str, Ending | None]:
     if case.known_failure:
         return (
             "xpass",
@@ -312,7 +313,8 @@ def _passed(case: BootCase) -> tuple[Verdict, str, Ending | None]:
             ),
             None,
         )
-    return "pass", "", None
+    # A banner check (a dom0 case) may pass while the kernel then panics: the detail says so, it is not hidden.
+    return "pass", (f"then {ending.headline}" if ending is not None else ""), ending
 
 
 def judge(
@@ -320,16 +322,17 @@ def judge(
 ) -> tuple[Verdict, str, Ending | None] | None:
     """The verdict for the case's output so far, or None while it is still open.
 
-    A case passes only if all its expected patterns appear before the first failure pattern and, with
-    `alive_after`, nothing ended it in the `alive_for` seconds since (the caller's clock: judging is pure)."""
-    text = own_lines(case, text)
-    if case.expect_refusal and find_output(text, case.expect_refusal) >= 0:
+    A case passes only if all its expected patterns appear in its guest's lines before the first failure line
+    and, with `alive_after`, nothing ended it in the `alive_for` seconds since (the caller's clock: judging is
+    pure). Every line counts only from its own source (bootlog): a guest cannot print the toolstack's or Xen's."""
+    log = case_log(case, text)
+    if case.expect_refusal and _refusal_seen(case, log):
         return "expected-refusal", case.expect_refusal, None
     after = ""
-    if _expected_all(case, text):
-        if not case.alive_after:
-            return _passed(case)
+    if _expected_all(case, log):
         ending, settled = find_ending(case, text, False)
+        if not case.alive_after:
+            return _passed(case, ending if ending is not None and ending.kind in ("crash", "panic") else None)
         if ending is None:
             if alive_for >= case.alive_after:
                 return _passed(case)
@@ -348,7 +351,8 @@ def judge(
     kf = case.known_failure
     if kf and ending.kind == kf.kind and kf.match in ending.signature:
         return "known-failure", f"{kf.reason} [{ending.headline}]", ending
-    missing = [p for p in case.expect if find_output(text, p) < 0]
+    found = matched(case, text)
+    missing = [p for p in case.expect if p not in found]
     why = ending.headline + after + (f"; missing: {'; '.join(missing)}" if missing else "")
     if kf:
         return "fail", f"fails differently from its record ({kf.describe()}): {why}", ending

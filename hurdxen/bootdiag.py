@@ -35,9 +35,9 @@ _CR2 = re.compile(r"cr2: ([0-9a-f]{1,16})")
 _RSP = re.compile(r"rsp: ([0-9a-f]{1,16})")
 _STACK_HEAD = re.compile(r"^Guest stack trace from [er]sp=([0-9a-f]{1,16}):\s*((?:[0-9a-f]{8,16}\s*)*)$")
 _STACK_WORDS = re.compile(r"^\s*((?:[0-9a-f]{8,16}\s+)*[0-9a-f]{8,16})\s*$")
-_GUEST = re.compile(r"^\(d(\d{1,5})\) ?(.*)$")
-# GNU Mach's kern/debug.c: "panic [on cpu N ]FILE:LINE: FUNCTION: MESSAGE".
-_PANIC = re.compile(r"^panic (?:on cpu \d{1,4} )?(\S{1,200}):(\d{1,7}): ([A-Za-z0-9_.]{1,100}): ?(.*)$")
+# GNU Mach's kern/debug.c: "panic [on cpu N ]FILE:LINE: FUNCTION: MESSAGE", anywhere in the line: the kernel
+# prints it wherever its console is (`start ext2fs: panic …` when a boot task's line was open).
+_PANIC = re.compile(r"(?:^|(?<=\s))panic (?:on cpu \d{1,4} )?(\S{1,200}):(\d{1,7}): ([A-Za-z0-9_.]{1,100}): ?(.*)$")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,8 @@ class Panic:
 
 
 def _lines(text: str) -> list[str]:
-    return [ln[:MAX_LINE].rstrip("\r") for ln in text.splitlines()]
+    """Split at newlines only: `str.splitlines` also splits at \\r, form feeds and U+2028, which a guest prints."""
+    return [ln[:MAX_LINE].rstrip("\r") for ln in text.split("\n")]
 
 
 def find_crash(text: str, domid: int | None = None) -> Crash | None:
@@ -196,14 +197,15 @@ _MACH_TRAP = re.compile(r"Kernel (.{1,40}?) trap, eip 0x([0-9a-f]{1,16}), code (
 _MACH_TRAPNO = re.compile(r"^trapno (\d{1,3}):")
 
 
-def find_mach_trap(text: str, domid: int | None = None) -> Crash | None:
-    """GNU Mach's first kernel trap report in the guest output of `text`, as a crash (not yet symbolized)."""
-    lines = [ln for ln in _lines(text) if (g := _GUEST.match(ln)) and (domid is None or int(g.group(1)) == domid)]
+def find_mach_trap(guest: Sequence[str], domid: int | None = None) -> Crash | None:
+    """GNU Mach's first kernel trap report in the guest's own lines (bodies, without their frame), as a crash (not
+    yet symbolized)."""
+    lines = [ln[:MAX_LINE] for ln in guest]
     for i, ln in enumerate(lines):
         m = _MACH_TRAP.search(ln)
         if m is None:
             continue
-        body = [_GUEST.sub(r"\2", x) for x in lines[i : i + 12]]
+        body = lines[i : i + 12]
         vector = next((int(t.group(1)) for x in body if (t := _MACH_TRAPNO.match(x))), None)
         return Crash(
             domid, vector, int(m.group(3), 16), int(m.group(2), 16), None, int(m.group(4), 16), lines=tuple(body)
@@ -211,15 +213,13 @@ def find_mach_trap(text: str, domid: int | None = None) -> Crash | None:
     return None
 
 
-def find_panic(text: str, domid: int | None = None) -> Panic | None:
-    """GNU Mach's first panic line in the guest output of `text` (`(dN) panic …` on Xen's serial log)."""
-    for ln in _lines(text):
-        g = _GUEST.match(ln)
-        if g is None or (domid is not None and int(g.group(1)) != domid):
-            continue
-        p = _PANIC.match(g.group(2).strip())
+def find_panic(guest: Sequence[str]) -> Panic | None:
+    """GNU Mach's first panic in the guest's own lines (bodies, without their frame), wherever it starts."""
+    for ln in guest:
+        ln = ln[:MAX_LINE].strip()
+        p = _PANIC.search(ln)
         if p:
-            return Panic(p.group(1), int(p.group(2)), p.group(3), p.group(4).strip(), g.group(2).strip())
+            return Panic(p.group(1), int(p.group(2)), p.group(3), p.group(4).strip(), ln)
     return None
 
 

@@ -5,7 +5,9 @@
   files packed into the initramfs, `destroy NAME` removes it (a crashed guest is kept by `on_crash = "preserve"`
   until its diagnostics are in the log); QEMU is stopped once every case is judged. One guest runs at a time, so
   the slice of the serial log between its `create` and `destroy` is its log, and its verdict is judged on that
-  slice alone.
+  slice alone — each line by its source (hurdxen/bootlog.py: Xen's, the guest's, the toolstack's). The session
+  log keeps the raw serial bytes (a guest's PV console relayed hex-encoded); each case's log is its own lines,
+  decoded, control characters escaped.
 - A `dom0` case (the quick path: GNU Mach itself as Xen's dom0) is one short QEMU run of its own.
 
 Every file QEMU opens is staged under a plain temporary name: QEMU splits `-initrd` at spaces and commas, so the
@@ -32,23 +34,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from hurdxen import fsutil
+from hurdxen import bootlog, fsutil
 from hurdxen.bootcases import (
     BootCase,
     BootReport,
     BootResult,
     Verdict,
-    clean,
+    case_log,
     expectations_met,
-    find_output,
-    guest_domid,
-    is_own,
+    find_ending,
     judge,
-    own_lines,
+    matched,
 )
 from hurdxen.bootimages import DEFAULT_SOURCE_DATE_EPOCH, CpioEntry, Dom0Result, HypervisorResult, gzip_n, write_cpio
 from hurdxen.errors import HurdxenError
 from hurdxen.monitor import Monitor, NullMonitor
+from hurdxen.quoting import XlValue, xl_value
 
 XEN_APPEND = "console=com1 com1=115200,8n1 guest_loglvl=all noreboot"
 # 256 MB is plenty for the toolstack and boots faster than the usual 512 MB (less memory for Linux to set up).
@@ -58,6 +59,7 @@ DOM0_MEM = "dom0_mem=256M,max:256M"
 # ACPI's complaints about the missing PCI config space off the console (a kernel panic still shows).
 DOM0_ARGS = "console=hvc0 earlyprintk=xen loglevel=3 rodata=off mitigations=off nokaslr pci=off audit=0"
 QUICK_DOM0_MEM = "dom0_mem=128M"
+DOM0_SETTLE = 5.0  # seconds a dom0 case is watched after its banner passed, for a panic or crash to show
 DOM0_READY = "hurdxen-dom0: ready"
 DOM0_BOOT_TIMEOUT = 180.0  # seconds for Xen and the Linux dom0 to come up (TCG on a loaded machine)
 MAX_LOG = 64 << 20  # a guest that floods the console cannot fill the disk or the memory
@@ -139,8 +141,10 @@ class Console:
             self._mon.output(self._label, chunk)
 
     def mark(self) -> int:
+        """Where the line being printed now starts: a case's slice begins at a line start, so a line a guest had
+        half printed (`(d1) ` then `[xl:next] …`) cannot start the next case's slice with its second half."""
         with self._lock:
-            return len(self._buf)
+            return self._buf.rfind(b"\n") + 1
 
     def since(self, mark: int) -> bytes:
         with self._lock:
@@ -201,17 +205,18 @@ def guest_config(case: BootCase, root: str = "/guests") -> str:
     d = f"{root}/{case.name}"
     # A fixed uuid: xl otherwise asks libuuid for a random one, which waits ~3 s for entropy in a fresh dom0.
     uid = uuid.uuid5(uuid.NAMESPACE_URL, f"hurdxen-boot:{case.name}")
-    lines = [f'name = "{case.name}"', f'uuid = "{uid}"', 'type = "pv"', f"memory = {case.memory_mb}", "vcpus = 1"]
+    values: list[tuple[str, XlValue]] = [("name", case.name), ("uuid", str(uid)), ("type", "pv"),
+                                         ("memory", case.memory_mb), ("vcpus", 1)]  # fmt: skip
     if case.kind == "pvgrub":
-        lines.append(f'kernel = "{d}/pvgrub"')
+        values.append(("kernel", f"{d}/pvgrub"))
     else:
-        lines.append(f'kernel = "{d}/kernel"')
+        values.append(("kernel", f"{d}/kernel"))
         if case.ramdisk:
-            lines.append(f'ramdisk = "{d}/ramdisk"')
+            values.append(("ramdisk", f"{d}/ramdisk"))
     if case.cmdline and case.kind != "pvgrub":
-        lines.append(f'extra = "{case.cmdline}"')
-    lines += ['on_crash = "preserve"', 'on_poweroff = "preserve"', 'on_reboot = "preserve"']
-    return "\n".join(lines) + "\n"
+        values.append(("extra", case.cmdline))
+    values += [("on_crash", "preserve"), ("on_poweroff", "preserve"), ("on_reboot", "preserve")]
+    return "".join(f"{k} = {xl_value(v)}\n" for k, v in values)
 
 
 def guests_cpio(cases: Sequence[BootCase], mtime: int) -> bytes:
@@ -247,7 +252,7 @@ def _watch(case: BootCase, con: Console, since: int, started: float) -> tuple[Ve
         if len(raw) == seen and not over and met is None:
             continue  # nothing new to judge (a pending crash report settles with new output or the timeout)
         seen = len(raw)
-        text = clean(raw)
+        text = bootlog.canonical(raw, complete=not over)
         if met is None and case.alive_after and expectations_met(case, text):
             met = now
         verdict = judge(case, text, over, now - met if met is not None else 0.0)
@@ -258,32 +263,35 @@ def _watch(case: BootCase, con: Console, since: int, started: float) -> tuple[Ve
             return v, reason, ending, _timeline(case, con, since, started)
 
 
-TIMELINE_MARKS = ("[xl:{name}] Waiting for domain", "hurdxen-dom0: created {name}", "[xl:{name}] Domain")
+TIMELINE_MARKS = (("xl", "Waiting for domain"), ("dom0", "created {name}"), ("xl", "Domain"))
 
 
 def _timeline(case: BootCase, con: Console, since: int, started: float) -> dict[str, float]:
     """When each expected line (and the toolstack's steps) came, in seconds after the case started."""
-    raw = con.since(since).decode("latin-1")  # one character per byte: offsets stay byte offsets
-    domid = guest_domid(case, raw)
-    marks = [*(t.format(name=case.name) for t in TIMELINE_MARKS), *case.expect]
+    raw = con.since(since)
+    log = case_log(case, bootlog.canonical(raw))
+    guest = ("other",) if case.kind == "dom0" else ("domu", "console")
+    marks = [(src, m.format(name=case.name)) for src, m in TIMELINE_MARKS]
     out: dict[str, float] = {}
-    at = 0
-    for ln in raw.splitlines(keepends=True):
-        if (case.kind == "dom0" or is_own(case, domid, ln)) and not ln.startswith("(XEN)"):
-            for m in marks:
-                if m not in out and m in ln:
-                    out[m] = con.arrival(since + at + ln.index(m)) - started
-        at += len(ln)
+    for _, end, b in bootlog.raw_lines(raw):
+        ln = bootlog.parse_line(bootlog.canonical_line(b))
+        if not log.own(ln):
+            continue
+        hits = [p for p in case.expect if ln.source in guest and p in ln.body]
+        hits += [ln.text[: len(ln.text) - len(ln.body)] + m for src, m in marks if src == ln.source and
+                 ln.body.startswith(m)]  # fmt: skip
+        for h in hits:
+            out.setdefault(h, con.arrival(since + end) - started)
     return dict(sorted(out.items(), key=lambda kv: kv[1]))
 
 
 def _result(case: BootCase, v: Verdict, reason: str, ending: Any, seconds: float, log: Path, raw: bytes,
             timeline: dict[str, float]) -> BootResult:  # fmt: skip
-    # A guest case's log is its own lines of its slice of the session log (which keeps everything).
-    fsutil.write_atomic(log, own_lines(case, raw.decode("latin-1")).encode("latin-1"))
-    text = own_lines(case, clean(raw))
-    matched = tuple(p for p in case.expect if find_output(text, p) >= 0)
-    return BootResult(case, v, seconds, log, matched, reason, tuple(timeline.items()), ending)
+    # A guest case's log is its own lines of its slice of the session log (which keeps everything), framed and
+    # decoded: the relayed console as text, control characters escaped.
+    text = bootlog.canonical(raw)
+    fsutil.write_atomic(log, case_log(case, text).own_text().encode())
+    return BootResult(case, v, seconds, log, matched(case, text), reason, tuple(timeline.items()), ending)
 
 
 def run_session(
@@ -322,7 +330,7 @@ def run_session(
     seconds = time.monotonic() - start
     mon.end(f"boot:{label}", seconds)
     if not up:
-        tail = clean(con.since(0))[-300:].strip().replace("\n", " | ")
+        tail = bootlog.canonical(con.since(0))[-300:].strip().replace("\n", " | ")
         why = f"the dom0 did not come up in {DOM0_BOOT_TIMEOUT:.0f} s ({err or 'no qemu error'}); last output: {tail}"
         results = [
             BootResult(r.case, "fail", r.seconds, r.log, (), why, r.timeline, None) for r in results
@@ -367,6 +375,13 @@ def run_dom0_case(
         con = Console(cmd, log.with_suffix(".serial"), mon, f"boot:{case.name}")
         try:
             v, reason, ending, timeline = _watch(case, con, 0, started)
+            if v == "pass" and ending is None:
+                v, reason, ending = _settle(
+                    case,
+                    con,
+                    min(DOM0_SETTLE, max(0.0, case.timeout - (time.monotonic() - started))),
+                    (v, reason, ending),
+                )
         finally:
             err = con.close(grace=0)
     seconds = time.monotonic() - started
@@ -376,6 +391,21 @@ def run_dom0_case(
     result = _result(case, v, reason, ending, seconds, log, log.with_suffix(".serial").read_bytes(), timeline)
     log.with_suffix(".serial").unlink(missing_ok=True)
     return result, {"label": case.name, "log": str(log), "cases": [case.name], "seconds": round(seconds, 1)}
+
+
+def _settle(
+    case: BootCase, con: Console, seconds: float, verdict: tuple[Verdict, str, Any]
+) -> tuple[Verdict, str, Any]:
+    """A banner check that passed: watch the kernel a little longer, so that a panic or crash right after the
+    banner shows in the case's detail (the verdict stays a pass)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not con.exited:
+        time.sleep(0.2)
+        text = bootlog.canonical(con.since(0)[:MAX_CASE_TEXT], complete=True)
+        if find_ending(case, text, False)[0] is not None:
+            break
+    again = judge(case, bootlog.canonical(con.since(0)[:MAX_CASE_TEXT], complete=True), False)
+    return again if again is not None and again[0] == verdict[0] else verdict
 
 
 def run_boot_checks(

@@ -13,7 +13,7 @@ from hurdxen.containers import BaseSpec, ImageSpec
 from hurdxen.executors import Executor, make_executor
 from hurdxen.monitor import Monitor, default_monitor
 from hurdxen.recipes import Recipes
-from hurdxen.sources import DEFAULT_SNAPSHOT, Cache, Network
+from hurdxen.sources import DEFAULT_DEADLINE, DEFAULT_MIN_RATE, DEFAULT_SNAPSHOT, Cache, Network
 
 # doit's dependency database, kept beside the artifacts it describes.
 DEP_FILE = ".doit.sqlite3"
@@ -67,6 +67,8 @@ def make_context(recipes: Recipes) -> Context:
         timeout=int(settings.get("timeout", 60)),
         offline=bool(settings.get("offline", False)) or os.environ.get("HURDXEN_OFFLINE") == "1",
         snapshot=settings.get("snapshot") or os.environ.get("HURDXEN_SNAPSHOT") or DEFAULT_SNAPSHOT,
+        deadline=float(settings.get("download_deadline", DEFAULT_DEADLINE)),
+        min_rate=int(settings.get("download_min_rate", DEFAULT_MIN_RATE)),
     )
     cache_dir = settings.get("cache") or os.environ.get("HURDXEN_CACHE")
     lock = pinlock.path_for(recipes.root)

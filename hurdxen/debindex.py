@@ -10,10 +10,11 @@ import bz2
 import email.utils
 import hashlib
 import lzma
+import re
 import subprocess
 import tempfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -321,12 +322,53 @@ def _entry(para: Mapping[str, str], name: str, version: str, arch: str, where: s
         ) from None
 
 
-def newest_package(packages_text: str, name: str, arch: str, where: str = "Packages") -> PackageEntry:
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_PACKAGE_FIELD = re.compile(r"^Package:[ \t]*(\S+)", re.M)
+_PARSED: dict[str, PackagesIndex] = {}  # by the compressed index's sha256: a signed index is parsed once
+MAX_PARSED = 8
+
+
+@dataclass(frozen=True)
+class PackagesIndex:
+    """A Packages index split into its paragraphs by package name (one fast scan); a paragraph is parsed
+    (python-debian) only when its package is asked for. A 75 MB index parsed whole once per pin took 77.5 s."""
+
+    by_name: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, text: str) -> PackagesIndex:
+        found: dict[str, list[str]] = {}
+        for para in _PARAGRAPH_BREAK.split(text):
+            m = _PACKAGE_FIELD.search(para)
+            if m:
+                found.setdefault(m.group(1), []).append(para)
+        return cls({k: tuple(v) for k, v in found.items()})
+
+    def paragraphs(self, name: str) -> Iterator[deb822.Packages]:
+        for para in self.by_name.get(name, ()):
+            yield deb822.Packages(para.splitlines(keepends=True))
+
+
+def load_index(rel: str, data: bytes, sha256: str) -> PackagesIndex:
+    """The index file `rel` (its bytes hash to `sha256`, as its signed Release says), decompressed and split once
+    per process."""
+    if sha256 not in _PARSED:
+        if len(_PARSED) >= MAX_PARSED:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[sha256] = PackagesIndex.of(decompress(rel, data).decode(errors="replace"))
+    return _PARSED[sha256]
+
+
+def _index(packages: str | PackagesIndex) -> PackagesIndex:
+    return packages if isinstance(packages, PackagesIndex) else PackagesIndex.of(packages)
+
+
+def newest_package(packages: str | PackagesIndex, name: str, arch: str, where: str = "Packages") -> PackageEntry:
     """The entry of the highest version of `name` for `arch` (or `all`) in a Packages index."""
     from debian.debian_support import Version
 
     best: tuple[Version, dict[str, str]] | None = None
-    for para in deb822.Packages.iter_paragraphs(packages_text.splitlines(keepends=True), use_apt_pkg=False):
+    for para in _index(packages).paragraphs(name):
         if para.get("Package") != name or para.get("Architecture") not in (arch, "all"):
             continue
         try:
@@ -343,11 +385,13 @@ def newest_package(packages_text: str, name: str, arch: str, where: str = "Packa
     return _entry(best[1], name, str(best[0]), arch, where)
 
 
-def find_package(packages_text: str, name: str, version: str, arch: str, where: str = "Packages") -> PackageEntry:
+def find_package(
+    packages: str | PackagesIndex, name: str, version: str, arch: str, where: str = "Packages"
+) -> PackageEntry:
     """The index entry (filename, sha256, size) of `name` `version` for `arch` (or `all`) in a Packages index."""
     matches: set[PackageEntry] = set()
     versions: set[str] = set()
-    for para in deb822.Packages.iter_paragraphs(packages_text.splitlines(keepends=True), use_apt_pkg=False):
+    for para in _index(packages).paragraphs(name):
         if para.get("Package") != name or para.get("Architecture") not in (arch, "all"):
             continue
         versions.add(para.get("Version", "?"))
@@ -383,12 +427,14 @@ __all__ = [
     "IndexEntry",
     "PackageEntry",
     "PackageMissing",
+    "PackagesIndex",
     "Release",
     "Signed",
     "check_fresh",
     "decompress",
     "find_package",
     "keyring_fingerprints",
+    "load_index",
     "newest_package",
     "parse_release",
     "release_checksum",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from hurdxen.errors import HurdxenError
+from hurdxen.quoting import XlValue, xl_value
 
 # The Hurd wiki: no more than about 580 MB for a 32-bit GNU Mach Xen guest (its direct map ends there).
 MAX_32BIT_MEMORY_MB = 580
@@ -25,7 +26,6 @@ DOMU_NOT_PAE = "xc_dom_compat_check: guest type xen-3.0-x86_32 not supported by 
 
 Vif = Literal["none", "bridge", "mac"]
 Boot = Literal["direct", "pvgrub2"]
-XlValue = str | int | list["XlValue"]
 
 
 @dataclass(frozen=True)
@@ -117,22 +117,12 @@ def _vif(s: DomainSettings, domain: str) -> list[XlValue] | None:
 # ------------------------------------------------------------------ rendering
 
 
-def _quote(v: XlValue) -> str:
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_quote(x) for x in v) + "]"
-    if "'" not in v:
-        return f"'{v}'"
-    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _render(header: list[str], entries: list[tuple[str, XlValue, list[str]]]) -> str:
     lines = [f"# {h}" if h else "#" for h in header]
     for key, value, comments in entries:
         lines.append("")
         lines += [f"# {c}" for c in comments]
-        lines.append(f"{key} = {_quote(value)}")
+        lines.append(f"{key} = {xl_value(value)}")
     return "\n".join(lines) + "\n"
 
 

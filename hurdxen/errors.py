@@ -7,6 +7,7 @@ import urllib.parse
 
 MAX_SHOWN = 200  # characters of one echoed value (a recipe string, a member name)
 MAX_LINE = 8000  # characters of a rendered error message (a step failure quotes its log's last lines)
+MAX_HINT = 600  # characters of a hint: our own words, with key names (a list of allowed keys must not be cut)
 # C0/C1 controls, line/paragraph separators and bidi overrides (which reorder what a terminal shows)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*):[^/@\s]*@")
@@ -67,7 +68,7 @@ class HurdxenError(Exception):
         # Messages quote input (names, recipe values, URLs): one line, no control bytes, no passwords, bounded.
         line = f"error: {_message_text(self.message)}"
         if self.hint:
-            line += f" (hint: {printable(self.hint, MAX_SHOWN)})"
+            line += f" (hint: {printable(self.hint, MAX_HINT)})"
         return line
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -45,6 +46,22 @@ def sha256_file(path: Path) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_NESTING = re.compile(rb"[\[\]{}]")
+
+
+def loads_json_bounded(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON from outside (a lock, a server's answer): ValueError when it is not JSON or nests deeper than
+    `max_depth` (Python's parser recurses: 100,000 `[` ended in RecursionError)."""
+    depth = 0
+    for m in _JSON_NESTING.finditer(_JSON_STRING.sub(b'""', data)):
+        depth += 1 if m.group() in b"[{" else -1
+        if depth > max_depth:
+            raise ValueError(f"nested deeper than {max_depth} levels")
+    return json.loads(data)
 
 
 def canonical_json(data: Any) -> str:

@@ -6,7 +6,6 @@ as a non-root user with no network. Kernels whose Xen notes are wrong never reac
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +16,7 @@ from hurdxen.errors import HurdxenError
 from hurdxen.executors import Mount, Step, StepResult
 from hurdxen.gnumach_source import SourceSpec, prepare, source_dir, source_spec
 from hurdxen.mig import MigSpec
+from hurdxen.quoting import shell_word
 from hurdxen.recipes import Recipes
 from hurdxen.sources import DebPin
 from hurdxen.sources_deb import extract_deb, fetch_deb
@@ -78,7 +78,7 @@ class VariantSpec:
             f"LD={self.ld}",
             f"MIG={self.mig_target}-mig",
         ]
-        return "configure " + " ".join(shlex.quote(w) for w in words)
+        return "configure " + " ".join(shell_word(w) for w in words)
 
     def configure_args(self) -> list[str]:
         extra = list(self.configure)
@@ -236,7 +236,7 @@ def build_step(spec: VariantSpec, image_tag: str, src: Path, migdir: Path, build
             ("CC", spec.cc),
             ("LD", spec.ld),
             ("MIG_TARGET", spec.mig_target),
-            ("CONFIGURE_EXTRA", " ".join(shlex.quote(a) for a in spec.configure_args())),
+            ("CONFIGURE_EXTRA", " ".join(shell_word(a) for a in spec.configure_args())),
             ("CFLAGS_BASE", spec.cflags),
             ("JOBS", str(spec.jobs)),
             ("VARIANT", spec.name),

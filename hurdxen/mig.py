@@ -6,7 +6,6 @@ headers of a pinned gnumach-dev package, in the builder image with no network an
 
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from hurdxen import fsutil, manifest, safeextract, stage
 from hurdxen.context import Context
 from hurdxen.executors import Mount, Step
+from hurdxen.quoting import shell_word
 from hurdxen.recipes import Recipes
 from hurdxen.sources import DebPin, TarballPin, fetch_tarball
 from hurdxen.sources_deb import extract_deb, fetch_deb
@@ -165,7 +165,7 @@ def build(spec: MigSpec, ctx: Context) -> MigResult:
                     "arch": spec.headers.arch,
                     "sha256": fsutil.sha256_file(fetch_deb(spec.headers, ctx.cache)),
                 },
-                "configure": f"--target={spec.target} TARGET_CC={shlex.quote(spec.compiler)}",
+                "configure": f"--target={spec.target} TARGET_CC={shell_word(spec.compiler)}",
             },
             step=result,
         )

@@ -74,7 +74,7 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
     if len(raw) > MAX_LOCK_BYTES:
         raise HurdxenError(f"{path}: larger than {MAX_LOCK_BYTES} bytes", hint="not a pins lock?")
     try:
-        data = json.loads(raw)
+        data = fsutil.loads_json_bounded(raw)
     except ValueError as e:
         raise HurdxenError(
             f"{path}: not JSON ({e})", hint="restore it from git, or run `hurdxen pins update`"
@@ -95,7 +95,23 @@ def lookup(path: Path | None, pin: DebPin) -> dict[str, Any] | None:
     if path is None:
         return None
     e = load(path).get(pin.lock_id)
-    return e if e is not None and e.get("version") == pin.version else None
+    if e is None or e.get("version") != pin.version:
+        return None
+    # The entry must name the pin it is filed under: its package, architecture and .deb file name.
+    upstream = pin.version.split(":", 1)[-1]
+    deb = f"{pin.package}_{upstream}_"
+    name = str(e.get("filename", "")).rsplit("/", 1)[-1]
+    if (
+        e.get("package", pin.package) != pin.package
+        or e.get("arch", pin.arch) != pin.arch
+        or (name and not (name.startswith(deb) and name.endswith(".deb")))
+    ):
+        raise HurdxenError(
+            f"{path}: pins.{pin.lock_id}: the entry names {e.get('package')} ({e.get('arch')}, {name or 'no file'}), "
+            f"not {pin.package} {pin.version} ({pin.arch})",
+            hint="restore recipes/pins.lock from git, or run `hurdxen pins update`",
+        )
+    return e
 
 
 def dump(pins: Mapping[str, Mapping[str, Any]]) -> str:

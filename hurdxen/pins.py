@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hurdxen import pinlock, sources, sources_deb
-from hurdxen.errors import HurdxenError
+from hurdxen.errors import HurdxenError, printable
 from hurdxen.recipes import Recipes
 from hurdxen.sources import Cache, DebPin
 from hurdxen.sources_deb import Resolution
@@ -74,7 +74,6 @@ def resolve_newest(pin: DebPin, cache: Cache, date: str | None) -> tuple[Resolut
 
 def check_consistent(changes: Sequence[Change], r: Recipes, cache: Cache) -> None:
     """Per hurd-modules variant: libc0.3 = ld.so's banner, and hurd's Depends accepts that libc0.3."""
-    from debian import deb822
     from debian.debian_support import Version
 
     from hurdxen import ramdisk
@@ -106,7 +105,7 @@ def check_consistent(changes: Sequence[Change], r: Recipes, cache: Cache) -> Non
         hurd = pkgs.get(HURD_PACKAGE)
         if hurd is None:
             continue
-        for alternatives in deb822.PkgRelation.parse_relations(hurd.new.entry.depends):
+        for alternatives in relations(hurd.new.entry.depends, f"{key}: {HURD_PACKAGE} {hurd.new.entry.version}"):
             rels = [a for a in alternatives if a["name"] == LIBC_PACKAGE]
             if not rels:
                 continue
@@ -117,6 +116,41 @@ def check_consistent(changes: Sequence[Change], r: Recipes, cache: Cache) -> Non
                     f"{version}: refusing to pin an inconsistent set",
                     hint="hurd was built against another libc; wait for the archive to settle or use --date",
                 )
+
+
+_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
+def relations(depends: str, where: str) -> list[list[Any]]:
+    """A Depends field, parsed by python-debian, refused when any part of it is not a relation: python-debian
+    returns such a part raw as a package "name" (and logs a warning), which silently disabled the libc check."""
+    import logging
+
+    from debian import deb822
+
+    log = logging.getLogger("debian.deb822")
+    quiet, log.disabled = log.disabled, True
+    try:
+        parsed = deb822.PkgRelation.parse_relations(depends[:65536])
+    finally:
+        log.disabled = quiet
+    from debian.debian_support import Version
+
+    for alternatives in parsed:
+        for a in alternatives:
+            version = a.get("version")
+            try:
+                ok = bool(_PACKAGE_NAME.fullmatch(str(a.get("name", "")))) and (
+                    not version or bool(Version(version[1]))
+                )
+            except ValueError:
+                ok = False
+            if not ok:
+                raise HurdxenError(
+                    f"{where}: its Depends field cannot be parsed (at {printable(str(a.get('name')), 60)!r})",
+                    hint="the index is broken or crafted: use another mirror or --date",
+                )
+    return parsed
 
 
 def _satisfies(have: Any, rel: tuple[str, str] | None) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from hurdxen import fsutil
 from hurdxen.errors import HurdxenError
 from hurdxen.pvgrub_elf import XEN_ARCH_I386, XEN_ARCH_I386_PAE, XEN_ARCH_I386_PAE_BIMODE, XEN_ARCH_X86_64
+from hurdxen.quoting import grub_text, grub_word
 
 PREFIX = "(memdisk)/boot/grub"
 CONFIG_IN_MEMDISK = "boot/grub/grub.cfg"
@@ -157,18 +158,8 @@ def check_kernel_variants(spec: PvGrubImageSpec, where: str | None = None) -> No
         )
 
 
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./()-]+$")
-
-
-def grub_quote(word: str) -> str:
-    """Quote one word for GRUB's script parser so it reaches the command unchanged (no `$` expansion)."""
-    if _SAFE_WORD.match(word):
-        return word
-    return "'" + word.replace("'", "'\\''") + "'"
-
-
 def _words(words: Iterable[str]) -> str:
-    return " ".join(grub_quote(w) for w in words)
+    return " ".join(grub_word(w) for w in words)
 
 
 def _kernel_line(spec: PvGrubImageSpec, kernel: str) -> str:
@@ -180,7 +171,7 @@ def _module_lines(spec: PvGrubImageSpec, prefix: str) -> list[str]:
 
 
 def _search_line(spec: PvGrubImageSpec, target: str) -> str:
-    hints = [f"--hint={d}," for d in spec.search_disks]
+    hints = [grub_word(f"--hint={d},") for d in spec.search_disks]
     # Hints first: the memdisk holds a /boot/grub/grub.cfg too and would be found by a full scan.
     return "search --no-floppy --file --set=root " + " ".join(hints) + " " + target
 
@@ -196,12 +187,12 @@ def render_config(spec: PvGrubImageSpec, standalone_kernel: str = STANDALONE_KER
     body: list[str]
     if spec.flavour == "disk":
         body = [
-            f"set pvgrub_cfg={grub_quote(spec.config_path)}",
+            f"set pvgrub_cfg={grub_word(spec.config_path)}",
             "# GRUB >= 2.14 turns `xen_grub_env_*` words of the domain's extra= into variables; 2.06 ignores them.",
             'if [ -n "${xen_grub_env_cfg}" ]; then set pvgrub_cfg="${xen_grub_env_cfg}"; fi',
             _search_line(spec, '"${pvgrub_cfg}"'),
             'if [ "${root}" = memdisk ]; then',
-            f'  echo "pv-grub2: no ${{pvgrub_cfg}} on {" ".join(spec.search_disks)}"',
+            f'  echo "pv-grub2: no ${{pvgrub_cfg}} on {grub_text(" ".join(spec.search_disks))}"',
             "else",
             '  echo "pv-grub2: using (${root})${pvgrub_cfg}"',
             '  configfile "${pvgrub_cfg}"',
@@ -209,9 +200,9 @@ def render_config(spec: PvGrubImageSpec, standalone_kernel: str = STANDALONE_KER
         ]
     elif spec.flavour == "hurd":
         body = [
-            _search_line(spec, grub_quote(spec.kernel_path)),
+            _search_line(spec, grub_word(spec.kernel_path)),
             'if [ "${root}" = memdisk ]; then',
-            f'  echo "pv-grub2: no {spec.kernel_path} on {" ".join(spec.search_disks)}"',
+            f'  echo "pv-grub2: no {grub_text(spec.kernel_path)} on {grub_text(" ".join(spec.search_disks))}"',
             "else",
             '  echo "pv-grub2: booting GNU Mach from (${root})"',
             "  insmod gzio",

@@ -173,8 +173,6 @@ def parse_ramdisk(data: bytes, where: str = "ramdisk") -> Ramdisk:
             raise _fail(
                 f"{at}: command line at offset {cmd} is not UTF-8 ({e.reason} at byte {cmd + e.start})"
             ) from None
-        if start % PAGE:
-            warnings.append(f"record {idx}: module at offset {start} is not aligned to {PAGE} bytes")
         if reserved:
             warnings.append(f"record {idx}: reserved field is {reserved:#x}, not 0")
         # Modules are named after their command line's first word, as GNU Mach's boot log does.
@@ -196,4 +194,12 @@ def parse_ramdisk(data: bytes, where: str = "ramdisk") -> Ramdisk:
                     f"{where}: record {r.index}: command line [{r.cmdline_offset}, {cmd_end}) overlaps the module "
                     f"of record {m.index} [{m.mod_start}, {m.mod_end})"
                 )
+    for r in records:
+        if r.mod_start % PAGE:
+            # GNU Mach maps a module by whole pages from its start: it cannot use one that starts mid-page.
+            raise _fail(
+                f"{where}: record {r.index} (offset {r.index * RECORD.size}): module at offset {r.mod_start} is not "
+                f"aligned to {PAGE} bytes",
+                hint="GNU Mach maps each module from a page boundary: rebuild the ramdisk with hurdxen",
+            )
     return Ramdisk(tuple(records), size, tuple(warnings))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -219,24 +220,77 @@ MAX_STRING = 4096  # characters of any recipe string (URLs, paths, flags); the s
 MAX_INT = 2**53  # beyond this a TOML integer is a mistake or an attack (and not exact as JSON)
 
 
-def _bounds(data: Any, path: list[Any]) -> tuple[str, str, str | None] | None:
-    """(key path, what, hint) of the first value no recipe may hold: NUL bytes, huge strings or integers."""
+# No recipe string may hold a control character (C0, DEL, C1, the Unicode line separators) unless its schema lists
+# it in `x-controls`: a value reaches terminals (`doit list`), generated files (xl configs, grub.cfg) and build
+# commands, where an ESC rewrites the screen and a newline starts a line of its own. No schema allows one today.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _deref(root: Mapping[str, Any], node: Any) -> Mapping[str, Any] | None:
+    for _ in range(32):  # a local $ref chain, bounded
+        if not isinstance(node, Mapping) or not str(node.get("$ref", "")).startswith("#/"):
+            break
+        target: Any = root
+        for part in str(node["$ref"])[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, Mapping) else {}
+        node = target
+    return node if isinstance(node, Mapping) else None
+
+
+def _schema_at(root: Mapping[str, Any], node: Mapping[str, Any] | None, key: Any) -> Mapping[str, Any] | None:
+    """The schema of `key` below `node` (properties, patternProperties, additionalProperties, items)."""
+    node = _deref(root, node)
+    if node is None:
+        return None
+    if isinstance(key, int):
+        return _deref(root, node.get("items"))
+    props = node.get("properties", {})
+    if key in props:
+        return _deref(root, props[key])
+    for pattern, sub in node.get("patternProperties", {}).items():
+        if re.search(pattern, key):
+            return _deref(root, sub)
+    return _deref(root, node.get("additionalProperties"))
+
+
+def _bad_string(data: str, node: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    if "\0" in data:
+        return "contains a NUL character", "remove the \\u0000"
+    if len(data) > MAX_STRING:
+        return f"is longer than {MAX_STRING} characters ({len(data)})", "shorten it"
+    allowed = str(node.get("x-controls", "")) if node else ""
+    bad = next((m for m in CONTROL.finditer(data) if m.group() not in allowed), None)
+    if bad is not None:
+        return (
+            f"contains the control character U+{ord(bad.group()):04X} at offset {bad.start()}",
+            "recipe values are one line of printable text: remove it",
+        )
+    return None
+
+
+def _bounds(
+    data: Any, path: list[Any], root: Mapping[str, Any] | None = None, node: Mapping[str, Any] | None = None
+) -> tuple[str, str, str | None] | None:
+    """(key path, what, hint) of the first value no recipe may hold: NUL bytes and other control characters (unless
+    the schema allows them), huge strings or integers. `node` is the value's schema (for `x-controls`)."""
+    root = root or {}
     if isinstance(data, Mapping):
         for k, v in data.items():
-            found = _bounds(k, path) if isinstance(k, str) and ("\0" in k or len(k) > 256) else None
-            found = found or _bounds(v, [*path, k])
+            if isinstance(k, str) and len(k) > 256:
+                return _key_path([*path, k[:40] + "…"]), f"is a key longer than 256 characters ({len(k)})", "shorten it"
+            if isinstance(k, str) and (bad := _bad_string(k, None)):
+                return _key_path(path) if path else "(top level)", f"has a key that {bad[0]}", bad[1]
+            found = _bounds(v, [*path, k], root, _schema_at(root, node, k))
             if found:
                 return found
     elif isinstance(data, list):
         for i, v in enumerate(data):
-            found = _bounds(v, [*path, i])
+            found = _bounds(v, [*path, i], root, _schema_at(root, node, i))
             if found:
                 return found
     elif isinstance(data, str):
-        if "\0" in data:
-            return _key_path(path), "contains a NUL character", "remove the \\u0000"
-        if len(data) > MAX_STRING:
-            return _key_path(path), f"is longer than {MAX_STRING} characters ({len(data)})", "shorten it"
+        if bad := _bad_string(data, node):
+            return _key_path(path), *bad
     elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_INT:
         return _key_path(path), f"{_show(data)} is out of range", "use a smaller number"
     return None
@@ -250,12 +304,13 @@ def validate(
     prefix: str = "",
 ) -> None:
     """Raise one clear line for the first problem (the rest are counted). `prefix` goes before every key path."""
-    bad = _bounds(data, [])
+    root = schema(schema_name)
+    bad = _bounds(data, [], root, root)
     if bad is not None:
         key, what, hint = bad
         errors: list[jsonschema.ValidationError] = []
     else:
-        validator = jsonschema.Draft202012Validator(schema(schema_name))
+        validator = jsonschema.Draft202012Validator(root)
         errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
         if not errors:
             return

@@ -357,6 +357,36 @@ def extract_deb(deb: Path, dest: Path, where: str | None = None, limits: Limits 
         return extract_stream(window, msize, dest, f"{label} {data[0]}", limits, absolute_links="in-tree")  # type: ignore[arg-type]
 
 
+MAX_CONTROL = 16 << 20  # a .deb's control.tar unpacked (dpkg's own are a few KB)
+
+
+def deb_control(deb: Path, where: str | None = None) -> dict[str, str]:
+    """The fields of a .deb's `control` file (Package, Version, Architecture…), read within bounds: what a package
+    says it is, whatever the name of the file or the hash it is cached under."""
+    from debian import deb822
+
+    label = where or deb.name
+    limits = Limits(max_bytes=MAX_CONTROL, max_members=1000)
+    with _errors(label), open(deb, "rb") as f:
+        members = ar_members(f, deb.stat().st_size, label)
+        names = [n for n in members if n.startswith("control.tar")]
+        if not members.get("debian-binary") or len(names) != 1:
+            raise HurdxenError(f"{label}: not a Debian package (no single control.tar member)", hint=HINT)
+        window = _Window(f, *members[names[0]])
+        if names[0].endswith(".zst"):
+            with _zstd_to_tempfile(window, label, limits) as plain:
+                data = plain.read(MAX_CONTROL + 1)
+        else:
+            data = _decompressor(window, label).read(MAX_CONTROL + 1)  # type: ignore[arg-type]
+        if len(data) > MAX_CONTROL:
+            raise HurdxenError(f"{label}: {names[0]} unpacks past {MAX_CONTROL >> 20} MiB", hint=HINT)
+        for m, body in read_tar_bytes(data, f"{label} {names[0]}", limits):
+            if m.isreg() and _parts(m.name) == ["control"]:
+                fields = deb822.Deb822(body.decode(errors="replace"))
+                return {k: str(v).strip()[:200] for k, v in fields.items()}
+    raise HurdxenError(f"{label}: no control file in {names[0]}", hint=HINT)
+
+
 @contextmanager
 def _zstd_to_tempfile(src: _Window, where: str, limits: Limits) -> Iterator[IO[bytes]]:
     """Python 3.11 has no zstd: the `zstd` tool decompresses, capped at the size limit."""

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,21 @@ DOWNLOAD_PREFIX = fsutil.TMP_PREFIX + "dl."  # cache/tmp/.tmp-dl.*: a download i
 STALE_DOWNLOAD_SECONDS = 3600  # untouched this long, a download's temporary file belongs to a killed run
 
 
+DEFAULT_DEADLINE = 1800  # seconds one download may take in all
+DEFAULT_MIN_RATE = 16 << 10  # bytes per second a download must average once it has run RATE_GRACE seconds
+RATE_GRACE = 15.0
+MAX_UNSIZED = 8 << 30  # a download whose size no pin or index states (a tarball pinned by sha256 only)
+
+
 @dataclass(frozen=True)
 class Network:
     proxy: str | None = None
-    timeout: int = DEFAULT_TIMEOUT
+    timeout: int = DEFAULT_TIMEOUT  # seconds without a byte (connect, or between reads) before a server is given up
     offline: bool = False
     snapshot: str = DEFAULT_SNAPSHOT  # base URL of the snapshot service (the fallback for Debian packages)
+    deadline: float = DEFAULT_DEADLINE
+    min_rate: int = DEFAULT_MIN_RATE
+    rate_grace: float = RATE_GRACE
 
 
 @dataclass(frozen=True)
@@ -211,8 +220,68 @@ def unreachable(what: str, url: str, why: str, key: str) -> HurdxenError:
     )
 
 
-def download(url: str, dest_dir: Path, net: Network, what: str, key: str) -> tuple[Path, str]:
-    """Stream `url` into a temporary file in `dest_dir`; return it and its sha256. Checks Content-Length."""
+def _too(what: str, url: str, why: str) -> HurdxenError:
+    return Unreachable(
+        f"{what}: download of {url} refused ({why}; nothing was kept)",
+        hint="a slow or stalled server: try a mirror, or raise `download_deadline` / lower `download_min_rate` "
+        "under [settings]",
+    )
+
+
+def stream(url: str, net: Network, sink: Callable[[bytes], None], what: str, key: str, size: int | None = None,
+           limit: int = MAX_UNSIZED) -> int:  # fmt: skip
+    """GET `url` into `sink`, bounded: at most `size` bytes when a pin or a signed index states it (else `limit`),
+    within `net.deadline` seconds in all, averaging at least `net.min_rate` bytes/s once `net.rate_grace` seconds
+    have passed, and never `net.timeout` seconds without a byte. Returns the byte count."""
+    cap = size if size is not None else limit
+    start = time.monotonic()
+    got = 0
+    try:
+        # A read waits at most `timeout`, and no longer than the rate check or the deadline could allow.
+        wait = max(1.0, min(float(net.timeout), net.deadline, net.rate_grace if net.min_rate else net.deadline))
+        with opener(net).open(url, timeout=wait) as resp:
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > cap:
+                raise _too(what, url, f"the server announces {int(length)} bytes, more than the {cap} expected")
+            while True:
+                try:
+                    chunk = resp.read1(1 << 16)
+                except TimeoutError:
+                    raise _too(what, url, f"no data for {wait:g} s") from None
+                if not chunk:
+                    break
+                got += len(chunk)
+                if got > cap:
+                    raise _too(what, url, f"more than the {cap} bytes expected")
+                sink(chunk)
+                elapsed = time.monotonic() - start
+                if elapsed > net.deadline:
+                    raise _too(what, url, f"not done after download_deadline = {net.deadline:g} s")
+                if elapsed > net.rate_grace and got / elapsed < net.min_rate:
+                    raise _too(what, url, f"{got / elapsed:.0f} B/s, below download_min_rate = {net.min_rate}")
+    except urllib.error.HTTPError as e:
+        raise unreachable(what, url, f"HTTP {e.code} {e.reason}", key) from e
+    except TimeoutError:
+        raise _too(what, url, f"no answer in {wait:g} s") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        if fsutil.is_disk_full(e):
+            raise
+        reason = getattr(e, "reason", None) or str(e) or type(e).__name__
+        if isinstance(reason, TimeoutError):
+            raise _too(what, url, f"no answer in {wait:g} s") from None
+        raise unreachable(what, url, str(reason), key) from e
+    if length is not None and length.isdigit() and got != int(length):
+        raise HurdxenError(
+            f"{what}: download of {url} was truncated ({got} of {length} bytes)",
+            hint="try again; if it persists, the server or proxy is cutting the transfer",
+        )
+    return got
+
+
+def download(url: str, dest_dir: Path, net: Network, what: str, key: str, size: int | None = None,
+             limit: int = MAX_UNSIZED) -> tuple[Path, str]:  # fmt: skip
+    """Stream `url` into a temporary file in `dest_dir` (bounded as `stream` says); return it and its sha256. On any
+    refusal the temporary file is removed."""
     if net.offline:
         raise HurdxenError(
             f"{what}: {url} is not in the cache and the build is offline",
@@ -224,35 +293,23 @@ def download(url: str, dest_dir: Path, net: Network, what: str, key: str) -> tup
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
+
+            def sink(chunk: bytes) -> None:
+                h.update(chunk)
+                out.write(chunk)
+
             if parsed.scheme in ("", "file"):
                 src = Path(urllib.parse.unquote(parsed.path) if parsed.scheme else url)
                 if not src.is_file():
                     raise unreachable(what, url, "no such file", key)
+                cap = size if size is not None else limit
+                if src.stat().st_size > cap:
+                    raise _too(what, url, f"{src.stat().st_size} bytes, more than the {cap} expected")
                 with open(src, "rb") as f:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                        out.write(chunk)
+                        sink(chunk)
             else:
-                try:
-                    with opener(net).open(url, timeout=net.timeout) as resp:
-                        expected = resp.headers.get("Content-Length")
-                        got = 0
-                        for chunk in iter(lambda: resp.read(1 << 20), b""):
-                            h.update(chunk)
-                            out.write(chunk)
-                            got += len(chunk)
-                except urllib.error.HTTPError as e:
-                    raise unreachable(what, url, f"HTTP {e.code} {e.reason}", key) from e
-                except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-                    if fsutil.is_disk_full(e):
-                        raise fsutil.disk_full(what, dest_dir) from e
-                    reason = getattr(e, "reason", None) or str(e) or type(e).__name__
-                    raise unreachable(what, url, str(reason), key) from e
-                if expected is not None and got != int(expected):
-                    raise HurdxenError(
-                        f"{what}: download of {url} was truncated ({got} of {expected} bytes)",
-                        hint="try again; if it persists, the server or proxy is cutting the transfer",
-                    )
+                stream(url, net, sink, what, key, size, limit)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -271,10 +328,13 @@ def _store(cache: Cache, tmp: Path, sha256: str) -> Path:
     return final
 
 
-def fetch_url_pinned(cache: Cache, url: str, sha256: str, what: str, key: str, pinned_by: str = "the recipe") -> Path:
+def fetch_url_pinned(cache: Cache, url: str, sha256: str, what: str, key: str, pinned_by: str = "the recipe",
+                     size: int | None = None) -> Path:  # fmt: skip
+    """The blob for `sha256`, downloaded from `url` when the cache lacks it: at most `size` bytes (the size the
+    signed index or the lock states), and refused unless it hashes to `sha256`."""
     if cache.verified(sha256):
         return cache.blob(sha256)
-    tmp, got = download(url, cache.tmpdir(), cache.network, what, key)
+    tmp, got = download(url, cache.tmpdir(), cache.network, what, key, size)
     if got != sha256:
         tmp.unlink()
         raise HurdxenError(

@@ -3,7 +3,6 @@ archive first, then the snapshot service; what was resolved is recorded so later
 
 from __future__ import annotations
 
-import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -15,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hurdxen import debindex, fsutil, safeextract
-from hurdxen.errors import HurdxenError
-from hurdxen.sources import Cache, DebPin, Network, Unreachable, download, fetch_url_pinned, opener
+from hurdxen.errors import HurdxenError, printable
+from hurdxen.sources import Cache, DebPin, Network, Unreachable, download, fetch_url_pinned, stream
 
 # A pin is looked for in the recipe's archive first, then in the snapshot service; both are verified the same way
 # (keyring → signed InRelease → Packages sha256 → .deb sha256). What served is written to the lock, and the .deb to
@@ -36,6 +35,7 @@ SNAPSHOT_TS = "%Y%m%dT%H%M%SZ"
 # resolved shows up in an import within hours, so a few later timestamps are tried too.
 SNAPSHOT_RETRIES = (timedelta(0), timedelta(hours=12), timedelta(days=2))
 MR_MAX_BYTES = 8 << 20
+MAX_INRELEASE = 32 << 20  # Debian's largest is a few hundred KB
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,29 @@ def _known_sha256(pin: DebPin, cache: Cache) -> str | None:
 
 
 def is_cached_deb(pin: DebPin, cache: Cache) -> bool:
+    """The pin's .deb is in the cache and is that package (else the task runs, and fetch_deb says what is wrong)."""
     sha = _known_sha256(pin, cache)
-    return sha is not None and cache.has(sha)
+    if sha is None or not cache.has(sha):
+        return False
+    try:
+        check_identity(cache.blob(sha), pin, "the cached")
+    except HurdxenError:
+        return False
+    return True
+
+
+def check_identity(deb: Path, pin: DebPin, which: str) -> None:
+    """The package is what the pin names — its control file's Package, Version and Architecture — not merely a
+    blob whose hash some record (a lock entry in a pull request's reach, a cache record) pointed at."""
+    ctl = safeextract.deb_control(deb, f"{pin.name}: {which} .deb {deb.name[:16]}")
+    got = (ctl.get("Package", "?"), ctl.get("Version", "?"), ctl.get("Architecture", "?"))
+    if got[0] != pin.package or got[1] != pin.version or got[2] not in (pin.arch, "all"):
+        raise HurdxenError(
+            f"{pin.name}: {which} .deb {deb.name[:16]}… is {printable(got[0], 80)} {printable(got[1], 80)} "
+            f"({printable(got[2], 40)}), not the pinned package",
+            hint="the sha256 in recipes/pins.lock (or the recipe) names another package: restore the lock from git "
+            "or run `hurdxen pins update`",
+        )
 
 
 def fetch_deb(pin: DebPin, cache: Cache) -> Path:
@@ -90,6 +111,7 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
     rec = _deb_record(cache, pin)
     sha = _known_sha256(pin, cache)
     if sha and cache.verified(sha):  # re-hashed: an edited cached blob is refetched
+        check_identity(cache.blob(sha), pin, "the cached")
         if cache.lock and pinlock.lookup(cache.lock, pin) is None and pinlock.committed(cache.lock, pin):
             _fill_lock(pin, cache, rec, sha)
         return cache.blob(sha)
@@ -103,8 +125,10 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
             else "the archive carries a different build of that version; `hurdxen pins update` re-resolves it",
         )
     path = fetch_url_pinned(
-        cache, res.url, res.entry.sha256, pin.name, pin.key + ".archive", pinned_by=f"the signed index of {pin.suite}"
-    )
+        cache, res.url, res.entry.sha256, pin.name, pin.key + ".archive", pinned_by=f"the signed index of {pin.suite}",
+        size=res.entry.size,
+    )  # fmt: skip
+    check_identity(path, pin, "the downloaded")
     info = lock_entry(pin, res)
     fsutil.write_json_atomic(rec, info)
     if cache.lock and pinlock.committed(cache.lock, pin):
@@ -218,18 +242,14 @@ def _snapshot_stamps(pin: DebPin, cache: Cache) -> tuple[list[str], str]:
 
 
 def _get_json(url: str, net: Network) -> Any:
+    """A snapshot API answer, or None (it only picks a timestamp): bounded in size, time and nesting."""
     if net.offline:
         return None
+    data = bytearray()
     try:
-        with opener(net).open(url, timeout=net.timeout) as resp:
-            data = resp.read(MR_MAX_BYTES + 1)
-    except (urllib.error.URLError, OSError, http.client.HTTPException):
-        return None
-    if len(data) > MR_MAX_BYTES:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
+        stream(url, net, data.extend, "snapshot API", "settings.snapshot", limit=MR_MAX_BYTES)
+        return fsutil.loads_json_bounded(bytes(data))
+    except (HurdxenError, ValueError):
         return None
 
 
@@ -293,7 +313,7 @@ def resolve_at(
     dists = f"{base}/dists/{pin.suite}"
     where = f"{dists}/InRelease"
     keyring, keyring_desc = keyring_for(pin, cache)
-    tmp, _ = download(where, cache.tmpdir(), cache.network, f"{pin.name} index", key)
+    tmp, _ = download(where, cache.tmpdir(), cache.network, f"{pin.name} index", key, limit=MAX_INRELEASE)
     try:
         signed = debindex.verify_inrelease_signed(tmp.read_bytes(), keyring, where)
     except HurdxenError as e:
@@ -315,16 +335,16 @@ def resolve_at(
     for suffix in (".xz", ".gz", ""):
         rel = f"{pin.component}/binary-{pin.arch}/Packages{suffix}"
         try:
-            sha, _size = debindex.release_checksum(signed.text, rel, where)
+            sha, size = debindex.release_checksum(signed.text, rel, where)
         except HurdxenError as e:
             last = e
             continue
-        index = fetch_url_pinned(cache, f"{dists}/{rel}", sha, f"{pin.name} index", key, pinned_by=f"{where}")
-        text = debindex.decompress(rel, index.read_bytes()).decode(errors="replace")
+        index = fetch_url_pinned(cache, f"{dists}/{rel}", sha, f"{pin.name} index", key, pinned_by=where, size=size)
+        packages = debindex.load_index(rel, index.read_bytes(), sha)
         if newest:
-            entry = debindex.newest_package(text, pin.package, pin.arch, f"{dists}/{rel}")
+            entry = debindex.newest_package(packages, pin.package, pin.arch, f"{dists}/{rel}")
         else:
-            entry = debindex.find_package(text, pin.package, pin.version, pin.arch, f"{dists}/{rel}")
+            entry = debindex.find_package(packages, pin.package, pin.version, pin.arch, f"{dists}/{rel}")
         return Resolution(entry, f"{base}/{entry.filename}", stamp, signed.signer, keyring_desc)
     assert last is not None
     raise last

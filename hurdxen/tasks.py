@@ -16,7 +16,20 @@ from typing import Any
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from hurdxen import boot, containers, executors, fsutil, gnumach, hurdmodules, lock, mig, pvgrub, recipes, stage
+from hurdxen import (
+    boot,
+    containers,
+    executors,
+    fsutil,
+    gnumach,
+    hurdmodules,
+    lock,
+    mig,
+    pinlock,
+    pvgrub,
+    recipes,
+    stage,
+)
 from hurdxen.cache import hook as cache_hook
 from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
 from hurdxen.errors import HurdxenError
@@ -110,7 +123,9 @@ def load() -> tuple[recipes.Recipes, Context]:
 
 def check_specs(r: recipes.Recipes) -> Plan:
     """Every stage's specs from the recipes: what the schemas cannot check (patch pins, cross-recipe rules) fails
-    here, as one line, before any task generator (where doit would print a traceback). `hurdxen recipes` runs it."""
+    here, as one line, before any task generator (where doit would print a traceback). `hurdxen recipes` runs it.
+    The pins lock too: read inside doit's up-to-date checks, a bad one ended in a 40-line traceback."""
+    pinlock.load(pinlock.path_for(r.root))
     return make_plan(r)
 
 

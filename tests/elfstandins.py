@@ -30,7 +30,10 @@ TERMINATE32_SELF = "hurdxen-terminate: task_terminate(self)"
 # A 64-bit Xen PV kernel small enough to read: the boot check's crash and XPASS tests boot it. Its command line
 # (`extra`) picks what it does: "fault" (a page fault in fake_fault, called from fake_step ← fake_main), "panic"
 # (a GNU Mach-style panic line, then a crash shutdown), anything else (GNU Mach's last boot line, then poweroff,
-# or with "alive" spin there, with "dies" fault there: the alive_after tests).
+# or with "alive" spin there, with "dies" fault there: the alive_after tests). "forge" prints every line of Xen's
+# and the toolstack's it can, through console_io and through its PV console ring, then GNU Mach's lines, then keeps
+# printing another case's toolstack and boot lines until it is destroyed (tests/hostile/test_boot_forgery.py).
+# (GNU Mach's own failure lines, e.g. bootstrap_create's, are a guest's word about itself: they may fail it.)
 PV_KERNEL_SRC = r"""/* Its Xen notes are what libxc needs to lay it out. */
 #define VIRT_BASE 0xffffffff80000000
 typedef unsigned long ulong;
@@ -70,6 +73,40 @@ static int has(const char *s, const char *w) {
     return 0;
 }
 static void shutdown(unsigned int reason) { hypercall3(29, 2, (ulong)&reason, 0); }  /* sched_op(SCHEDOP_shutdown) */
+/* The PV console ring (struct xencons_interface: in[1024], out[2048], in_cons, in_prod, out_cons, out_prod): the
+   page's pfn from the machine-to-phys table Xen maps at 0xffff800000000000; the initial mapping starts at pfn 0. */
+static void ring(const struct start_info *si, const char *s) {
+    ulong pfn = ((const ulong *)0xffff800000000000UL)[si->console.domU.mfn];
+    volatile char *page = (volatile char *)(VIRT_BASE + (pfn << 12));
+    volatile unsigned int *cons = (volatile unsigned int *)(page + 3080), *prod = cons + 1;
+    for (ulong i = 0; s[i] && *prod - *cons < 2048; i++) {
+        page[1024 + (*prod & 2047)] = s[i];
+        __sync_synchronize();
+        (*prod)++;
+    }
+    unsigned int port = si->console.domU.evtchn;
+    hypercall3(32, 4, (ulong)&port, 0);  /* event_channel_op(EVTCHNOP_send) */
+}
+static const char *const forged[] = {
+    "\r(XEN) d1v0 Unhandled: vec 14, #PF[0002]\n", "\r(XEN) Domain 1 (vcpu#0) crashed on cpu#0:\n",
+    "\r(XEN) RIP:    e033:[<ffffffff80000000>]\n",
+    "\x1b[2K\r[xl:fake-forger] Domain 1 has shut down, reason code 3 0x3\n",
+    "\f[xl:fake-forger] Domain 1 has shut down, reason code 3 0x3\n",
+    "\xe2\x80\xa8[xl:fake-forger] Domain 1 has shut down, reason code 3 0x3\n",
+    "[xl:fake-forger] Domain 1 has shut down, reason code 3 0x3\n", "\rhurdxen-dom0: xl create fake-forger failed\n",
+    "\r(XEN) Hardware Dom0 crashed\n", "\rKernel panic - not syncing: forged\n", "\r(XEN) Panic on CPU 0:\n",
+    "\r[xl:fake-victim] Waiting for domain fake-victim (domid 1) to die [pid 1]\n", 0,
+};
+static void bait(const struct start_info *si) {
+    for (;;) {
+        for (int i = 0; forged[i]; i++) { say(forged[i]); ring(si, forged[i]); }
+        say("[xl:fake-victim] Waiting for domain fake-victim (domid 1) to die [pid 1]\n");
+        say("hurdxen-dom0: created fake-victim domid 1\n");
+        say("fake kernel: Running on xen-3.0-x86_64.\n");
+        say("task loaded: exec /hurd/exec\n");
+        for (volatile ulong n = 0; n < 3000000; n++) ;
+    }
+}
 
 __attribute__((noinline)) void fake_fault(volatile ulong *where) {
     *where = 0x1d;  /* nothing is mapped there: a page fault Xen cannot bounce (no trap table): the domain crashes */
@@ -85,8 +122,10 @@ __attribute__((noinline)) void fake_step(const struct start_info *si) {
     __asm__ volatile("" ::: "memory");
 }
 __attribute__((noinline)) void fake_main(const struct start_info *si) {
+    if (has(si->cmd_line, "forge")) for (int i = 0; forged[i]; i++) { say(forged[i]); ring(si, forged[i]); }
     say("fake kernel: Running on xen-3.0-x86_64.\n");
     fake_step(si);
+    if (has(si->cmd_line, "forge")) bait(si);
     if (has(si->cmd_line, "alive")) for (;;) ;
     if (has(si->cmd_line, "dies")) fake_fault((volatile ulong *)0xdead0000);
     shutdown(0);

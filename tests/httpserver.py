@@ -3,6 +3,7 @@
     with TestServer() as srv:
         srv.add("/f", b"bytes")                    # 200
         srv.add("/t", b"abc", truncate_to=1)       # Content-Length 3, sends 1 byte, closes
+        srv.add("/s", b"x" * 9, rate=100)          # trickled at 100 B/s (stall=: silence after the headers)
         srv.redirect("/r", "/f")                   # 302
         srv.serve_dir("/debian", some_path)        # files below a directory
         srv.url + "/f"
@@ -12,10 +13,12 @@ Anything else is a 404. `srv.hits` lists the paths asked for; `srv.stop()` makes
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 @dataclass
@@ -24,6 +27,9 @@ class Route:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     truncate_to: int | None = None  # send only this many bytes of `body` (Content-Length says all), then close
+    rate: float | None = None  # bytes per second: trickle the body
+    stall: float = 0.0  # seconds of silence after the headers
+    length: bool = True  # send a Content-Length
 
 
 class TestServer:
@@ -51,14 +57,27 @@ class TestServer:
                 self.send_response(route.status)
                 for k, v in route.headers.items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(route.body)))
-                if route.truncate_to is not None:
+                if route.length:
+                    self.send_header("Content-Length", str(len(route.body)))
+                if route.truncate_to is not None or not route.length:
                     self.send_header("Connection", "close")
                 self.end_headers()
-                body = route.body if route.truncate_to is None else route.body[: route.truncate_to]
-                self.wfile.write(body)
                 self.wfile.flush()
-                if route.truncate_to is not None:
+                body = route.body if route.truncate_to is None else route.body[: route.truncate_to]
+                try:
+                    time.sleep(route.stall)
+                    if route.rate is None:
+                        self.wfile.write(body)
+                    else:
+                        piece = max(1, int(route.rate / 10))
+                        for i in range(0, len(body), piece):
+                            self.wfile.write(body[i : i + piece])
+                            self.wfile.flush()
+                            time.sleep(piece / route.rate)
+                    self.wfile.flush()
+                except OSError:
+                    return  # the client gave up
+                if route.truncate_to is not None or not route.length:
                     self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -77,8 +96,9 @@ class TestServer:
                     return Route(f.read_bytes())
         return None
 
-    def add(self, path: str, body: bytes, status: int = 200, truncate_to: int | None = None) -> str:
-        self.routes[path] = Route(body, status, truncate_to=truncate_to)
+    def add(self, path: str, body: bytes, status: int = 200, truncate_to: int | None = None, **kw: Any) -> str:
+        """`kw`: Route's rate (trickle), stall (silence after the headers), length (False: no Content-Length)."""
+        self.routes[path] = Route(body, status, truncate_to=truncate_to, **kw)
         return self.url + path
 
     def redirect(self, path: str, to: str, status: int = 302) -> str:

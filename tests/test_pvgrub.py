@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hurdxen import pvgrub, pvgrub_config, pvgrub_elf, pvgrub_grub, pvgrub_image, recipes
+from hurdxen import pvgrub, pvgrub_config, pvgrub_elf, pvgrub_grub, pvgrub_image, quoting, recipes
 from hurdxen.errors import HurdxenError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,13 +115,13 @@ def test_standalone_carries_one_kernel() -> None:
         pvgrub.spec_from_recipe(data, PRODUCERS)
 
 
-def test_grub_quote() -> None:
-    assert pvgrub_config.grub_quote("root=device:hd0s1") == "root=device:hd0s1"
-    assert pvgrub_config.grub_quote("(memdisk)/boot/gnumach.gz") == "(memdisk)/boot/gnumach.gz"
-    assert pvgrub_config.grub_quote("${root}") == "'${root}'"
-    assert pvgrub_config.grub_quote("$(task-create)") == "'$(task-create)'"
-    assert pvgrub_config.grub_quote("it's") == "'it'\\''s'"
-    assert pvgrub_config.grub_quote("a b") == "'a b'"
+def test_grub_word() -> None:
+    assert quoting.grub_word("root=device:hd0s1") == "root=device:hd0s1"
+    assert quoting.grub_word("(memdisk)/boot/gnumach.gz") == "(memdisk)/boot/gnumach.gz"
+    assert quoting.grub_word("${root}") == "'${root}'"
+    assert quoting.grub_word("$(task-create)") == "'$(task-create)'"
+    assert quoting.grub_word("it's") == "'it'\\''s'"
+    assert quoting.grub_word("a b") == "'a b'"
 
 
 def test_hurd_config_is_the_field_notes_entry() -> None:

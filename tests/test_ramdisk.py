@@ -209,16 +209,26 @@ def test_hostile_files_give_clear_errors(name: str, tmp_path: Path, capsys: pyte
     assert err.startswith("error: ") and err.count("\n") == 1 and "(hint: " in err
 
 
-def test_unaligned_module_is_a_warning(tmp_path: Path) -> None:
-    data = _table((40, 44, 32, 7)) + b"ab\x00\x00\x00\x00\x00\x00" + b"\x7fELF"
+def test_unaligned_module_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """GNU Mach cannot use a module that starts mid-page: `ramdisk dump` exited 0 on one; now it is refused."""
+    data = _table((40, 44, 32, 0)) + b"ab\x00\x00\x00\x00\x00\x00" + b"\x7fELF"
     path = tmp_path / "unaligned"
+    path.write_bytes(data)
+    with pytest.raises(HurdxenError, match="record 0 \\(offset 0\\): module at offset 40 is not aligned to 4096"):
+        parse_ramdisk(data)
+    assert cli(["dump", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "(hint: " in err and "Traceback" not in err
+
+
+def test_reserved_field_is_a_warning(tmp_path: Path) -> None:
+    data = _table((4096, 4100, 32, 7)) + b"ab\x00" + b"\x00" * (4096 - 35) + b"\x7fELF"
+    path = tmp_path / "reserved"
     path.write_bytes(data)
     rd = parse_ramdisk(data)
     assert rd.modules[0].data == b"\x7fELF"
-    assert "record 0: module at offset 40 is not aligned to 4096 bytes" in rd.warnings
-    assert "record 0: reserved field is 0x7, not 0" in rd.warnings
-    out = dump(path)
-    assert "warning: record 0: module at offset 40 is not aligned" in out
+    assert rd.warnings == ("record 0: reserved field is 0x7, not 0",)
+    assert "warning: record 0: reserved field is 0x7, not 0" in dump(path)
 
 
 def test_dump_lists_everything(tmp_path: Path, elves: ElfFactory, capsys: pytest.CaptureFixture[str]) -> None:

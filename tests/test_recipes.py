@@ -282,9 +282,9 @@ def test_overlay_settings(recipe_root: Path) -> None:
         (
             "[settings]\nofline = true\n",
             "error: hurdxen.local.toml: settings.ofline: unknown key "
-            "(hint: allowed here: cache, cache_push, executor, offline, proxy, snapshot, stage_cache, "
-            "stage_cache_keyring, stage_cache_max_bytes, stage_cache_signers, stage_cache_signing_key, "
-            "stage_cache_timeout, timeout)",
+            "(hint: allowed here: cache, cache_push, download_deadline, download_min_rate, executor, offline, proxy, "
+            "snapshot, stage_cache, stage_cache_keyring, stage_cache_max_bytes, stage_cache_signers, "
+            "stage_cache_signing_key, stage_cache_timeout, timeout)",
         ),
         (
             '[settings]\nproxy = "proxy:3128"\n',

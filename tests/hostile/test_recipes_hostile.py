@@ -124,3 +124,91 @@ def test_long_value_is_cut_in_the_message(recipe_root: Path) -> None:
     (recipe_root / OVERLAY).write_text("[mig.source]\nurl = 'ftp://" + "x" * 4000 + "'\n")
     line = load_error(recipe_root, hint=False)
     assert "more characters" in line and len(line) < 1000
+
+
+# Every C0 control, DEL, every C1 control and the Unicode line and paragraph separators.
+CONTROLS = [chr(c) for c in (*range(0x01, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)]
+
+
+def _string_leaves(data: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    if isinstance(data, dict):
+        return [leaf for k, v in data.items() for leaf in _string_leaves(v, (*path, k))]
+    if isinstance(data, list):
+        return [leaf for i, v in enumerate(data) for leaf in _string_leaves(v, (*path, i))]
+    return [path] if isinstance(data, str) else []
+
+
+def test_every_control_character_in_every_recipe_string(recipe_root: Path) -> None:
+    """Each string of each shipped recipe, with a control character appended (every character in turn): refused
+    with one line naming the file and the key path, before any task (the validator's one walk)."""
+    import copy
+    import tomllib
+
+    n = 0
+    for name in recipes.known_recipes():
+        shown = f"recipes/{name}.toml"
+        data = tomllib.loads((recipe_root / shown).read_text())
+        for k, path in enumerate(_string_leaves(data)):
+            ch = CONTROLS[(n + k) % len(CONTROLS)]
+            bad = copy.deepcopy(data)
+            node = bad
+            for p in path[:-1]:
+                node = node[p]  # type: ignore[index]
+            node[path[-1]] = node[path[-1]] + "x" + ch + "y"  # type: ignore[index]
+            with pytest.raises(HurdxenError) as e:
+                recipes.validate(bad, name, shown)
+            line = refused(e)
+            assert line.startswith(f"error: {shown}: ") and f"control character U+{ord(ch):04X}" in line, line
+            n += 1
+    assert n > 100, n  # the shipped recipes hold well over a hundred strings
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "key"),
+    [
+        ("esc-in-cc", '[gnumach.variants.xen-pae]\ncc = "gcc\\u001b[2J"\n', "gnumach.variants.xen-pae.cc"),
+        ("cmdline-new-line",
+         '[[boot.cases]]\nname = "x"\nkernel = "xen-pae"\ncmdline = "x\\"\\nkernel = \\"/etc/evil"\n',
+         "boot.cases[0].cmdline"),
+        ("cr-in-cflags", '[gnumach.build]\ncflags = "-O2\\r-evil"\n', "gnumach.build.cflags"),
+        ("disk-line-separator", '[domains]\ndisk = ["phy:sda4,hda,w\\u2028x"]\n', "domains.disk[0]"),
+        ("c1-csi-in-url", '[mig.source]\nurl = "http://x/\\u009b2J"\n', "mig.source.url"),
+        ("esc-in-key", "[hurd-modules.variants.\"a\\u001bb\"]\nbits = 32\n", "hurd-modules.variants"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and "\n" not in v and len(v) < 25 else "",
+)  # fmt: skip
+def test_control_characters_in_overlays(case: str, text: str, key: str, recipe_root: Path) -> None:
+    (recipe_root / OVERLAY).write_text(text)
+    line = load_error(recipe_root)
+    assert line.startswith(f"error: {OVERLAY}: ") or key.split(".")[0] in line, line
+    assert key in line and "control character" in line, line
+
+
+def test_a_schema_can_allow_newlines_where_a_value_is_a_script(recipe_root: Path) -> None:
+    """pv-grub2's extra_config is GRUB script lines: its schema allows newlines and tabs (x-controls), nothing
+    else; every other string allows none."""
+    import tomllib
+
+    data = tomllib.loads((recipe_root / "recipes" / "pvgrub2.toml").read_text())
+    data["images"][0]["extra_config"] = "set debug=xen\n\tset pager=1\n"
+    recipes.validate(data, "pvgrub2", "recipes/pvgrub2.toml")
+    data["images"][0]["extra_config"] = "set debug=xen\x1b[2J\n"
+    with pytest.raises(HurdxenError) as e:
+        recipes.validate(data, "pvgrub2", "recipes/pvgrub2.toml")
+    assert "images[0].extra_config: contains the control character U+001B at offset 13" in refused(e)
+    data["images"][0]["extra_config"] = "x"
+    data["images"][0]["name"] = "a\nb"
+    with pytest.raises(HurdxenError) as e:
+        recipes.validate(data, "pvgrub2", "recipes/pvgrub2.toml")
+    assert "images[0].name: contains the control character U+000A" in refused(e)
+
+
+def test_one_quoting_function_per_format() -> None:
+    from hurdxen import quoting
+
+    assert quoting.xl_value("a'b\"c\\d") == '"a\'b\\"c\\\\d"' and quoting.xl_value(["x", 3]) == "['x', 3]"  # type: ignore[list-item]
+    assert quoting.grub_word("$(x) y") == "'$(x) y'" and quoting.grub_text('a"$\\b') == 'a\\"\\$\\\\b'
+    assert quoting.shell_word("a b'c") == "'a b'\"'\"'c'"
+    for f in (quoting.xl_value, quoting.grub_word, quoting.grub_text, quoting.shell_word):
+        with pytest.raises(HurdxenError, match="control character"):
+            f("x\nkernel = '/etc/evil'")

@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # dom0 init for the boot check: start the Xen toolstack, then do what the boot stage asks on the console (Xen passes
 # serial input to dom0), one command a line:
-#   create NAME    create /guests/NAME.cfg paused, attach its console, unpause; say "created NAME domid N"
+#   create NAME    create /guests/NAME.cfg paused, attach its console (relayed as "[NAME] x<hex>"), unpause; say
+#                  "created NAME domid N"
 #                  (or "xl create NAME failed"); xl stays to report the guest's end as "[xl:NAME] … has shut down"
 #   destroy NAME   remove the guest (on_crash="preserve" keeps a crashed one until then), in the background: the
 #                  stage need not wait; the next create does (its memory must be free); say "destroyed NAME"
@@ -40,7 +41,12 @@ create() {
   domid=$(sed -n 's/^Waiting for domain .* (domid \([0-9]*\)).*/\1/p' "$out" 2>/dev/null)
   if [ -z "$domid" ]; then say "xl create $1 failed"; return; fi
   n=0; while [ ! -e "$log" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done
-  ( tail -n +1 -f "$log" 2>/dev/null | while IFS= read -r l; do echo "[$1] $l"; done ) &
+  # The guest's console is relayed hex-encoded (at most 1024 bytes a line), one write a line: its bytes can then
+  # never start a line of the toolstack's or Xen's on the serial log, even when another line lands inside this one
+  # (hurdxen/bootlog.py decodes it).
+  ( tail -n +1 -f "$log" 2>/dev/null | while IFS= read -r l; do
+      echo "[$1] x$(printf '%s' "$l" | hexdump -n 1024 -v -e '1/1 "%02x"')"
+    done ) &
   xl unpause "$1"
   say "created $1 domid $domid"
 }
