@@ -40,11 +40,12 @@ def make_plan(recipes: Recipes) -> Plan:
     hms = tuple(hurdmodules.specs(recipes)) if "hurd-modules" in recipes else ()
     sde = int(recipes["base"]["base"]["source_date_epoch"])
     pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
+    migs = tuple(mig.specs(recipes))
     return Plan(
-        mig=tuple(mig.specs(recipes)),
+        mig=migs,
         gnumach_source=source,
         kernels=tuple(kernels),
         hurd_modules=hms,
         pvgrub2=tuple(pvgrubs),
-        system=tuple(toolchain.specs(recipes)),
+        system=tuple(toolchain.specs(recipes, migs, source)),
     )

@@ -324,12 +324,16 @@ task_pvgrub2 = stage_task(
 )
 task_toolchain = stage_task(
     stage.Stage(
-        "toolchain", "toolchain: the i686-gnu cross toolchain from source (binutils, gcc, Mach headers, glibc)", chain.build
+        "toolchain",
+        "toolchain: the i686-gnu cross toolchain from source (binutils, gcc, Mach headers, glibc)",
+        chain.build,
     ),
     lambda p: [s for s in p.system if s.stage_name == "toolchain"],
 )
 task_hurd = stage_task(
-    stage.Stage("hurd", "hurd: the Hurd from source (headers, servers, libraries), a userland and the root tree", chain.build),
+    stage.Stage(
+        "hurd", "hurd: the Hurd from source (headers, servers, libraries), a userland and the root tree", chain.build
+    ),
     lambda p: [s for s in p.system if s.stage_name == "hurd"],
 )
 

@@ -59,7 +59,10 @@ cp -a "$TOOLS/." "$DEST/"
 def gcc_inputs(r: dict[str, Any] | Any) -> tuple[tuple[str, TarballPin], ...]:
     g = r["gcc"]
     return (
-        ("GCC_ORIG", TarballPin("gcc orig tarball", g["source"]["url"], g["source"]["sha256"], "toolchain.gcc.source.url")),
+        (
+            "GCC_ORIG",
+            TarballPin("gcc orig tarball", g["source"]["url"], g["source"]["sha256"], "toolchain.gcc.source.url"),
+        ),
         (
             "GCC_DEBIAN",
             TarballPin("gcc debian.tar.xz", g["debian"]["url"], g["debian"]["sha256"], "toolchain.gcc.debian.url"),
