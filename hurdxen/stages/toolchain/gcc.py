@@ -14,17 +14,25 @@ from hurdxen.recipes import Recipes
 from hurdxen.sources import DebPin, TarballPin
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec, option_words
 
-# binutils goes into /tools/bin as the package ships it, with the unprefixed names gcc looks for in
-# /tools/<target>/bin; `ld` is the BFD linker.
+# binutils goes into /tools as the package ships it: the programs in /tools/libexec/binutils, their target-specific
+# libbfd/libopcodes/libctf in /tools/lib/binutils (Debian's cross binutils link those, not the image's), and in
+# /tools/bin a wrapper per program that points the loader there. gcc finds the unprefixed names in /tools/<target>/bin;
+# `ld` is the BFD linker.
 BINUTILS = r"""
+mkdir -p "$TOOLS/bin" "$TOOLS/libexec/binutils" "$TOOLS/lib/binutils" "$TOOLS/$TARGET/bin"
+cp -a "$BINUTILS"/usr/lib/x86_64-linux-gnu/. "$TOOLS/lib/binutils/"
 for f in "$BINUTILS"/usr/bin/"$TARGET"-*; do
-  cp -a "$f" "$TOOLS/bin/"
+  n="$(basename "$f")"
+  cp -a "$f" "$TOOLS/libexec/binutils/$n"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/lib/binutils exec %s/libexec/binutils/%s "$@"\n' "$TOOLS" "$TOOLS" "$n" \
+    > "$TOOLS/bin/$n"
+  chmod 755 "$TOOLS/bin/$n"
 done
 ln -sf "$TARGET-ld.bfd" "$TOOLS/bin/$TARGET-ld"
-mkdir -p "$TOOLS/$TARGET/bin"
 for t in ar as ld ld.bfd nm objcopy objdump ranlib readelf strip; do
   ln -sf "../../bin/$TARGET-$t" "$TOOLS/$TARGET/bin/$t"
 done
+echo 'nop' | "$TOOLS/$TARGET/bin/as" -o "$WORK/nop.o" - && "$TOOLS/bin/$TARGET-ld" --version | head -n 1
 """
 
 UNPACK_GCC = r"""
