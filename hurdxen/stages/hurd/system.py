@@ -40,16 +40,18 @@ SYSTEM_SCRIPT = (
 PKG_CONFIG_LIBDIR="$SYSROOT/usr/lib/pkgconfig" "$WORK/hurd/configure" --host="$TARGET" $CONFIGURE
 make -j"$JOBS" $HURD_TARGETS
 for t in $HURD_TARGETS; do
-  make "$t-install" DESTDIR="$DEST"
+  make "$t-install" DESTDIR="$DEST" $INSTALL_FLAGS
 done
 for d in lib*/; do
   d="${d%/}"
   if ls "$d"/*.so >/dev/null 2>&1; then
-    make "$d-install" DESTDIR="$DEST"
+    make "$d-install" DESTDIR="$DEST" $INSTALL_FLAGS
   fi
 done
-cp "$DEST/hurd/ext2fs.static" "$OUT/ext2fs.static"
-ls -l "$DEST/hurd" "$DEST/lib" "$DEST/libexec"
+static="$(find "$DEST" "$WORK/build/ext2fs" -name ext2fs.static -type f | head -n 1)"
+test -n "$static" || { echo "the Hurd installed no ext2fs.static"; exit 1; }
+cp -L "$static" "$OUT/ext2fs.static"
+find "$DEST" -maxdepth 2 -not -path "$DEST/usr/include/*" | sort
 """
 )
 
@@ -103,6 +105,7 @@ def system_spec(recipes: Recipes, gcc1: TreeSpec, sysroot: tuple[TreeSpec, ...],
             ("TARGET", recipes["toolchain"]["target"]),
             ("CONFIGURE", option_words(r, "configure")),
             ("HURD_TARGETS", option_words(r, "targets")),
+            ("INSTALL_FLAGS", option_words(r, "install_flags")),
         ),
         files=(("ext2fs.static", "ext2fs.static"),),
         jobs=int(r.get("jobs", 2)),

@@ -58,8 +58,12 @@ BUILD_CC=gcc CXX=cxx-not-found CC="$TARGET-gcc" AR="$TARGET-ar" RANLIB="$TARGET-
   --with-pkgversion="$GLIBC_PKGVERSION" $CONFIGURE
 make -j"$JOBS" MAKEINFO=:
 make MAKEINFO=: DESTDIR="$DEST" install
-cp "$DEST/lib/ld.so.1" "$OUT/ld.so.1"
-strings "$DEST/lib/ld.so.1" | grep -m1 '^ld.so (' | tee "$OUT/ld.so-banner.txt"
+ldso="$(find "$DEST" -name ld.so.1 | sort | head -n 1)"
+test -n "$ldso" || { echo "glibc installed no ld.so.1"; exit 1; }
+echo "ld.so.1 installed as ${ldso#"$DEST"}"
+cp -L "$ldso" "$OUT/ld.so.1"
+strings "$OUT/ld.so.1" > "$WORK/ld.so.strings"
+{ grep -m1 '^ld.so (' "$WORK/ld.so.strings" || echo "(no ld.so banner found)"; } | tee "$OUT/ld.so-banner.txt"
 """
 
 
