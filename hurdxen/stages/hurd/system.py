@@ -48,7 +48,7 @@ for d in lib*/; do
     make "$d-install" DESTDIR="$DEST" $INSTALL_FLAGS
   fi
 done
-static="$(find "$DEST" "$WORK/build/ext2fs" -name ext2fs.static -type f | head -n 1)"
+static="$(find "$DEST" "$WORK/build" -name ext2fs.static -type f | head -n 1)"
 test -n "$static" || { echo "the Hurd installed no ext2fs.static"; exit 1; }
 cp -L "$static" "$OUT/ext2fs.static"
 find "$DEST" -maxdepth 2 -not -path "$DEST/usr/include/*" | sort
