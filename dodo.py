@@ -13,12 +13,14 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     task_build,
     task_canary,
     task_gnumach,
+    task_hurd,
     task_hurd_modules,
     task_image,
     task_mig,
     task_pins,
     task_pvgrub2,
     task_sources,
+    task_toolchain,
 )
 from hurdxen.tasks_boot import task_boot  # noqa: F401
 from hurdxen.tasks_release import task_bundle, task_publish, task_reproduce, task_verify  # noqa: F401

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from hurdxen import gnumach, gnumach_source, hurdmodules, mig, pvgrub
 from hurdxen.recipes import Recipes
+from hurdxen.stages import toolchain
+from hurdxen.stages.toolchain.chain import TreeSpec
 
 Kernel = gnumach.VariantSpec | gnumach.PrebuiltSpec
 
@@ -19,6 +21,7 @@ class Plan:
     kernels: tuple[Kernel, ...]  # compiled variants, then prebuilt kernels
     hurd_modules: tuple[hurdmodules.HurdModulesSpec, ...]
     pvgrub2: tuple[pvgrub.PvGrubSpec, ...]
+    system: tuple[TreeSpec, ...] = ()  # the from-source toolchain and Hurd, in build order
 
     def kernel(self, name: str) -> Kernel | None:
         return next((k for k in self.kernels if k.name == name), None)
@@ -37,10 +40,12 @@ def make_plan(recipes: Recipes) -> Plan:
     hms = tuple(hurdmodules.specs(recipes)) if "hurd-modules" in recipes else ()
     sde = int(recipes["base"]["base"]["source_date_epoch"])
     pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
+    migs = tuple(mig.specs(recipes))
     return Plan(
-        mig=tuple(mig.specs(recipes)),
+        mig=migs,
         gnumach_source=source,
         kernels=tuple(kernels),
         hurd_modules=hms,
         pvgrub2=tuple(pvgrubs),
+        system=tuple(toolchain.specs(recipes, migs, source)),
     )

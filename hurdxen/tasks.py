@@ -39,6 +39,7 @@ from hurdxen.report import Reporter
 from hurdxen.sources import DebPin, GitPin, TarballPin, fetch_tarball, is_cached_tarball
 from hurdxen.sources_deb import fetch_deb, is_cached_deb
 from hurdxen.sources_git import fetch_git, is_cached_git
+from hurdxen.stages.toolchain import chain
 
 # The project directory (recipes/, containers/, artifacts/): the directory of the dodo.py doit runs, set by
 # `configure()` from dodo.py. Not this package's location: the code may be installed elsewhere, or shared by several
@@ -229,6 +230,8 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     for hm in p.hurd_modules:
         pins += list(hm.debs)
     pins += [s.grub for s in p.pvgrub2[:1]]
+    for t in p.system:
+        pins += [x for _, x in t.tarballs] + [x for _, x in t.debs] + [x for _, x, _ in t.git]
     if "boot" in r:
         hv = boot_recipe(r).hypervisor
         pins.append(TarballPin("xen orig tarball", hv.url, hv.sha256, "boot.xen.url"))
@@ -384,6 +387,20 @@ task_pvgrub2 = stage_task(
         pvgrub.build,
     ),
     lambda p: p.pvgrub2,
+)
+task_toolchain = stage_task(
+    stage.Stage(
+        "toolchain",
+        "toolchain: the i686-gnu cross toolchain from source (binutils, gcc, Mach headers, glibc)",
+        chain.build,
+    ),
+    lambda p: [s for s in p.system if s.stage_name == "toolchain"],
+)
+task_hurd = stage_task(
+    stage.Stage(
+        "hurd", "hurd: the Hurd from source (headers, servers, libraries), a userland and the root tree", chain.build
+    ),
+    lambda p: [s for s in p.system if s.stage_name == "hurd"],
 )
 
 

@@ -1,0 +1,1 @@
+"""The build stages, one subpackage each; every one follows hurdxen.pipeline.stage's contract."""
