@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from projectcopy import ProjectCopy, require_docker
+from project import Project, require_docker
 
 from hurdxen import manifest
 from hurdxen.fsutil import sha256_file
@@ -29,8 +29,8 @@ GNUMACH = os.environ.get("GNUMACH_SOURCE")
 TASK = "hurd:root"
 
 
-def project(root: Path, name: str) -> ProjectCopy:
-    proj = ProjectCopy.create(root / name, artifacts=root / f"{name}-artifacts")
+def project(root: Path, name: str) -> Project:
+    proj = Project.create(root / name, artifacts=root / f"{name}-artifacts")
     overlay: dict[str, object] = {"hurd": {"source": {"git": HURD}}}
     if GNUMACH:
         overlay["gnumach"] = {"source": {"git": GNUMACH}}
@@ -57,11 +57,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("hurd-real")
     proj = project(root, "one")
     t = time.monotonic()
-    r = proj.run_doit(TASK, timeout=4 * 3600)
+    r = proj.doit(TASK, timeout=4 * 3600)
     cold = time.monotonic() - t
     assert r.returncode == 0, r.stdout[-6000:]
     t = time.monotonic()
-    warm = proj.run_doit(TASK)
+    warm = proj.doit(TASK)
     assert warm.returncode == 0, warm.stdout[-3000:]
     report: dict[str, object] = {"cold_seconds": round(cold, 1), "warm_seconds": round(time.monotonic() - t, 1)}
     return {"proj": proj, "cold": r.stdout, "warm": warm.stdout, "report": report, "root": root}
@@ -69,7 +69,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 def test_root_holds_the_boot_modules(built: dict[str, object]) -> None:
     proj = built["proj"]
-    assert isinstance(proj, ProjectCopy)
+    assert isinstance(proj, Project)
     m = manifest.read_task(proj.artifacts, TASK)
     ext2fs = m.output("ext2fs.static").read_bytes()
     assert ext2fs[:4] == b"\x7fELF" and ext2fs[4] == 1 and ext2fs[18] == 3  # ELF32, EM_386
@@ -112,9 +112,9 @@ def test_a_second_cold_build_gives_the_same_bytes(built: dict[str, object]) -> N
         pytest.skip("set HURD_TWICE=1 for a second cold build (another 35 minutes)")
     root = built["root"]
     proj = built["proj"]
-    assert isinstance(root, Path) and isinstance(proj, ProjectCopy)
+    assert isinstance(root, Path) and isinstance(proj, Project)
     other = project(root, "two")
-    r = other.run_doit(TASK, timeout=4 * 3600)
+    r = other.doit(TASK, timeout=4 * 3600)
     assert r.returncode == 0, r.stdout[-6000:]
     a = tree_hashes(manifest.read_task(proj.artifacts, TASK).output("tree"))
     b = tree_hashes(manifest.read_task(other.artifacts, TASK).output("tree"))
