@@ -130,10 +130,13 @@ def raw_steps(project: Project, out_root: Path) -> dict[str, float]:
     sys.path.insert(0, str(project.root))
     os.environ["HURDXEN_CACHE"] = str(project.cache)
     os.environ["HURDXEN_ARTIFACTS"] = str(out_root)
-    from hurdxen import gnumach, gnumach_source, mig, recipes
-    from hurdxen.context import make_context
-    from hurdxen.executors import Step, make_executor
-    from hurdxen.sources_git import export_git
+    from hurdxen.pipeline import recipes
+    from hurdxen.pipeline.context import make_context
+    from hurdxen.pipeline.executors import Step, make_executor
+    from hurdxen.sources.git import export_git
+    from hurdxen.stages.gnumach import source as gnumach_source
+    from hurdxen.stages.gnumach import stage as gnumach
+    from hurdxen.stages.mig import stage as mig
 
     r = recipes.load(project.root, overrides={})
     ctx = make_context(r)
@@ -178,9 +181,9 @@ def raw_steps(project: Project, out_root: Path) -> dict[str, float]:
 IMAGE_SNIPPET = """
 import json, sys, time
 from pathlib import Path
-from hurdxen import recipes
-from hurdxen.containers import ImageSpec, ensure_image
-from hurdxen.context import make_context
+from hurdxen.pipeline import recipes
+from hurdxen.pipeline.containers import ImageSpec, ensure_image
+from hurdxen.pipeline.context import make_context
 ctx = make_context(recipes.load(Path(sys.argv[1]), overrides={}))
 r = ensure_image(ImageSpec("bench-builder", Path(sys.argv[2]), ctx.base), Path(sys.argv[3]))
 print(json.dumps({"tag": r.tag, "reused": r.reused}))

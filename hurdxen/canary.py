@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen import fsutil, pins, recipes, sources
-from hurdxen.errors import HurdxenError
-from hurdxen.sources import Cache
+from hurdxen import pins
+from hurdxen.core import fsutil
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import recipes
+from hurdxen.sources import fetch as sources
+from hurdxen.sources.fetch import Cache
 
 BRANCH = "master"  # GNU Mach's development branch
 # What the canary builds in its copy: every stage the release ships (each verifies what it makes) and the boot check.
@@ -135,7 +138,7 @@ def cli(argv: list[str]) -> int:
 
     from rich.console import Console
 
-    from hurdxen import context
+    from hurdxen.pipeline import context
 
     p = argparse.ArgumentParser(prog="hurdxen canary", description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--root", type=Path, default=Path.cwd())

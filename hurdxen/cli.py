@@ -9,18 +9,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
 
 # subcommand -> (module, function, one-line help); each takes the remaining argv and returns an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "recipes": ("hurdxen.cli", "recipes_cli", "validate the recipes (and overlay) and print them"),
     "verify-release": (
-        "hurdxen.release_verify",
+        "hurdxen.release.verify",
         "verify_cli",
         "check a downloaded release bundle (directory or tarball)",
     ),
-    "inspect-kernel": ("hurdxen.xenverify", "cli", "decode a kernel's Xen notes and say what Xen would do with it"),
-    "ramdisk": ("hurdxen.ramdisk_tools", "cli", "dump a hurd-modules ramdisk, or check it against an installed Hurd"),
+    "inspect-kernel": ("hurdxen.xen.verify", "cli", "decode a kernel's Xen notes and say what Xen would do with it"),
+    "ramdisk": ("hurdxen.stages.hurd_modules.tools", "cli", "dump a hurd-modules ramdisk or check it against a Hurd"),
     "canary": ("hurdxen.canary", "cli", "build with floating inputs (GNU Mach master, newest packages); report drift"),
     "cache": ("hurdxen.cache.cli", "cli", "the shared stage cache (OCI registry): ls, verify, prune"),
     "pins": ("hurdxen.pins", "cli", "update: move the Debian pins to the newest signed versions, rewrite the lock"),
@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def recipes_cli(argv: list[str]) -> int:
-    from hurdxen import recipes
+    from hurdxen.pipeline import recipes
 
     p = argparse.ArgumentParser(prog="hurdxen recipes", description=SUBCOMMANDS["recipes"][2])
     p.add_argument("--root", type=Path, default=Path.cwd(), help="project directory (default: .)")

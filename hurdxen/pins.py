@@ -19,11 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hurdxen import pinlock, sources, sources_deb
-from hurdxen.errors import HurdxenError, printable
-from hurdxen.recipes import Recipes
-from hurdxen.sources import Cache, DebPin
-from hurdxen.sources_deb import Resolution
+from hurdxen.core.errors import HurdxenError, printable
+from hurdxen.pipeline.recipes import Recipes
+from hurdxen.sources import deb as sources_deb
+from hurdxen.sources import fetch as sources
+from hurdxen.sources import pinlock
+from hurdxen.sources.deb import Resolution
+from hurdxen.sources.fetch import Cache, DebPin
 
 LIBC_PACKAGE = "libc0.3"
 HURD_PACKAGE = "hurd"
@@ -44,7 +46,10 @@ class Change:
 
 def collect(r: Recipes) -> list[tuple[str, DebPin]]:
     """Every Debian pin of the recipes, with the stage (recipe) it belongs to; keyring pins included."""
-    from hurdxen import gnumach, hurdmodules, mig, pvgrub
+    from hurdxen.stages.gnumach import stage as gnumach
+    from hurdxen.stages.hurd_modules import stage as hurdmodules
+    from hurdxen.stages.mig import stage as mig
+    from hurdxen.stages.pvgrub2 import stage as pvgrub
 
     pins: list[DebPin] = []
     if "mig" in r:
@@ -76,7 +81,7 @@ def check_consistent(changes: Sequence[Change], r: Recipes, cache: Cache) -> Non
     """Per hurd-modules variant: libc0.3 = ld.so's banner, and hurd's Depends accepts that libc0.3."""
     from debian.debian_support import Version
 
-    from hurdxen import ramdisk
+    from hurdxen.stages.hurd_modules import ramdisk
 
     by_variant: dict[str, dict[str, Change]] = {}
     for c in changes:
@@ -222,7 +227,7 @@ def rewrite(root: Path, edits: Mapping[str, str]) -> list[str]:
         for keys, value in items:
             text = set_string(text, keys, value, f"recipes/{path.name}")
         if text != original:
-            from hurdxen import fsutil
+            from hurdxen.core import fsutil
 
             fsutil.write_atomic(path, text)
             changed.append(f"recipes/{path.name}")
@@ -294,7 +299,7 @@ def cli(argv: list[str]) -> int:
     """`hurdxen pins update [--only RECIPE[,RECIPE]] [--date TS]`."""
     from rich.console import Console
 
-    from hurdxen import context, recipes
+    from hurdxen.pipeline import context, recipes
 
     p = argparse.ArgumentParser(prog="hurdxen pins", description="resolve the Debian pins anew and rewrite the lock")
     p.add_argument("action", choices=["update"])

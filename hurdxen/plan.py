@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hurdxen import gnumach, gnumach_source, hurdmodules, mig, pvgrub
-from hurdxen.recipes import Recipes
+from hurdxen.pipeline.recipes import Recipes
 from hurdxen.stages import toolchain
+from hurdxen.stages.gnumach import source as gnumach_source
+from hurdxen.stages.gnumach import stage as gnumach
+from hurdxen.stages.hurd_modules import stage as hurdmodules
+from hurdxen.stages.mig import stage as mig
+from hurdxen.stages.pvgrub2 import stage as pvgrub
 from hurdxen.stages.toolchain.chain import TreeSpec
 
 Kernel = gnumach.VariantSpec | gnumach.PrebuiltSpec

@@ -16,29 +16,23 @@ from typing import Any
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from hurdxen import (
-    boot,
-    containers,
-    executors,
-    fsutil,
-    gnumach,
-    hurdmodules,
-    lock,
-    mig,
-    pinlock,
-    pvgrub,
-    recipes,
-    stage,
-)
+from hurdxen.boot import stage as boot
 from hurdxen.cache import hook as cache_hook
-from hurdxen.context import DEP_FILE, Context, artifacts_dir, make_context
-from hurdxen.errors import HurdxenError
-from hurdxen.manifest import MANIFEST
+from hurdxen.core import fsutil, lock
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import containers, executors, recipes, stage
+from hurdxen.pipeline.context import DEP_FILE, Context, artifacts_dir, make_context
+from hurdxen.pipeline.manifest import MANIFEST
+from hurdxen.pipeline.report import Reporter
 from hurdxen.plan import Plan, make_plan
-from hurdxen.report import Reporter
-from hurdxen.sources import DebPin, GitPin, TarballPin, fetch_tarball, is_cached_tarball
-from hurdxen.sources_deb import fetch_deb, is_cached_deb
-from hurdxen.sources_git import fetch_git, is_cached_git
+from hurdxen.sources import pinlock
+from hurdxen.sources.deb import fetch_deb, is_cached_deb
+from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball, is_cached_tarball
+from hurdxen.sources.git import fetch_git, is_cached_git
+from hurdxen.stages.gnumach import stage as gnumach
+from hurdxen.stages.hurd_modules import stage as hurdmodules
+from hurdxen.stages.mig import stage as mig
+from hurdxen.stages.pvgrub2 import stage as pvgrub
 from hurdxen.stages.toolchain import chain
 
 # The project directory (recipes/, containers/, artifacts/): the directory of the dodo.py doit runs, set by

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from hurdxen import boot, pvgrub
-from hurdxen.context import Context
-from hurdxen.sources import TarballPin
+from hurdxen.boot import stage as boot
+from hurdxen.pipeline.context import Context
+from hurdxen.sources.fetch import TarballPin
+from hurdxen.stages.pvgrub2 import stage as pvgrub
 from hurdxen.tasks import (
     TaskDict,
     boot_recipe,

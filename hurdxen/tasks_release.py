@@ -9,14 +9,14 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
-from hurdxen import recipes
-from hurdxen.context import Context
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import recipes
+from hurdxen.pipeline.context import Context
 from hurdxen.tasks import TaskDict, guarded, load
 
 
 def act_bundle(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
-    from hurdxen import bundle
+    from hurdxen.release import bundle
 
     def run() -> None:
         result = bundle.bundle(ctx, r)
@@ -42,14 +42,14 @@ def task_bundle() -> TaskDict:
 
 
 def current_bundle(ctx: Context, r: recipes.Recipes) -> Path:
-    from hurdxen import bundle
+    from hurdxen.release import bundle
 
     spec = bundle.spec_from_recipes(r, ctx.source_date_epoch)
     return bundle.release_dir(ctx.artifacts) / spec.release
 
 
 def act_publish(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
-    from hurdxen import bundle, publish
+    from hurdxen.release import bundle, publish
 
     def run() -> None:
         pub = r["release"].get("publish", {})
@@ -75,7 +75,7 @@ def task_publish() -> TaskDict:
 
 
 def act_verify(ctx: Context, r: recipes.Recipes, target: str) -> TaskFailed | None:
-    from hurdxen import release_verify
+    from hurdxen.release import verify as release_verify
 
     def run() -> None:
         report = release_verify.verify(Path(target) if target else current_bundle(ctx, r))
@@ -107,7 +107,7 @@ def act_reproduce(ctx: Context, r: recipes.Recipes) -> TaskFailed | None:
 
 
 def _reproduce_and_say(ctx: Context, r: recipes.Recipes) -> None:
-    from hurdxen import reproduce
+    from hurdxen.release import reproduce
 
     # Bundles of earlier revisions may sit beside this one's: only this revision's is rebuilt and compared.
     result = reproduce.reproduce_project(ctx.root, ctx.artifacts, ctx.cache.root, current_bundle(ctx, r).name)

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --tests
 .venv/bin/ruff check hurdxen tests dodo.py bench
 .venv/bin/mypy
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

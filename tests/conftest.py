@@ -32,7 +32,7 @@ def project(tmp_path: Path) -> Project:
 def docker_client() -> object:
     if not docker_answers():
         pytest.skip("no Docker engine answers")
-    from hurdxen.executors import connect_docker
+    from hurdxen.pipeline.executors import connect_docker
 
     return connect_docker()
 

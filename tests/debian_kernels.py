@@ -1,5 +1,5 @@
 """Debian's prebuilt GNU Mach Xen kernels, pinned by package, version and sha256 and fetched like every Debian input
-(hurdxen.sources: the suite's signed index, then snapshot.debian.org once the archive has dropped the version).
+(hurdxen.sources.fetch: the suite's signed index, then snapshot.debian.org once the archive has dropped the version).
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hurdxen import sources, sources_deb
-from hurdxen.context import make_context
-from hurdxen.errors import HurdxenError
-from hurdxen.recipes import load
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline.context import make_context
+from hurdxen.pipeline.recipes import load
+from hurdxen.sources import deb as sources_deb
+from hurdxen.sources import fetch as sources
 
 MIRROR = "http://deb.debian.org/debian/"
 REPO = Path(__file__).resolve().parents[1]

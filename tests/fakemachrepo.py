@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen.fsutil import sha256_file
+from hurdxen.core.fsutil import sha256_file
 
 FAKEMACH = Path(__file__).resolve().parent / "fixtures" / "fakemach"
 PATCH_NAME = "0001-fakemach-banner.patch"

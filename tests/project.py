@@ -183,7 +183,7 @@ class Project:
 
 def docker_answers() -> bool:
     try:
-        from hurdxen.executors import connect_docker
+        from hurdxen.pipeline.executors import connect_docker
 
         connect_docker()
         return True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from elfstandins import ElfFactory
 
-from hurdxen.ramdisk_elf import variant_for
+from hurdxen.stages.hurd_modules.elf import variant_for
 
 
 def standin_modules(elves: ElfFactory) -> dict[str, dict[str, bytes]]:

@@ -27,10 +27,14 @@ from elfstandins import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hurdxen import boot, bootcases, bootdiag, bootimages, bootrun
-from hurdxen.errors import HurdxenError
-from hurdxen.monitor import ConsoleMonitor
-from hurdxen.ramdisk import Module, build_ramdisk
+from hurdxen.boot import cases as bootcases
+from hurdxen.boot import diag as bootdiag
+from hurdxen.boot import images as bootimages
+from hurdxen.boot import run as bootrun
+from hurdxen.boot import stage as boot
+from hurdxen.core.errors import HurdxenError
+from hurdxen.core.monitor import ConsoleMonitor
+from hurdxen.stages.hurd_modules.ramdisk import Module, build_ramdisk
 
 __all__ = ["elves"]  # the fixture, imported for pytest
 
@@ -258,7 +262,7 @@ def test_a_guest_sees_only_its_own_lines() -> None:
 def test_terminate_standin_is_a_boot_module_that_calls_mach(elves: ElfFactory) -> None:
     """The task-terminate stand-in passes the ramdisk's module check as a 32-bit static server and enters the kernel
     the i386 way: `lcall $7,$0` (9a 00 00 00 00 07 00) after the trap number in %eax, for the four traps it uses."""
-    from hurdxen.ramdisk_elf import check_module, variant_for
+    from hurdxen.stages.hurd_modules.elf import check_module, variant_for
 
     data = elves.terminate32()
     assert check_module("ext2fs.static", "static", data, variant_for(32), "2.41-6").interp is None
@@ -285,8 +289,8 @@ def test_guest_config_and_bad_names(tmp_path: Path) -> None:
 
 
 def test_recipe_and_stage_inputs() -> None:
-    from hurdxen import recipes
-    from hurdxen.context import make_context
+    from hurdxen.pipeline import recipes
+    from hurdxen.pipeline.context import make_context
 
     r = recipes.load(REPO)
     rec = boot.recipe_from(r["boot"], 1234)
@@ -371,10 +375,11 @@ TERMINATE_PANIC = "falls in physical memory area"
 def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Hypervisor and dom0 (cached by identity under the cache dir, then copied to the awkward path), Debian's
     kernels, a stand-in ramdisk, the fake PV kernel and two pv-grub2 images."""
-    from hurdxen import pvgrub, recipes
-    from hurdxen.containers import ensure_base, ensure_image
-    from hurdxen.context import make_context
-    from hurdxen.sources import TarballPin, fetch_tarball
+    from hurdxen.pipeline import recipes
+    from hurdxen.pipeline.containers import ensure_base, ensure_image
+    from hurdxen.pipeline.context import make_context
+    from hurdxen.sources.fetch import TarballPin, fetch_tarball
+    from hurdxen.stages.pvgrub2 import stage as pvgrub
 
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")

@@ -25,17 +25,19 @@ from pathlib import Path
 import pytest
 from debian_kernels import fetch_kernel
 
-from hurdxen import bundle as B
-from hurdxen import domains as D
-from hurdxen import fsutil, manifest, provenance, recipes, signing
-from hurdxen import publish as P
-from hurdxen import release_verify as V
-from hurdxen import reproduce as R
-from hurdxen.containers import BaseSpec
-from hurdxen.context import Context
-from hurdxen.errors import HurdxenError
-from hurdxen.executors import StepResult
-from hurdxen.sources import Cache
+from hurdxen.core import fsutil
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import manifest, recipes
+from hurdxen.pipeline.containers import BaseSpec
+from hurdxen.pipeline.context import Context
+from hurdxen.pipeline.executors import StepResult
+from hurdxen.release import bundle as B
+from hurdxen.release import domains as D
+from hurdxen.release import provenance, signing
+from hurdxen.release import publish as P
+from hurdxen.release import reproduce as R
+from hurdxen.release import verify as V
+from hurdxen.sources.fetch import Cache
 
 REPO = Path(__file__).resolve().parents[1]
 SDE = 1767225600
@@ -89,7 +91,7 @@ def make_project(root: Path, tag: str | None = "v1.2.0", release_toml: str = REL
 def stage_manifest(
     d: Path, stage: str, variant: str, inputs: dict[str, object], outputs: dict[str, str], **extra: object
 ) -> None:
-    """A stage manifest written by the one writer (hurdxen.manifest), for files made here by hand; the release
+    """A stage manifest written by the one writer (hurdxen.pipeline.manifest), for files made here by hand; the release
     chain through the real producers is tests/test_release_e2e.py."""
     step = StepResult(
         f"{stage}:{variant}",
@@ -654,7 +656,7 @@ def test_interrupted_publish_keeps_previous_release(
     script = textwrap.dedent(f"""\
         import os, signal, sys
         from pathlib import Path
-        from hurdxen import publish as P
+        from hurdxen.release import publish as P
         real = P._copy_file
         n = [0]
         def dying(src, dst):

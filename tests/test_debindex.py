@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from aptrepo import AptRepo
 
-from hurdxen.debindex import (
+from hurdxen.core.errors import HurdxenError
+from hurdxen.sources.debindex import (
     PackageEntry,
     find_package,
     parse_release,
@@ -18,7 +19,6 @@ from hurdxen.debindex import (
     verify_index,
     verify_inrelease,
 )
-from hurdxen.errors import HurdxenError
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import pytest
 from dockerd_fixture import PrivateDockerd
 from project import CODE, docker_answers
 
-from hurdxen import recipes
-from hurdxen.context import make_context
-from hurdxen.errors import HurdxenError
-from hurdxen.executors import (
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import recipes
+from hurdxen.pipeline.context import make_context
+from hurdxen.pipeline.executors import (
     FALLBACK_BUILD_UID,
     DockerExecutor,
     HostExecutor,

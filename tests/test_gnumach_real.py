@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from project import Project, clone_artifacts, require_docker
 
-from hurdxen.fsutil import sha256_file
+from hurdxen.core.fsutil import sha256_file
 
 pytestmark = [pytest.mark.realsource, pytest.mark.docker, pytest.mark.slow]
 

@@ -20,9 +20,9 @@ import pytest
 from fakemachrepo import PATCH_NAME, PATCHED_BANNER, FakeMach, make_fakemach_repo
 from project import Project, clone_artifacts, require_docker
 
-from hurdxen import manifest
-from hurdxen.executors import FALLBACK_BUILD_UID
-from hurdxen.fsutil import sha256_file
+from hurdxen.core.fsutil import sha256_file
+from hurdxen.pipeline import manifest
+from hurdxen.pipeline.executors import FALLBACK_BUILD_UID
 
 pytestmark = pytest.mark.docker
 

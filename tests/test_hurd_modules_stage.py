@@ -16,9 +16,9 @@ from aptrepo import AptRepo, GpgKey
 from elfstandins import ElfFactory, elves
 from project import Project
 
-from hurdxen import manifest
-from hurdxen.fsutil import sha256_file
-from hurdxen.ramdisk import RAMDISK_NAME, parse_ramdisk
+from hurdxen.core.fsutil import sha256_file
+from hurdxen.pipeline import manifest
+from hurdxen.stages.hurd_modules.ramdisk import RAMDISK_NAME, parse_ramdisk
 
 __all__ = ["elves"]  # the fixture, imported for pytest
 

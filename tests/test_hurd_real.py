@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from project import Project, require_docker
 
-from hurdxen import manifest
-from hurdxen.fsutil import sha256_file
+from hurdxen.core.fsutil import sha256_file
+from hurdxen.pipeline import manifest
 
 pytestmark = [pytest.mark.realsource, pytest.mark.docker, pytest.mark.slow]
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from project import SHARED_CACHE, copy_project, docker_answers
 
-from hurdxen import fsutil, manifest, recipes
-from hurdxen.context import Context, make_context
-from hurdxen.errors import HurdxenError
+from hurdxen.core import fsutil
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import manifest, recipes
+from hurdxen.pipeline.context import Context, make_context
 from hurdxen.plan import make_plan
 from hurdxen.stages.toolchain import chain
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec
@@ -175,7 +176,7 @@ def fake(name: str, script: str, greeting: str = "hello", layers: tuple[Layer, .
 def docker_ctx(root: Path, tmp_path: Path, restore_env: Callable[..., None]) -> Context:
     if not docker_answers():
         pytest.skip("no Docker engine answers")
-    from hurdxen.containers import ensure_base, ensure_image
+    from hurdxen.pipeline.containers import ensure_base, ensure_image
 
     ctx = context(root, tmp_path / "artifacts", restore_env)
     ensure_base(ctx.base, ctx.cache.root, ctx.log("base"))

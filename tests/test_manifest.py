@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hurdxen import manifest
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import manifest
 
 
 def written(d: Path) -> Path:

@@ -19,9 +19,12 @@ from elfstandins import ElfFactory, elves
 from httpserver import TestServer
 from project import Project
 
-from hurdxen import pinlock, pins, recipes, sources_deb
-from hurdxen.errors import HurdxenError
-from hurdxen.sources import Cache, DebPin, Network
+from hurdxen import pins
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import recipes
+from hurdxen.sources import deb as sources_deb
+from hurdxen.sources import pinlock
+from hurdxen.sources.fetch import Cache, DebPin, Network
 
 __all__ = ["elves"]
 

@@ -15,13 +15,13 @@ import pytest
 from project import SHARED_CACHE, DoitRun, Project, copy_project, docker_answers, edit
 from tmpfs import small_tmpfs
 
-from hurdxen import manifest, recipes
-from hurdxen.containers import IMAGE_REPOSITORY
-from hurdxen.context import make_context
-from hurdxen.executors import ARTIFACTS_LABEL, DockerExecutor, Mount, Step
-from hurdxen.mig import specs
-from hurdxen.sources import Cache, Network
-from hurdxen.sources_deb import extract_deb, fetch_deb
+from hurdxen.pipeline import manifest, recipes
+from hurdxen.pipeline.containers import IMAGE_REPOSITORY
+from hurdxen.pipeline.context import make_context
+from hurdxen.pipeline.executors import ARTIFACTS_LABEL, DockerExecutor, Mount, Step
+from hurdxen.sources.deb import extract_deb, fetch_deb
+from hurdxen.sources.fetch import Cache, Network
+from hurdxen.stages.mig.stage import specs
 
 pytestmark = [
     pytest.mark.docker,

@@ -17,8 +17,14 @@ from typing import Any
 
 import pytest
 
-from hurdxen import pvgrub, pvgrub_config, pvgrub_elf, pvgrub_grub, pvgrub_image, quoting, recipes
-from hurdxen.errors import HurdxenError
+from hurdxen.core import quoting
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import recipes
+from hurdxen.stages.pvgrub2 import config as pvgrub_config
+from hurdxen.stages.pvgrub2 import elf as pvgrub_elf
+from hurdxen.stages.pvgrub2 import grub as pvgrub_grub
+from hurdxen.stages.pvgrub2 import image as pvgrub_image
+from hurdxen.stages.pvgrub2 import stage as pvgrub
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "pvgrub2.toml"
@@ -206,8 +212,8 @@ def test_memdisk_refuses_bad_paths() -> None:
 
 @pytest.fixture(scope="session")
 def grub_tree() -> Path:
-    """grub-xen-bin as the recipe pins it, through hurdxen.sources (signed InRelease, Packages, .deb hash)."""
-    from hurdxen.sources import Cache
+    """grub-xen-bin as the recipe pins it, through hurdxen.sources.fetch (signed InRelease, Packages, .deb hash)."""
+    from hurdxen.sources.fetch import Cache
 
     try:
         return pvgrub.fetch_grub_tree(pvgrub.spec_from_recipe(recipe_data(), PRODUCERS), Cache.default())
@@ -264,7 +270,7 @@ printf 'fake ld.so\n' >ld.so.1
 
 @pytest.fixture(scope="session")
 def builder_tag() -> str:
-    from hurdxen.executors import connect_docker
+    from hurdxen.pipeline.executors import connect_docker
 
     tag = os.environ.get("HURDXEN_BUILDER_IMAGE")
     try:
@@ -282,7 +288,7 @@ def builder_tag() -> str:
 
 @pytest.fixture(scope="session")
 def executor() -> Any:
-    from hurdxen.executors import make_executor
+    from hurdxen.pipeline.executors import make_executor
 
     return make_executor("docker")
 
@@ -290,7 +296,7 @@ def executor() -> Any:
 @pytest.fixture(scope="session")
 def fake_inputs(tmp_path_factory: pytest.TempPathFactory, executor: Any, builder_tag: str) -> Path:
     """Tiny ELF 'kernels' with GNU Mach's __xen_guest string (PAE, non-PAE, 64-bit), made by gcc in the builder."""
-    from hurdxen.executors import Mount, Step
+    from hurdxen.pipeline.executors import Mount, Step
 
     d = tmp_path_factory.mktemp("fake-kernels")
     (d / "k.c").write_text(FAKE_KERNEL_C)

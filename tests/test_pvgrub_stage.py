@@ -19,9 +19,9 @@ from fakemachrepo import FakeMach, make_fakemach_repo
 from project import Project, clone_artifacts, require_docker
 from test_hurd_modules_stage import LIBC, repos, variant_overlay
 
-from hurdxen import manifest
-from hurdxen.fsutil import sha256_file
-from hurdxen.release_inputs import strip_volatile
+from hurdxen.core.fsutil import sha256_file
+from hurdxen.pipeline import manifest
+from hurdxen.release.inputs import strip_volatile
 
 __all__ = ["elves", "repos"]
 

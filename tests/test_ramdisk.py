@@ -17,10 +17,10 @@ from elfstandins import ElfFactory, elves
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hurdxen import debindex
-from hurdxen.errors import HurdxenError
-from hurdxen.fsutil import sha256_bytes
-from hurdxen.ramdisk import (
+from hurdxen.core.errors import HurdxenError
+from hurdxen.core.fsutil import sha256_bytes
+from hurdxen.sources import debindex
+from hurdxen.stages.hurd_modules.ramdisk import (
     EXEC_CMDLINE,
     EXT2FS_CMDLINE,
     VARIANTS,
@@ -32,7 +32,7 @@ from hurdxen.ramdisk import (
     default_spec,
     parse_ramdisk,
 )
-from hurdxen.ramdisk_tools import check_against, cli, dump
+from hurdxen.stages.hurd_modules.tools import check_against, cli, dump
 
 __all__ = ["elves"]  # the fixture, imported for pytest
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from project import CODE, edit
 
-from hurdxen import recipes
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import recipes
 
 ORIG_URL = "http://deb.debian.org/debian/pool/main/m/mig/mig_1.8+git20231217.orig.tar.xz"
 ORIG_SHA = "684c897b62fdeaa84608738f76facb11d41335312c3488d27c339a51393376e9"
@@ -383,6 +383,6 @@ def test_cli_checks_recipes(recipe_root: Path, capsys: pytest.CaptureFixture[str
 
 def test_recipe_reference_in_docs_is_current() -> None:
     """docs/recipes.md is derived from the schemas: regenerate it (`python -m hurdxen recipes --reference`)."""
-    from hurdxen import recipes as r
+    from hurdxen.pipeline import recipes as r
 
     assert (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text() == r.reference()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from hurdxen import executors
-from hurdxen.executors import DockerExecutor, Mount, Step
+from hurdxen.pipeline import executors
+from hurdxen.pipeline.executors import DockerExecutor, Mount, Step
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "remote-engine.md"
 

@@ -15,9 +15,11 @@ from aptrepo import AptRepo, GpgKey
 from httpserver import TestServer
 from tmpfs import small_tmpfs
 
-from hurdxen import sources, sources_deb, sources_git
-from hurdxen.errors import HurdxenError
-from hurdxen.sources import Cache, DebPin, GitPin, Network, TarballPin
+from hurdxen.core.errors import HurdxenError
+from hurdxen.sources import deb as sources_deb
+from hurdxen.sources import fetch as sources
+from hurdxen.sources import git as sources_git
+from hurdxen.sources.fetch import Cache, DebPin, GitPin, Network, TarballPin
 
 GOOD = b"the good tarball\n" * 1000
 GOOD_SHA = hashlib.sha256(GOOD).hexdigest()

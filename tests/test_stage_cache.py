@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 from ociregistry import Key, LocalRegistry, Proxy, drop_key, make_key, run_registry
 
-from hurdxen import fsutil, manifest, stage
 from hurdxen.cache import entry, hook
 from hurdxen.cache.cli import verify_entry
 from hurdxen.cache.config import CacheConfig, Limits, from_settings
 from hurdxen.cache.registry import Registry
-from hurdxen.errors import HurdxenError
-from hurdxen.monitor import NullMonitor
+from hurdxen.core import fsutil
+from hurdxen.core.errors import HurdxenError
+from hurdxen.core.monitor import NullMonitor
+from hurdxen.pipeline import manifest, stage
 
 BIG = 300_000  # bytes of the large output: several read calls, and slow enough to trickle
 
@@ -515,7 +516,7 @@ def test_bundle_record_is_the_same_built_or_pulled(tmp_path: Path, config: Cache
     """What the bundle records of a stage (release_inputs.strip_volatile: no volatile keys, no local facts) is the
     same for the pusher's built stage and the puller's pulled one: `cached_from` is a local fact like
     `fetched_from`. (bench/cache_bundle.py shows the whole chain: two bundle tarballs with one sha256.)"""
-    from hurdxen.release_inputs import strip_volatile
+    from hurdxen.release.inputs import strip_volatile
 
     spec, a = pushed(tmp_path, config)
     b = Ctx(tmp_path / "b", config)

@@ -99,7 +99,7 @@ def test_second_clone_pulls_every_stage_and_builds_nothing(shared: Shared) -> No
 def test_tampered_entry_is_refused_and_built_here(shared: Shared) -> None:
     tmp_path = shared.root / "third"
     first_mig = shared.first.artifacts / "mig" / "i686-gnu" / "bin" / "i686-gnu-mig"
-    from hurdxen import fsutil
+    from hurdxen.core import fsutil
 
     blob = shared.registry.blob_file(f"sha256:{fsutil.sha256_file(first_mig)}")
     original = blob.read_bytes()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from project import copy_project, docker_answers
 
-from hurdxen import provenance, reproduce
-from hurdxen.errors import HurdxenError
-from hurdxen.release_inputs import StageOutput
+from hurdxen.core.errors import HurdxenError
+from hurdxen.release import provenance, reproduce
+from hurdxen.release.inputs import StageOutput
 
 LOCK = Path(__file__).resolve().parent.parent / "containers" / "builder" / "packages.lock"
 
@@ -62,7 +62,7 @@ def test_reproduce_names_the_packages_that_moved(tmp_path: Path) -> None:
 @pytest.mark.skipif(not docker_answers(), reason="no Docker engine answers")
 def test_an_image_whose_installed_set_differs_from_its_pins_is_an_error(tmp_path: Path) -> None:
     """Not a new tag: the image build itself fails, and shows the difference."""
-    from hurdxen import containers, context, recipes
+    from hurdxen.pipeline import containers, context, recipes
 
     project = copy_project(tmp_path / "project")
     lock = project / "containers" / "builder" / "packages.lock"
@@ -81,8 +81,8 @@ def test_an_image_whose_installed_set_differs_from_its_pins_is_an_error(tmp_path
 
 def test_base_snapshot_mirror_and_identity() -> None:
     """An unset snapshot keeps the base image's identity (and tag) as before; a set one changes it and the mirror."""
-    from hurdxen import fsutil
-    from hurdxen.containers import BaseSpec
+    from hurdxen.core import fsutil
+    from hurdxen.pipeline.containers import BaseSpec
 
     plain = BaseSpec("bookworm", "http://deb.debian.org/debian", "minbase", ("main",), (), 1767225600)
     before = {k: v for k, v in plain.__dict__.items() if k not in ("proxy", "snapshot", "snapshot_service")}

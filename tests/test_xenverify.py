@@ -16,11 +16,11 @@ from debian_kernels import KERNELS, fetch_kernel
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hurdxen.errors import HurdxenError
-from hurdxen.xenchecks import DOM0_MISMATCH, DOMU_NOT_PAE, GRUB_NOT_PAE, PATCH, KernelExpectation
-from hurdxen.xenelf import XenNoteType
-from hurdxen.xenload import PaeMode, parse_guest_info
-from hurdxen.xenverify import (
+from hurdxen.core.errors import HurdxenError
+from hurdxen.xen.checks import DOM0_MISMATCH, DOMU_NOT_PAE, GRUB_NOT_PAE, PATCH, KernelExpectation
+from hurdxen.xen.elf import XenNoteType
+from hurdxen.xen.load import PaeMode, parse_guest_info
+from hurdxen.xen.verify import (
     KernelReport,
     cli,
     inspect_kernel,

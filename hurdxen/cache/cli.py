@@ -19,7 +19,7 @@ from typing import Any
 from hurdxen.cache import entry
 from hurdxen.cache.config import CacheConfig, from_settings
 from hurdxen.cache.registry import Registry
-from hurdxen.errors import HurdxenError, printable
+from hurdxen.core.errors import HurdxenError, printable
 
 _IDENTITY = re.compile(r"-([0-9a-f]{64})$")
 
@@ -30,7 +30,7 @@ class _Discard:
 
 
 def _config(root: Path) -> CacheConfig:
-    from hurdxen import recipes
+    from hurdxen.pipeline import recipes
 
     config = from_settings(recipes.load(root, overrides={}).settings, root)
     if config is None:
@@ -43,8 +43,8 @@ def _config(root: Path) -> CacheConfig:
 
 def current_tags(root: Path) -> set[str]:
     """The tags of every spec the recipes of `root` make now (any stage of the plan)."""
-    from hurdxen import recipes
-    from hurdxen.context import make_context
+    from hurdxen.pipeline import recipes
+    from hurdxen.pipeline.context import make_context
     from hurdxen.plan import make_plan
 
     r = recipes.load(root, overrides={})

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
 
 ENV = "HURDXEN_STAGE_CACHE"
 OFF = ("", "off", "none")

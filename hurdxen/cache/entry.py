@@ -24,18 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hurdxen import fsutil, manifest, safeextract, stage
+from hurdxen.core import fsutil, safeextract
+from hurdxen.pipeline import manifest, stage
 from hurdxen.cache import trust
 from hurdxen.cache.config import CacheConfig
 from hurdxen.cache.registry import MEDIA_MANIFEST, Registry
-from hurdxen.errors import HurdxenError, printable
+from hurdxen.core.errors import HurdxenError, printable
 
 FORMAT = "hurdxen-stage-cache/1"
-ARTIFACT = "application/vnd.hurdxen.stage.v1"
-MEDIA_CONFIG = "application/vnd.hurdxen.stage.manifest.v1+json"
-MEDIA_OUTPUT = "application/vnd.hurdxen.stage.output.v1"
-MEDIA_TREE = "application/vnd.hurdxen.stage.tree.v1.tar+gzip"
-MEDIA_STATEMENT = "application/vnd.hurdxen.stage.statement.v1+json"
+ARTIFACT = "application/vnd.hurdxen.pipeline.stage.v1"
+MEDIA_CONFIG = "application/vnd.hurdxen.pipeline.stage.manifest.v1+json"
+MEDIA_OUTPUT = "application/vnd.hurdxen.pipeline.stage.output.v1"
+MEDIA_TREE = "application/vnd.hurdxen.pipeline.stage.tree.v1.tar+gzip"
+MEDIA_STATEMENT = "application/vnd.hurdxen.pipeline.stage.statement.v1+json"
 MEDIA_SIGNATURE = "application/pgp-signature"
 TITLE = "org.opencontainers.image.title"
 TREE = "."  # the statement's path of a tree layer

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from hurdxen import manifest, stage
+from hurdxen.pipeline import manifest, stage
 from hurdxen.cache import entry
 from hurdxen.cache.config import CacheConfig
 from hurdxen.cache.registry import Registry
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
 
 _tags: dict[str, set[str] | None] = {}
 

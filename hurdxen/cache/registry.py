@@ -28,7 +28,7 @@ import requests
 import urllib3
 
 from hurdxen.cache.config import CacheConfig
-from hurdxen.errors import HurdxenError, printable
+from hurdxen.core.errors import HurdxenError, printable
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CHUNK = 1 << 20

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from hurdxen.cache.config import CacheConfig
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
 
 
 def sign(data: bytes, key: str) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hurdxen import cli
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
 
 ERROR_LINE = re.compile(r"error: \S.* \(hint: [^\n]+\)")
 ERROR_LINE_NO_HINT = re.compile(r"error: \S[^\n]*")  # schema messages whose key has no x-hint

@@ -16,8 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hurdxen import bootcases, bootlog, bootrun
-from hurdxen.monitor import NullMonitor
+from hurdxen.boot import cases as bootcases
+from hurdxen.boot import log as bootlog
+from hurdxen.boot import run as bootrun
+from hurdxen.core.monitor import NullMonitor
 from tests.elfstandins import ElfFactory, elves
 
 __all__ = ["elves"]
@@ -183,10 +185,12 @@ def test_canonical_text_has_no_control_characters() -> None:
 @pytest.fixture(scope="module")
 def xen_and_dom0(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
     """The hypervisor and the dom0 of the default recipes, built (or reused) by identity under the cache."""
-    from hurdxen import boot, bootimages, recipes
-    from hurdxen.containers import ensure_base, ensure_image
-    from hurdxen.context import make_context
-    from hurdxen.sources import TarballPin, fetch_tarball
+    from hurdxen.boot import images as bootimages
+    from hurdxen.boot import stage as boot
+    from hurdxen.pipeline import recipes
+    from hurdxen.pipeline.containers import ensure_base, ensure_image
+    from hurdxen.pipeline.context import make_context
+    from hurdxen.sources.fetch import TarballPin, fetch_tarball
 
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")

@@ -14,8 +14,11 @@ import pytest
 from aptrepo import AptRepo, GpgKey
 from httpserver import TestServer
 
-from hurdxen import fsutil, pinlock, sources, sources_deb
-from hurdxen.errors import HurdxenError
+from hurdxen.core import fsutil
+from hurdxen.core.errors import HurdxenError
+from hurdxen.sources import deb as sources_deb
+from hurdxen.sources import fetch as sources
+from hurdxen.sources import pinlock
 from tests.hostile.harness import Canaries, refused
 
 BODY = bytes(range(256)) * 400  # 100 KiB
@@ -210,8 +213,8 @@ def test_a_served_deb_larger_than_the_signed_size(
 def test_the_download_bounds_are_settings(tmp_path: Path) -> None:
     from project import copy_project
 
-    from hurdxen import recipes
-    from hurdxen.context import make_context
+    from hurdxen.pipeline import recipes
+    from hurdxen.pipeline.context import make_context
 
     root = copy_project(tmp_path / "project", ("recipes",), recipes=None)
     net = make_context(recipes.load(root)).cache.network

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hurdxen import elfnotes, pvgrub_elf, xenverify
-from hurdxen.errors import HurdxenError
+from hurdxen.core import elfnotes
+from hurdxen.core.errors import HurdxenError
+from hurdxen.stages.pvgrub2 import elf as pvgrub_elf
+from hurdxen.xen import verify as xenverify
 from tests.hostile import craft
 
 EXPECT = xenverify.KernelExpectation(bits=32, pae=True, strict=False)

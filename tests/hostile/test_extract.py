@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from hurdxen import gnumach_source, safeextract, sources, sources_deb, sources_git
-from hurdxen.errors import HurdxenError
+from hurdxen.core import safeextract
+from hurdxen.core.errors import HurdxenError
+from hurdxen.sources import deb as sources_deb
+from hurdxen.sources import fetch as sources
+from hurdxen.sources import git as sources_git
+from hurdxen.stages.gnumach import source as gnumach_source
 from tests.hostile.craft import Member, ar_bytes, tar_bytes
 from tests.hostile.harness import Canaries, refused
 

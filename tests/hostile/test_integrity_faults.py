@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hurdxen import executors, fsutil, sources, sources_deb
-from hurdxen.errors import HurdxenError
+from hurdxen.core import fsutil
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import executors
+from hurdxen.sources import deb as sources_deb
+from hurdxen.sources import fetch as sources
 from tests.hostile.harness import refused
 
 CODE = Path(__file__).resolve().parents[2]
@@ -72,7 +75,7 @@ def test_damaged_deb_record_is_not_trusted(record: bytes, tmp_path: Path) -> Non
 RUNNER = """
 import sys
 from pathlib import Path
-from hurdxen.executors import HostExecutor, Step
+from hurdxen.pipeline.executors import HostExecutor, Step
 state, marker = Path(sys.argv[1]), sys.argv[2]
 step = Step("test:configure", f"echo started > {marker}; sleep 300 & sleep 300; wait", "none")
 HostExecutor(state).run(step, state / "logs" / "step.log")

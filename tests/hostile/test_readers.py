@@ -19,8 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hurdxen import debindex, ramdisk, safeextract
-from hurdxen.errors import HurdxenError
+from hurdxen.core import safeextract
+from hurdxen.core.errors import HurdxenError
+from hurdxen.sources import debindex
+from hurdxen.stages.hurd_modules import ramdisk
 from tests.hostile import craft
 from tests.hostile.harness import CONTROL, one_line, refused, run_cli
 
@@ -244,7 +246,7 @@ def test_index_bomb_stops_at_the_limit(suffix: str) -> None:
 
 def test_download_error_redacts_password(tmp_path: Path) -> None:
     """A mirror URL with credentials (from an overlay) never shows its password in an error."""
-    from hurdxen import sources
+    from hurdxen.sources import fetch as sources
 
     with pytest.raises(HurdxenError) as e:
         sources.download(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from project import copy_project, edit
 
-from hurdxen import recipes
-from hurdxen.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import recipes
 from tests.hostile.harness import one_line, refused, run_cli
 
 OVERLAY = "hurdxen.local.toml"
@@ -204,7 +204,7 @@ def test_a_schema_can_allow_newlines_where_a_value_is_a_script(recipe_root: Path
 
 
 def test_one_quoting_function_per_format() -> None:
-    from hurdxen import quoting
+    from hurdxen.core import quoting
 
     assert quoting.xl_value("a'b\"c\\d") == '"a\'b\\"c\\\\d"' and quoting.xl_value(["x", 3]) == "['x', 3]"  # type: ignore[list-item]
     assert quoting.grub_word("$(x) y") == "'$(x) y'" and quoting.grub_text('a"$\\b') == 'a\\"\\$\\\\b'

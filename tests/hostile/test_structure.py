@@ -12,8 +12,12 @@ import pytest
 from aptrepo import AptRepo, GpgKey
 from httpserver import TestServer
 
-from hurdxen import debindex, pins, ramdisk_tools, sources, sources_deb
-from hurdxen.errors import HurdxenError
+from hurdxen import pins
+from hurdxen.core.errors import HurdxenError
+from hurdxen.sources import deb as sources_deb
+from hurdxen.sources import debindex
+from hurdxen.sources import fetch as sources
+from hurdxen.stages.hurd_modules import tools as ramdisk_tools
 from tests.hostile.harness import Canaries, one_line, refused
 
 WHERE = "hurd-modules.variants.hurd-i386.debian: hurd 1:0.9.git20250420-1"

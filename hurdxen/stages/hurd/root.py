@@ -6,8 +6,8 @@ and the ramdisk are made from it), with the boot modules also as named files.
 
 from __future__ import annotations
 
-from hurdxen.recipes import Recipes
-from hurdxen.sources import TarballPin
+from hurdxen.pipeline.recipes import Recipes
+from hurdxen.sources.fetch import TarballPin
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec, option_words
 
 DASH_SCRIPT = r"""

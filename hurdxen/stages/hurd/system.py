@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hurdxen.recipes import Recipes
-from hurdxen.sources import GitPin
+from hurdxen.pipeline.recipes import Recipes
+from hurdxen.sources.fetch import GitPin
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec, Upstream, option_words
 
 # The exported tree is read-only: autoreconf runs on a copy (autom4te's cache differs from run to run: dropped).
@@ -65,7 +65,7 @@ def hurd_pin(recipes: Recipes) -> tuple[GitPin, str]:
 
 def upstream_url(recipes: Recipes) -> str | None:
     """The git URL recipes/hurd.toml itself pins (an overlay may point `source.git` at a local mirror)."""
-    from hurdxen.recipes import read_toml
+    from hurdxen.pipeline.recipes import read_toml
 
     path = recipes.root / recipes.files.get("hurd", "recipes/hurd.toml")
     url = read_toml(path, recipes.files.get("hurd", "recipes/hurd.toml")).get("source", {}).get("git")

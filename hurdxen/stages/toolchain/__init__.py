@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hurdxen.errors import HurdxenError
-from hurdxen.recipes import Recipes
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline.recipes import Recipes
 from hurdxen.stages.hurd import root, system
 from hurdxen.stages.toolchain import gcc, glibc
 from hurdxen.stages.toolchain.chain import TreeSpec

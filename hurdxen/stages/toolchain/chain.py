@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hurdxen import fsutil, manifest, safeextract, stage
-from hurdxen.context import Context
-from hurdxen.errors import HurdxenError
-from hurdxen.executors import Mount, Step
-from hurdxen.sources import DebPin, GitPin, TarballPin, fetch_tarball
-from hurdxen.sources_deb import extract_deb, fetch_deb
-from hurdxen.sources_git import export_git
+from hurdxen.core import fsutil, safeextract
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import manifest, stage
+from hurdxen.pipeline.context import Context
+from hurdxen.pipeline.executors import Mount, Step
+from hurdxen.sources.deb import extract_deb, fetch_deb
+from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball
+from hurdxen.sources.git import export_git
 
 TREE = "tree"  # the output every tree stage has: its installed files as one tarball
 TREE_FILE = "tree.tar"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hurdxen.recipes import Recipes
-from hurdxen.sources import DebPin, TarballPin
+from hurdxen.pipeline.recipes import Recipes
+from hurdxen.sources.fetch import DebPin, TarballPin
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec, option_words
 
 # binutils goes into /tools as the package ships it: the programs in /tools/libexec/binutils, their target-specific

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hurdxen.recipes import Recipes
-from hurdxen.sources import TarballPin
+from hurdxen.pipeline.recipes import Recipes
+from hurdxen.sources.fetch import TarballPin
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec, Upstream, option_words
 
 # Only headers are installed, so the host compiler passes configure's checks (the prepared source was probed the same

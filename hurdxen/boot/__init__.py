@@ -1,0 +1,1 @@
+"""The boot check: a Xen hypervisor and a Linux dom0 in QEMU boot every case; verdicts and crash reports."""

@@ -1,0 +1,1 @@
+"""Plain helpers every layer uses: errors, quoting, atomic files, archives, checked extraction, locks, the monitor."""

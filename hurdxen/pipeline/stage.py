@@ -1,0 +1,90 @@
+"""The stage contract: what every stage module provides, and what `tasks.py` makes doit tasks from.
+
+A stage module (`mig.py` is the model) has
+- frozen specs made from the recipes (its `specs(...)`; cross-recipe checks run once in `plan.make_plan`),
+  each one a `Spec`: a task name, a doc line, `identity(ctx)` covering its inputs, options, step script and image
+  (the task's one `config_changed`), `outputs(ctx)` (named), `deps(ctx)` (tasks and files it reads);
+- one entry point `build(spec, ctx) -> result`, which publishes its directory atomically with one manifest
+  (`manifest.write`: inputs, step and outputs are required). Consumers read it with `manifest.read`.
+
+A `Stage` names the doit basename, its doc line and its entry point. Entry points are module-level functions, so a
+task's action stays picklable (`doit -n 2`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hurdxen.core import fsutil
+
+if TYPE_CHECKING:
+    from hurdxen.pipeline.context import Context
+
+
+@dataclass(frozen=True)
+class Deps:
+    """What a spec reads besides the cache: other tasks (images, sources, upstream stages) and plain files."""
+
+    tasks: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+
+    def __add__(self, other: Deps) -> Deps:
+        return Deps(tuple(dict.fromkeys((*self.tasks, *other.tasks))), (*self.files, *other.files))
+
+
+class Spec(Protocol):
+    @property
+    def task(self) -> str:
+        """`<stage>:<name>`, the doit task and the artefact directory `artifacts/<stage>/<name>`."""
+        ...
+
+    @property
+    def doc(self) -> str: ...
+
+    def identity(self, ctx: Context) -> str: ...
+
+    def outputs(self, ctx: Context) -> Mapping[str, Path]: ...
+
+    def deps(self, ctx: Context) -> Deps: ...
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the doit basename and the directory under artifacts/
+    doc: str
+    build: Callable[[Any, Context], object]  # the entry point: build(spec, ctx)
+
+
+def out_dir(ctx: Context, task: str) -> Path:
+    """`artifacts/<stage>/<name>` for the task `<stage>:<name>`."""
+    stage, name = task.split(":", 1)
+    return ctx.artifacts / stage / name
+
+
+def identity(stage: str, spec: object, *parts: Any) -> str:
+    """A stage's identity: its spec's fields (inputs, options), plus the step script, the image tag and upstream
+    identities the caller passes."""
+    fields = spec.__dict__ if hasattr(spec, "__dict__") else spec
+    return fsutil.identity(stage, fields, *parts)
+
+
+def image_deps(ctx: Context, image: str) -> tuple[str, ...]:
+    """The image task a step in `image` waits for (none under the host executor)."""
+    return (f"image:{image}",) if ctx.executor_kind == "docker" else ()
+
+
+def pin_task(pin: Any) -> str:
+    """The `sources:` task that fetches a pin (DebPin, TarballPin, GitPin) into the cache."""
+    from hurdxen.sources.fetch import DebPin
+
+    if isinstance(pin, DebPin):
+        return f"sources:{pin.package}_{pin.version.split(':')[-1]}_{pin.arch}"
+    return f"sources:{pin.name.replace(' ', '-')}"
+
+
+def by_name(specs: Sequence[Any]) -> dict[str, Any]:
+    """Specs by the name part of their task."""
+    return {s.task.split(":", 1)[1]: s for s in specs}

@@ -1,0 +1,1 @@
+"""GNU Mach for Xen: the prepared source tree, the variants, prebuilt kernels."""

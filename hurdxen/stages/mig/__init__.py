@@ -1,0 +1,1 @@
+"""MIG, the Mach Interface Generator, per target."""
