@@ -281,8 +281,9 @@ def test_not_elf_and_no_banner(elves: ElfFactory) -> None:
         check_module("x", "elf", b"\x7fELF\x01\x01\x01" + b"\xff" * 9, VARIANTS[32], "2.41-6")
     with pytest.raises(HurdxenError, match="not a dynamic loader"):
         check_module("ld.so.1", "ld.so", elves.static(32), VARIANTS[32], "2.41-6")
-    no_banner = elves.ldso(32).replace(b"(Debian GLIBC ", b"(Ubuntu GLIBC ")
-    with pytest.raises(HurdxenError, match=re.escape("no 'ld.so (Debian GLIBC <version>)' banner")):
+    no_banner = elves.ldso(32).replace(b"ld.so (Debian GLIBC ", b"xx.xx [Ubuntu GLIBC ")
+    no_banner_line = "no 'ld.so (<pkgversion>) stable release version <version>.' banner"
+    with pytest.raises(HurdxenError, match=re.escape(no_banner_line)):
         check_module("ld.so.1", "ld.so", no_banner, VARIANTS[32], "2.41-6")
 
 
@@ -545,3 +546,18 @@ def test_stage_path_through_a_file(tmp_path: Path, elves: ElfFactory) -> None:
     (odd / "lib").write_bytes(b"not a directory")
     with pytest.raises(HurdxenError, match=re.escape("lib/ld.so.1 is in none of the package trees")):
         build_hurd_modules(default_spec(32, "2.41-6"), [hurd, odd], tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("banner", "version"),
+    [
+        (b"ld.so (Debian GLIBC 2.41-6) stable release version 2.41.", "2.41-6"),
+        (b"ld.so (hurdxen glibc 2.43) stable release version 2.43.", "2.43"),  # the toolchain's --with-pkgversion
+        (b"ld.so (GNU libc) stable release version 2.43.", "2.43"),  # a plain from-source glibc
+        (b"no banner here", None),
+    ],
+)
+def test_ldso_banner_debian_and_from_source(banner: bytes, version: str | None) -> None:
+    from hurdxen.ramdisk_elf import ldso_version
+
+    assert ldso_version(b"\x00junk\x00" + banner + b"\x00") == version

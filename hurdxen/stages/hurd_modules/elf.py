@@ -20,6 +20,11 @@ Role = Literal["static", "ld.so", "elf"]
 
 # `ld.so (Debian GLIBC 2.41-6) stable release version 2.41.` — the package version sits inside the parentheses.
 _LDSO_BANNER = re.compile(rb"\(Debian GLIBC ([^)\x00\s]{1,100})\)")
+# A from-source glibc: `ld.so (hurdxen glibc 2.43) stable release version 2.43.` (its --with-pkgversion, or
+# "GNU libc" by default) — the version is glibc's own release number.
+_LDSO_SOURCE_BANNER = re.compile(
+    rb"ld\.so \([^)\x00\n]{1,100}\) stable release version ([0-9]{1,3}\.[0-9]{1,3}(?:\.[0-9]{1,3})?)\."
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,11 @@ class ElfInfo:
 
 
 def ldso_version(data: bytes, where: str = "ld.so") -> str | None:
-    """The Debian glibc version in ld.so's banner, or None when there is no banner."""
+    """The glibc version in ld.so's banner (Debian's package version, else the release of a from-source glibc), or
+    None when there is no banner."""
     found = {m.group(1).decode("ascii", "replace") for m in _LDSO_BANNER.finditer(data)}
+    if not found:
+        found = {m.group(1).decode("ascii", "replace") for m in _LDSO_SOURCE_BANNER.finditer(data)}
     if len(found) > 1:
         raise HurdxenError(f"{where} carries several glibc versions: {', '.join(sorted(found))}")
     return found.pop() if found else None
@@ -114,7 +122,7 @@ def check_module(name: str, role: Role, data: bytes, variant: Variant, libc_vers
             )
         if info.ldso_version is None:
             raise HurdxenError(
-                f"module {name!r} has no 'ld.so (Debian GLIBC <version>)' banner",
+                f"module {name!r} has no 'ld.so (<pkgversion>) stable release version <version>.' banner",
                 hint="is this really ld.so from libc0.3?",
             )
         if info.ldso_version != libc_version:
