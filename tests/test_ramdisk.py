@@ -558,6 +558,6 @@ def test_stage_path_through_a_file(tmp_path: Path, elves: ElfFactory) -> None:
     ],
 )
 def test_ldso_banner_debian_and_from_source(banner: bytes, version: str | None) -> None:
-    from hurdxen.ramdisk_elf import ldso_version
+    from hurdxen.stages.hurd_modules.elf import ldso_version
 
     assert ldso_version(b"\x00junk\x00" + banner + b"\x00") == version
