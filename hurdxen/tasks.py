@@ -410,4 +410,4 @@ def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> N
 
 def task_build() -> TaskDict:
     """build: everything the default recipes describe"""
-    return {"actions": None, "task_dep": ["mig", "gnumach", "toolchain", "hurd", "hurd-modules", "pvgrub2"]}
+    return {"actions": None, "task_dep": ["mig", "gnumach", "hurd-modules", "pvgrub2"]}
