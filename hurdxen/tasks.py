@@ -337,7 +337,7 @@ def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> I
             "basename": st.name,
             "name": spec.task.split(":", 1)[1],
             "doc": spec.doc,
-            "actions": [(act_stage, [st.build, spec, ctx, hit, deferred])],
+            "actions": [(act_stage, [st.entry(spec), spec, ctx, hit, deferred])],
             "task_dep": task_dep,
             "file_dep": [str(p) for p in deps.files],
             "targets": [*(str(p) for p in spec.outputs(ctx).values()), str(stage.out_dir(ctx, spec.task) / MANIFEST)],
@@ -363,7 +363,7 @@ task_mig = stage_task(
     lambda p: p.mig,
 )
 task_gnumach = stage_task(
-    stage.Stage("gnumach", "gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels", gnumach.build),
+    stage.Stage("gnumach", "gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels", gnumach.BUILDS),
     lambda p: [*([p.gnumach_source] if p.gnumach_source else []), *p.kernels],
 )
 task_hurd_modules = stage_task(

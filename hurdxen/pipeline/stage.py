@@ -4,11 +4,12 @@ A stage module (`mig.py` is the model) has
 - frozen specs made from the recipes (its `specs(...)`; cross-recipe checks run once in `plan.make_plan`),
   each one a `Spec`: a task name, a doc line, `identity(ctx)` covering its inputs, options, step script and image
   (the task's one `config_changed`), `outputs(ctx)` (named), `deps(ctx)` (tasks and files it reads);
-- one entry point `build(spec, ctx) -> result`, which publishes its directory atomically with one manifest
-  (`manifest.write`: inputs, step and outputs are required). Consumers read it with `manifest.read`.
+- one entry point `build(spec, ctx) -> result` per spec kind, which publishes its directory atomically with one
+  manifest (`manifest.write`: inputs, step and outputs are required). Consumers read it with `manifest.read`.
 
-A `Stage` names the doit basename, its doc line and its entry point. Entry points are module-level functions, so a
-task's action stays picklable (`doit -n 2`).
+A `Stage` names the doit basename, its doc line and its entry point — or, for a stage with several spec kinds
+(gnumach: the source tree, variants, prebuilt kernels), a table from spec type to entry point, so no entry point
+switches on the kind. Entry points are module-level functions, so a task's action stays picklable (`doit -n 2`).
 """
 
 from __future__ import annotations
@@ -51,11 +52,23 @@ class Spec(Protocol):
     def deps(self, ctx: Context) -> Deps: ...
 
 
+Build = Callable[[Any, "Context"], object]  # an entry point: build(spec, ctx)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # the doit basename and the directory under artifacts/
     doc: str
-    build: Callable[[Any, Context], object]  # the entry point: build(spec, ctx)
+    build: Build | Mapping[type, Build]  # the entry point, or one per spec type
+
+    def entry(self, spec: object) -> Build:
+        """The entry point that builds `spec`."""
+        if not isinstance(self.build, Mapping):
+            return self.build
+        try:
+            return self.build[type(spec)]
+        except KeyError:
+            raise TypeError(f"stage {self.name} has no entry point for {type(spec).__name__}") from None
 
 
 def out_dir(ctx: Context, task: str) -> Path:

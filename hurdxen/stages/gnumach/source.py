@@ -18,8 +18,7 @@ from hurdxen.pipeline.executors import Mount, Step
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources.fetch import GitPin, TarballPin, fetch_tarball
 from hurdxen.sources.git import export_git
-
-STAGE = "gnumach"
+from hurdxen.stages.gnumach import STAGE
 
 PREPARE_SCRIPT = r"""
 cp -a "$EXPORT/." "$OUT/"
@@ -175,7 +174,7 @@ def prepare_step(spec: SourceSpec, image_tag: str, export: Path, work: Path, out
 
 
 def prepare(spec: SourceSpec, ctx: Context) -> Path:
-    """The patched, configure-ready source tree at artifacts/gnumach/source (built once per identity)."""
+    """Entry point: the patched, configure-ready source tree at artifacts/gnumach/source (once per identity)."""
     image_tag = ctx.image_tag(spec.image)
     final = source_dir(ctx)
     with (

@@ -6,6 +6,7 @@ as a non-root user with no network. Kernels whose Xen notes are wrong never reac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,14 +18,14 @@ from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step, StepResult
 from hurdxen.pipeline.recipes import Recipes
+from hurdxen.pipeline.stage import Build
 from hurdxen.sources.deb import extract_deb, fetch_deb
 from hurdxen.sources.fetch import DebPin
+from hurdxen.stages.gnumach import STAGE
 from hurdxen.stages.gnumach.source import SourceSpec, prepare, source_dir, source_spec
 from hurdxen.stages.mig import stage as mig
 from hurdxen.stages.mig.stage import MigSpec
 from hurdxen.xen import verify as xenverify
-
-STAGE = "gnumach"
 
 BUILD_SCRIPT = r"""
 # Not MIGDIR: the mig script reads that variable as the place of migcom.
@@ -247,17 +248,8 @@ def build_step(spec: VariantSpec, image_tag: str, src: Path, migdir: Path, build
     )
 
 
-def build(spec: SourceSpec | VariantSpec | PrebuiltSpec, ctx: Context) -> KernelResult | Path:
-    """Entry point: the prepared source tree, a compiled variant or a prebuilt kernel, by the spec's kind."""
-    if isinstance(spec, SourceSpec):
-        return prepare(spec, ctx)
-    if isinstance(spec, PrebuiltSpec):
-        return fetch_prebuilt(spec, ctx)
-    return compile_variant(spec, ctx)
-
-
 def compile_variant(spec: VariantSpec, ctx: Context) -> KernelResult:
-    """Build, verify (strictly) and publish one variant into artifacts/gnumach/<variant>/."""
+    """Entry point: build, verify (strictly) and publish one variant into artifacts/gnumach/<variant>/."""
     src = source_dir(ctx)
     image_tag = ctx.image_tag(spec.image)
     if not (src / manifest.MANIFEST).is_file() or manifest.read(src).identity != spec.source.identity(ctx):
@@ -373,3 +365,7 @@ def fetch_prebuilt(spec: PrebuiltSpec, ctx: Context) -> KernelResult:
             },
         )
     return KernelResult(spec.name, final, gz, None, gz, tuple(f.message for f in found))
+
+
+# The stage's entry points, one per spec kind (the generic stage task picks one by the spec's type).
+BUILDS: Mapping[type, Build] = {SourceSpec: prepare, VariantSpec: compile_variant, PrebuiltSpec: fetch_prebuilt}
