@@ -375,10 +375,12 @@ TERMINATE_PANIC = "falls in physical memory area"
 def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Hypervisor and dom0 (cached by identity under the cache dir, then copied to the awkward path), Debian's
     kernels, a stand-in ramdisk, the fake PV kernel and two pv-grub2 images."""
+    from hurdxen.core import fsutil
     from hurdxen.pipeline import recipes
     from hurdxen.pipeline.containers import ensure_base, ensure_image
     from hurdxen.pipeline.context import make_context
     from hurdxen.sources.fetch import TarballPin, fetch_tarball
+    from hurdxen.stages.pvgrub2 import image as pvgrub_image
     from hurdxen.stages.pvgrub2 import stage as pvgrub
 
     if shutil.which("qemu-system-x86_64") is None:
@@ -433,14 +435,16 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
     images = {}
     for name in ("i386-xen-standalone", "x86_64-xen-disk"):
         spec = recipe.get(name)
-        kernels = {"xen-pae": fetch_kernel("i386-486-sid")} if spec.flavour == "standalone" else {}
         modules = {"/hurd/ext2fs.static": work / "ext2fs.static", "/lib/ld.so.1": work / "ld.so.1"}
-        res = pvgrub.build_pvgrub_image(
-            spec, grub_tree, kernels, tmp_path_factory.mktemp("pvgrub") / name, ctx.executor(), builder.tag,
-            work / "logs", ctx.source_date_epoch, module_inputs=modules if spec.flavour == "standalone" else None,
-        )  # fmt: skip
+        standalone = spec.flavour == "standalone"
+        inputs = pvgrub_image.Inputs(grub_tree, fetch_kernel("i386-486-sid") if standalone else None, modules)
+        log = work / "logs" / f"pvgrub-{name}.log"
+        with fsutil.scratch_dir(tmp_path_factory.mktemp("pvgrub"), name) as scratch:
+            made = pvgrub_image.make_image(
+                spec, inputs, ctx.source_date_epoch, builder.tag, scratch, lambda s, log=log: ctx.executor().run(s, log)
+            )
         images[name] = work / f"pv-grub {name}"
-        shutil.copy(res.image, images[name])
+        images[name].write_bytes(made.image)
     return {
         "hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "amd64": amd64, "ramdisk": ramdisk, "fake": fake,
         "pvgrub": images, "logs": work / "logs", "work": work, "terminate": terminate,

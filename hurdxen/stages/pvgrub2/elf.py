@@ -1,22 +1,23 @@
 """What pv-grub2 reads from ELF files: a kernel's or an image's class, machine and Xen notes (as GRUB's Xen loader
 sees them), and the objects grub-mkimage appended to an image (modules, memdisk, prefix).
 
-Note reading is one function, `xen_notes`, so a shared bounded parser can replace it.
+The notes come from the one bounded kernel reader, `xen.elf.read_elf` (a kernel's facts straight from the report
+xenverify made of it, so a kernel is read once); this module only says what GRUB's loader makes of them.
 """
 
 from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen.core import elfnotes
 from hurdxen.core.errors import HurdxenError
-
-GZIP_MAGIC = b"\x1f\x8b"
+from hurdxen.xen import elf as xenelf
+from hurdxen.xen.elf import XenNote
+from hurdxen.xen.verify import KernelReport
 
 # GRUB's include/grub/xen_file.h: what its Xen loader calls a kernel's architecture.
 XEN_ARCH_I386 = 1  # 32-bit, no PAE
@@ -73,47 +74,30 @@ def _elf(f: Any) -> Any:
     return ELFFile(f)  # type: ignore[no-untyped-call]
 
 
-def _parse_notes(data: bytes, little: bool = True) -> list[tuple[str, int, bytes]]:
-    """ELF notes with 4-byte alignment (Xen's, in both classes); stops at the first malformed entry."""
-    out = []
-    for n in elfnotes.parse_notes(data, little):
-        if n.namesz > 64 or len(n.name) < n.namesz:
-            break
-        # grub-mkimage 2.06's i386-xen image ends inside its last note (PAE_MODE declares 12 bytes, the file holds
-        # "yes\0"): keep a truncated last descriptor rather than dropping it.
-        out.append((n.owner, n.type, n.desc))
-    return out
+def _facts(notes: Iterable[XenNote], bits: int, machine: str, xen_guest: str | None, gz: bool) -> ElfFacts:
+    """GRUB's view: the owner "Xen" notes, type -> descriptor (the first of each type)."""
+    xen: dict[int, bytes] = {}
+    for n in notes:
+        if n.owner == "Xen":
+            xen.setdefault(n.type, n.desc)
+    return ElfFacts(bits, machine, xen, xen_guest, gz)
 
 
-def xen_notes(elf: Any) -> dict[int, bytes]:
-    """The owner "Xen" notes of an ELF file (pyelftools' ELFFile), type -> descriptor (the first of each type)."""
-    notes: dict[int, bytes] = {}
-    blobs = [s.data() for s in elf.iter_sections() if s.name in (".xen", ".note.Xen") or s["sh_type"] == "SHT_NOTE"]
-    blobs += [seg.data() for seg in elf.iter_segments() if seg["p_type"] == "PT_NOTE"]
-    for blob in blobs:
-        for owner, ntype, desc in _parse_notes(blob, elf.little_endian):
-            if owner == "Xen":
-                notes.setdefault(ntype, desc)
-    return notes
+def report_facts(report: KernelReport) -> ElfFacts:
+    """A kernel's facts from xenverify's report of it (the bytes already read and judged)."""
+    return _facts(report.notes, report.elf_bits, report.machine, report.xen_guest, report.gzipped)
 
 
 def elf_facts(path: Path) -> ElfFacts:
-    from elftools.common.exceptions import ELFError
-
-    raw = path.read_bytes()
-    gz = raw[:2] == GZIP_MAGIC
-    if gz:
-        from hurdxen.xen import elf as xenelf
-
-        raw = xenelf.gunzip(raw, str(path))[0]  # bounded: a crafted .gz does not fill the memory
-    try:
-        elf = _elf(io.BytesIO(raw))
-        notes = xen_notes(elf)
-        guest = elf.get_section_by_name("__xen_guest")
-        guest_s = guest.data().rstrip(b"\0").decode(errors="replace") if guest is not None else None
-        return ElfFacts(elf.elfclass, str(elf["e_machine"]), notes, guest_s, gz)
-    except ELFError as e:
-        raise HurdxenError(f"{path}: not an ELF file ({e})", hint="a Xen PV kernel is an ELF executable") from e
+    """An ELF file's facts (a pv-grub2 image, or a kernel, plain or gzipped), by the one bounded reader."""
+    label = str(path)
+    data, gz = xenelf.gunzip(path.read_bytes(), label)  # bounded: a crafted .gz does not fill the memory
+    if data[:4] != b"\x7fELF":
+        raise HurdxenError(f"{path}: not an ELF file", hint="a Xen PV kernel is an ELF executable")
+    elf = xenelf.read_elf(data, label)
+    notes = (n for group in elf.note_segments + elf.note_sections for n in group)
+    guest = None if elf.xen_guest is None else elf.xen_guest.decode("latin-1")
+    return _facts(notes, elf.class_bits, elf.machine, guest, gz)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
-"""Building one pv-grub2 image: GRUB's module tree (dependencies, which module provides which command), the memdisk
+"""Making one pv-grub2 image: GRUB's module tree (dependencies, which module provides which command), the memdisk
 (a reproducible ustar: grub-mkstandalone 2.06 writes file mtimes in directory-read order), and one executor step
-running grub-script-check, grub-file and grub-mkimage in the builder image (no network).
+running grub-script-check, grub-file and grub-mkimage in the builder image (no network). `make_image` works in the
+directory and runs the step it is given and returns the image in memory; the stage (`stage.build`) publishes it
+with its manifest.
 
 Checks before anything is written: every command of the configuration against the embedded modules,
 `grub-script-check`, a standalone kernel with `grub-file` and xenverify, and the image itself: ELF class and
@@ -10,19 +12,15 @@ machine, Xen notes, `grub-file --is-…-xen-…-domu`, the module count and the 
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
-from hurdxen.core.monitor import Monitor
 from hurdxen.pipeline import manifest
-from hurdxen.pipeline.executors import Executor, Mount, Step
+from hurdxen.pipeline.executors import Mount, Step, StepResult
 from hurdxen.stages.pvgrub2.config import (
     CONFIG_IN_MEMDISK,
     PLATFORMS,
@@ -42,6 +40,7 @@ from hurdxen.stages.pvgrub2.elf import (
     XEN_ELFNOTE_XEN_VERSION,
     elf_facts,
     read_image_objects,
+    report_facts,
 )
 from hurdxen.stages.pvgrub2.grub import (
     MemdiskEntry,
@@ -99,23 +98,35 @@ ls -l image.bin image.bin.gz
 """
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What one image is made from: the extracted grub-xen-bin package (or its usr/lib/grub/<platform>) and, for a
+    standalone image, the kernel and the boot modules (path in the memdisk, e.g. /hurd/ext2fs.static -> file)."""
+
+    grub_tree: Path
+    kernel: Path | None = None
+    modules: Mapping[str, Path] = field(default_factory=dict)
+
+
 def _standalone_files(
-    spec: PvGrubImageSpec,
-    kernel_inputs: Mapping[str, Path],
-    module_inputs: Mapping[str, Path],
-    where: str,
-    notes: list[str],
+    spec: PvGrubImageSpec, inputs: Inputs, where: str, notes: list[str]
 ) -> tuple[dict[str, bytes], str]:
     """The memdisk's files for a standalone image (config aside) and the kernel's name among them."""
     kernel = spec.kernels[0]
     variant = kernel.name
-    kpath = kernel_inputs.get(variant)
+    kpath = inputs.kernel
     if kpath is None:
         raise HurdxenError(
             f"{where}: no kernel given for variant {variant}",
-            hint=f"the gnumach stage for {variant} provides it (kernel_inputs[{variant!r}])",
+            hint=f"the gnumach stage for {variant} provides it",
         )
-    facts = elf_facts(kpath)
+    # Xen's own view of the kernel (notes, __xen_guest, address window), read once: GRUB's view comes from the same
+    # report. Errors refuse (after the architecture check, which names the platform), warnings are recorded.
+    bits: Literal[32, 64] = 64 if kernel.bits == 64 else 32
+    report = xenverify.inspect_kernel(
+        kpath, xenverify.KernelExpectation(bits=bits, pae=kernel.pae if bits == 32 else None)
+    )
+    facts = report_facts(report)
     platform = PLATFORMS[spec.platform]
     arch = facts.xen_arch
     if facts.bits != platform.bits or (arch is not None and arch not in platform.accepts):
@@ -123,15 +134,7 @@ def _standalone_files(
         msg, _ = incompatible_message(
             spec.platform, shown_arch, f"kernel {kpath.name} (given for {variant}) is a {facts.bits}-bit ELF and"
         )
-        raise HurdxenError(
-            f"{where}: {msg}",
-            hint=f"the file given for {variant} must be {kernel.describe} (kernel_inputs[{variant!r}])",
-        )
-    # Then Xen's own view of the kernel (notes, __xen_guest, address window): errors refuse, warnings are recorded.
-    bits: Literal[32, 64] = 64 if kernel.bits == 64 else 32
-    report = xenverify.inspect_kernel(
-        kpath, xenverify.KernelExpectation(bits=bits, pae=kernel.pae if bits == 32 else None)
-    )
+        raise HurdxenError(f"{where}: {msg}", hint=f"the file given for {variant} must be {kernel.describe}")
     try:
         warnings = xenverify.check_report(report)
     except HurdxenError as e:
@@ -140,11 +143,11 @@ def _standalone_files(
     kname = STANDALONE_KERNEL_GZ if facts.gzipped else STANDALONE_KERNEL_RAW
     files = {kname: kpath.read_bytes()}
     for m in spec.boot_modules:
-        src = module_inputs.get(m.path)
+        src = inputs.modules.get(m.path)
         if src is None:
             raise HurdxenError(
                 f"{where}: no file given for boot module {m.path}",
-                hint="the hurd-modules stage provides ext2fs.static and ld.so (module_inputs[path])",
+                hint="the hurd-modules stage provides ext2fs.static and ld.so",
             )
         name = m.path.lstrip("/")
         if name in files or name == CONFIG_IN_MEMDISK:
@@ -158,41 +161,96 @@ def _read_rc(work: Path, name: str) -> int | None:
     return int(p.read_text().strip()) if p.exists() else None
 
 
-def build_pvgrub_image(
-    image_spec: PvGrubImageSpec,
-    grub_tree: Path,
-    kernel_inputs: Mapping[str, Path],
-    out_dir: Path,
-    executor: Executor,
-    image_tag: str,
-    log_dir: Path,
-    source_date_epoch: int,
-    module_inputs: Mapping[str, Path] | None = None,
-    monitor: Monitor | None = None,
-    identity: str | None = None,
-    inputs: Mapping[str, Any] | None = None,
-    cache: Path | None = None,
-) -> PvGrubResult:
-    """Build one pv-grub2 image into its own `out_dir` (pv-grub-<name>, .gz, .grub.cfg, .memdisk.tar, manifest.json).
+@dataclass(frozen=True)
+class Image:
+    """One image made and checked, in memory until its stage publishes it."""
 
-    `grub_tree` is the extracted grub-xen-bin package (or its usr/lib/grub/<platform>); `kernel_inputs` maps a
-    kernel variant to its file (standalone only); `module_inputs` maps a boot module's path (/hurd/ext2fs.static)
-    to its file (standalone only). Nothing in `out_dir` changes unless every check passes. `identity` and `inputs`
-    go to the manifest (the stage passes its own; a direct caller gets the image spec's identity); with the `cache`
-    directory the manifest's step lists the builder image's packages.
-    """
-    start = time.monotonic()
-    spec = image_spec
-    where = f"pvgrub:{spec.name}"
+    spec: PvGrubImageSpec
+    config: str
+    memdisk: bytes
+    listing: tuple[MemdiskEntry, ...]
+    modules: tuple[str, ...]  # embedded, dependencies included
+    image: bytes
+    image_gz: bytes
+    checks: tuple[str, ...]
+    step: StepResult
+
+    def write(self, out: Path) -> None:
+        """The image's output files into `out` (its stage's temporary directory), named by `output_files`."""
+        names = output_files(self.spec.name)
+        fsutil.write_atomic(out / names["image"], self.image)
+        fsutil.write_atomic(out / names["image.gz"], self.image_gz)
+        fsutil.write_atomic(out / names["config"], self.config)
+        fsutil.write_atomic(out / names["memdisk"], self.memdisk)
+
+    def facts(self, image_tag: str, sde: int) -> dict[str, Any]:
+        """The manifest's own facts of the image."""
+        spec, names = self.spec, output_files(self.spec.name)
+        return {
+            "name": spec.name,
+            "platform": spec.platform,
+            "flavour": spec.flavour,
+            "kernels": [asdict(k) for k in spec.kernels],
+            "image": {"file": names["image"], "sha256": fsutil.sha256_bytes(self.image), "size": len(self.image)},
+            "image_gz": {
+                "file": names["image.gz"],
+                "sha256": fsutil.sha256_bytes(self.image_gz),
+                "size": len(self.image_gz),
+            },
+            "modules": list(self.modules),
+            "memdisk": [asdict(e) for e in self.listing],
+            "prefix": PREFIX,
+            "checks": list(self.checks),
+            "builder_image": image_tag,
+            "source_date_epoch": sde,
+            "spec_identity": spec.identity,
+        }
+
+    def result(self, directory: Path, seconds: float) -> PvGrubResult:
+        """What the stage returns once the image is published in `directory`."""
+        paths = {k: directory / v for k, v in output_files(self.spec.name).items()}
+        return PvGrubResult(
+            name=self.spec.name,
+            platform=self.spec.platform,
+            flavour=self.spec.flavour,
+            image=paths["image"],
+            image_gz=paths["image.gz"],
+            config_path=paths["config"],
+            memdisk_path=paths["memdisk"],
+            manifest=directory / manifest.MANIFEST,
+            sha256=fsutil.sha256_bytes(self.image),
+            sha256_gz=fsutil.sha256_bytes(self.image_gz),
+            size=len(self.image),
+            size_gz=len(self.image_gz),
+            config=self.config,
+            memdisk=self.listing,
+            modules=self.modules,
+            seconds=seconds,
+            checks=self.checks,
+        )
+
+
+def make_image(
+    spec: PvGrubImageSpec,
+    inputs: Inputs,
+    source_date_epoch: int,
+    image_tag: str,
+    work: Path,
+    run: Callable[[Step], StepResult],
+) -> Image:
+    """Make and check one image in the scratch directory `work`, its step run by `run` (the stage's executor, log
+    and monitor). Every check passes before anything is returned: a caller that publishes only what this returns
+    never publishes a bad image."""
+    where = f"{STAGE}:{spec.name}"
     check_kernel_variants(spec, where)
     platform = PLATFORMS[spec.platform]
-    pdir = grub_platform_dir(Path(grub_tree), spec.platform)
+    pdir = grub_platform_dir(inputs.grub_tree, spec.platform)
 
     files: dict[str, bytes] = {}
     kernel_notes: list[str] = []
     kname = STANDALONE_KERNEL_GZ
     if spec.flavour == "standalone":
-        files, kname = _standalone_files(spec, kernel_inputs, module_inputs or {}, where, kernel_notes)
+        files, kname = _standalone_files(spec, inputs, where, kernel_notes)
     config = render_config(spec, kname)
     modules = module_closure(image_modules(spec), pdir, where)
     if len(modules) > spec.module_limit:
@@ -204,79 +262,41 @@ def build_pvgrub_image(
 
     files[CONFIG_IN_MEMDISK] = config.encode()
     memdisk, listing = build_memdisk(files, source_date_epoch)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{fsutil.TMP_PREFIX}pvgrub-{spec.name}.", dir=out_dir.parent))
-    try:
-        work.chmod(0o755)
-        fsutil.write_atomic(work / "grub.cfg", config)
-        fsutil.write_atomic(work / "memdisk.tar", memdisk)
-        if spec.flavour == "standalone":
-            fsutil.write_atomic(work / "kernel", files[kname])
-        step = Step(
-            name=where,
-            script=BUILD_SCRIPT,
-            image=image_tag,
-            mounts=(
-                Mount(pdir, "GRUB", "/grub", writable=False),
-                Mount(work, "WORK", "/work", writable=True),
-            ),
-            env=(
-                ("PLATFORM", spec.platform),
-                ("PREFIX", PREFIX),
-                ("MODULES", " ".join(modules)),
-                ("GRUB_FILE_CHECK", platform.grub_file_check),
-                ("SOURCE_DATE_EPOCH", str(source_date_epoch)),
-                ("TZ", "UTC"),
-                ("LC_ALL", "C.UTF-8"),
-            ),
-        )
-        log_path = log_dir / f"pvgrub-{spec.name}.log"
-        step_result = executor.run(step, log_path, monitor)
-        checks = (*kernel_notes, *_check_outputs(spec, work, config, memdisk, modules, platform, where, log_path))
-
-        image_bytes = (work / "image.bin").read_bytes()
-        gz_bytes = (work / "image.bin.gz").read_bytes()
-        # One directory per image, published as a whole; consumers take its outputs by name from the manifest.
-        names = output_files(spec.name)
-        paths = {k: out_dir / v for k, v in names.items()}
-        result = PvGrubResult(
-            name=spec.name,
-            platform=spec.platform,
-            flavour=spec.flavour,
-            image=paths["image"],
-            image_gz=paths["image.gz"],
-            config_path=paths["config"],
-            memdisk_path=paths["memdisk"],
-            manifest=out_dir / manifest.MANIFEST,
-            sha256=fsutil.sha256_bytes(image_bytes),
-            sha256_gz=fsutil.sha256_bytes(gz_bytes),
-            size=len(image_bytes),
-            size_gz=len(gz_bytes),
-            config=config,
-            memdisk=listing,
-            modules=modules,
-            seconds=time.monotonic() - start,
-            checks=checks,
-        )
-        with fsutil.atomic_dir(out_dir) as tmp:
-            fsutil.write_atomic(tmp / names["image"], image_bytes)
-            fsutil.write_atomic(tmp / names["image.gz"], gz_bytes)
-            fsutil.write_atomic(tmp / names["config"], config)
-            fsutil.write_atomic(tmp / names["memdisk"], memdisk)
-            manifest.write_raw(
-                tmp,
-                task=f"{STAGE}:{spec.name}",
-                identity=identity or spec.identity,
-                inputs=inputs or {},
-                step=step_result,
-                outputs=names,
-                extra=_facts(result, spec, image_tag, source_date_epoch),
-                cache=cache,
-            )
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    fsutil.write_atomic(work / "grub.cfg", config)
+    fsutil.write_atomic(work / "memdisk.tar", memdisk)
+    if spec.flavour == "standalone":
+        fsutil.write_atomic(work / "kernel", files[kname])
+    step = Step(
+        name=where,
+        script=BUILD_SCRIPT,
+        image=image_tag,
+        mounts=(
+            Mount(pdir, "GRUB", "/grub", writable=False),
+            Mount(work, "WORK", "/work", writable=True),
+        ),
+        env=(
+            ("PLATFORM", spec.platform),
+            ("PREFIX", PREFIX),
+            ("MODULES", " ".join(modules)),
+            ("GRUB_FILE_CHECK", platform.grub_file_check),
+            ("SOURCE_DATE_EPOCH", str(source_date_epoch)),
+            ("TZ", "UTC"),
+            ("LC_ALL", "C.UTF-8"),
+        ),
+    )
+    step_result = run(step)
+    checks = (*kernel_notes, *_check_outputs(spec, work, config, memdisk, modules, platform, where, step_result.log))
+    return Image(
+        spec=spec,
+        config=config,
+        memdisk=memdisk,
+        listing=listing,
+        modules=modules,
+        image=(work / "image.bin").read_bytes(),
+        image_gz=(work / "image.bin.gz").read_bytes(),
+        checks=checks,
+        step=step_result,
+    )
 
 
 def _check_outputs(
@@ -364,21 +384,3 @@ def output_files(name: str) -> dict[str, str]:
     """The files of one image's directory, by output name."""
     stem = f"pv-grub-{name}"
     return {"image": stem, "image.gz": f"{stem}.gz", "config": f"{stem}.grub.cfg", "memdisk": f"{stem}.memdisk.tar"}
-
-
-def _facts(result: PvGrubResult, spec: PvGrubImageSpec, image_tag: str, sde: int) -> dict[str, Any]:
-    return {
-        "name": result.name,
-        "platform": result.platform,
-        "flavour": result.flavour,
-        "kernels": [asdict(k) for k in spec.kernels],
-        "image": {"file": result.image.name, "sha256": result.sha256, "size": result.size},
-        "image_gz": {"file": result.image_gz.name, "sha256": result.sha256_gz, "size": result.size_gz},
-        "modules": list(result.modules),
-        "memdisk": [asdict(e) for e in result.memdisk],
-        "prefix": PREFIX,
-        "checks": list(result.checks),
-        "builder_image": image_tag,
-        "source_date_epoch": sde,
-        "spec_identity": spec.identity,
-    }

@@ -1,13 +1,14 @@
 """Stage: pv-grub2, GRUB's Xen PV ports (i386-xen, x86_64-xen) as a guest's `kernel=` to boot GNU Mach.
 
-This module turns recipes/pvgrub2.toml into specs and runs the stage; `pvgrub_config` says what an image is and
-renders its grub.cfg, `pvgrub_image` builds one image, `pvgrub_elf` reads ELF facts. Kernels (their bits and PAE)
+This module turns recipes/pvgrub2.toml into specs and runs the stage; `config` says what an image is and renders
+its grub.cfg, `image` makes one image, `elf` says what GRUB's loader makes of an ELF file. Kernels (their bits and PAE)
 come from the gnumach stage's specs, the Hurd's boot modules (paths and command lines) from the hurd-modules spec
 made for the kernel: the recipe names a kernel, nothing else about it.
 """
 
 from __future__ import annotations
 
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
+from hurdxen.pipeline.executors import Step, StepResult
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources import deb as sources_deb
 from hurdxen.sources import fetch as sources
@@ -33,7 +35,7 @@ from hurdxen.stages.pvgrub2.config import (
     check_kernel_variants,
     render_config,
 )
-from hurdxen.stages.pvgrub2.image import BUILD_SCRIPT, STAGE, PvGrubResult, build_pvgrub_image, output_files
+from hurdxen.stages.pvgrub2.image import BUILD_SCRIPT, STAGE, Inputs, PvGrubResult, make_image, output_files
 
 SCHEMA = "pvgrub2"
 Kernel = gnumach.VariantSpec | gnumach.PrebuiltSpec
@@ -248,40 +250,46 @@ def specs(recipes: Recipes, producers: Producers, source_date_epoch: int) -> lis
     return out
 
 
-def build(spec: PvGrubSpec, ctx: Context) -> PvGrubResult:
-    """Entry point: one image into artifacts/pvgrub2/<image>/, its inputs read from the producers' manifests."""
+def read_inputs(spec: PvGrubSpec, ctx: Context) -> tuple[Inputs, dict[str, Any]]:
+    """The image's inputs (the grub tree; the kernel and boot modules by name from their producers' manifests) and
+    their record for the manifest."""
     pin = spec.grub
     deb = sources_deb.fetch_deb(pin, ctx.cache)
-    tree = sources_deb.extract_deb(deb, ctx.cache)
-    inputs: dict[str, Any] = {
+    record: dict[str, Any] = {
         "grub": {"package": pin.package, "version": pin.version, "arch": pin.arch, "sha256": fsutil.sha256_file(deb)}
     }
-    kernels: dict[str, Path] = {}
+    kernel: Path | None = None
     modules: dict[str, Path] = {}
     if spec.kernel is not None:
         k = manifest.read_task(ctx.artifacts, spec.kernel.task)
-        kernels[spec.kernel.name] = k.output("kernel.gz")
-        inputs["kernel"] = {"task": k.task, "identity": k.identity, "sha256": k.outputs["kernel.gz"].sha256}
+        kernel = k.output("kernel.gz")
+        record["kernel"] = {"task": k.task, "identity": k.identity, "sha256": k.outputs["kernel.gz"].sha256}
     if spec.ramdisk is not None:
         hm = manifest.read_task(ctx.artifacts, spec.ramdisk.task)
         bms = spec.ramdisk.boot_modules()
         modules = {m.path: hm.output(m.output) for m in bms}
-        inputs["boot_modules"] = {m.path: {"task": hm.task, "sha256": hm.outputs[m.output].sha256} for m in bms}
-    return build_pvgrub_image(
-        spec.image,
-        tree,
-        kernels,
-        stage.out_dir(ctx, spec.task),
-        ctx.executor(),
-        ctx.image_tag(spec.builder),
-        ctx.artifacts / "logs",
-        spec.source_date_epoch,
-        module_inputs=modules,
-        monitor=ctx.monitor(),
-        identity=spec.identity(ctx),
-        inputs=inputs,
-        cache=ctx.cache.root,
-    )
+        record["boot_modules"] = {m.path: {"task": hm.task, "sha256": hm.outputs[m.output].sha256} for m in bms}
+    return Inputs(sources_deb.extract_deb(deb, ctx.cache), kernel, modules), record
+
+
+def build(spec: PvGrubSpec, ctx: Context) -> PvGrubResult:
+    """Entry point: one image into artifacts/pvgrub2/<image>/ (atomically), its inputs read from the producers'
+    manifests."""
+    start = time.monotonic()
+    inputs, record = read_inputs(spec, ctx)
+    image_tag = ctx.image_tag(spec.builder)
+    final = stage.out_dir(ctx, spec.task)
+
+    def run(step: Step) -> StepResult:
+        return ctx.executor().run(step, ctx.log(spec.task), ctx.monitor())
+
+    with fsutil.scratch_dir(ctx.artifacts / "work", spec.task) as work, fsutil.atomic_dir(final) as out:
+        made = make_image(spec.image, inputs, spec.source_date_epoch, image_tag, work, run)
+        made.write(out)
+        manifest.write(
+            out, spec, ctx, inputs=record, step=made.step, extra=made.facts(image_tag, spec.source_date_epoch)
+        )
+    return made.result(final, time.monotonic() - start)
 
 
 def by_name(specs: Sequence[PvGrubSpec]) -> dict[str, PvGrubSpec]:
