@@ -19,6 +19,7 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     task_mig,
     task_pins,
     task_pvgrub2,
+    task_rootdisk,
     task_sources,
     task_toolchain,
 )

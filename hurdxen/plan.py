@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hurdxen.pipeline.recipes import Recipes
-from hurdxen.stages import toolchain
+from hurdxen.stages import rootdisk, toolchain
 from hurdxen.stages.gnumach import source as gnumach_source
 from hurdxen.stages.gnumach import stage as gnumach
 from hurdxen.stages.hurd_modules import stage as hurdmodules
@@ -26,6 +26,7 @@ class Plan:
     hurd_modules: tuple[hurdmodules.HurdModulesSpec, ...]
     pvgrub2: tuple[pvgrub.PvGrubSpec, ...]
     system: tuple[TreeSpec, ...] = ()  # the from-source toolchain and Hurd, in build order
+    rootdisks: tuple[TreeSpec, ...] = ()  # the Hurd's root disk images
 
     def kernel(self, name: str) -> Kernel | None:
         return next((k for k in self.kernels if k.name == name), None)
@@ -45,11 +46,15 @@ def make_plan(recipes: Recipes) -> Plan:
     sde = int(recipes["base"]["base"]["source_date_epoch"])
     pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
     migs = tuple(mig.specs(recipes))
+    system = tuple(toolchain.specs(recipes, migs, source))
+    hms_for = {k: h for h in hms for k in h.kernels}
+    disks = tuple(rootdisk.specs(recipes, system, kernels, hms_for.get))
     return Plan(
         mig=migs,
         gnumach_source=source,
         kernels=tuple(kernels),
         hurd_modules=hms,
         pvgrub2=tuple(pvgrubs),
-        system=tuple(toolchain.specs(recipes, migs, source)),
+        system=system,
+        rootdisks=disks,
     )

@@ -396,6 +396,14 @@ task_hurd = stage_task(
     ),
     lambda p: [s for s in p.system if s.stage_name == "hurd"],
 )
+task_rootdisk = stage_task(
+    stage.Stage(
+        "rootdisk",
+        "rootdisk: the Hurd's root disk images (ext2 for the Hurd, translators, kernel, GRUB menu)",
+        chain.build,
+    ),
+    lambda p: p.rootdisks,
+)
 
 
 def boot_recipe(r: recipes.Recipes) -> boot.BootRecipe:

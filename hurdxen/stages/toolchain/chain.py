@@ -67,6 +67,15 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class UpstreamFile:
+    """One named output of an upstream stage (read through its manifest), mounted read-only at /in/<env lower-cased>."""
+
+    env: str
+    producer: Any  # any Spec with task and identity(ctx)
+    output: str
+
+
+@dataclass(frozen=True)
 class TreeSpec:
     stage_name: str  # the doit basename: toolchain or hurd
     name: str
@@ -78,6 +87,7 @@ class TreeSpec:
     git: tuple[tuple[str, GitPin, str], ...] = ()  # env name → a pinned commit (and its canonical URL), exported
     layers: tuple[Layer, ...] = ()
     upstream: tuple[Upstream, ...] = ()
+    upstream_files: tuple[UpstreamFile, ...] = ()
     options: tuple[tuple[str, str], ...] = ()  # recipe options the script reads (CONFIGURE, TARGETS, …)
     files: tuple[tuple[str, str], ...] = ()  # named outputs besides the tree: name → path under $OUT
     jobs: int = 2
@@ -102,6 +112,11 @@ class TreeSpec:
         }
         up = [(u.producer.task, u.producer.identity(ctx)) for u in self.upstream]
         layers = [(la.producer.task, la.into, la.producer.identity(ctx)) for la in self.layers]
+        # Added only when used, so the identities of the stages that use neither stay what they were.
+        if self.upstream_files:
+            own["upstream_files"] = [
+                (u.env, u.producer.task, u.output, u.producer.identity(ctx)) for u in self.upstream_files
+            ]
         return fsutil.identity(self.task, own, up, layers, ctx.image_tag(self.image), PROLOGUE, self.script, EPILOGUE)
 
     def outputs(self, ctx: Context) -> dict[str, Path]:
@@ -110,7 +125,9 @@ class TreeSpec:
 
     def deps(self, ctx: Context) -> stage.Deps:
         pins = [p for _, p in self.tarballs] + [p for _, p in self.debs] + [p for _, p, _ in self.git]
-        tasks = [la.producer.task for la in self.layers] + [u.producer.task for u in self.upstream]
+        tasks = [la.producer.task for la in self.layers] + [
+            u.producer.task for u in (*self.upstream, *self.upstream_files)
+        ]
         return stage.Deps((*stage.image_deps(ctx, self.image), *(stage.pin_task(p) for p in pins), *tasks))
 
 
@@ -175,6 +192,10 @@ def layer_mounts(spec: TreeSpec, ctx: Context) -> tuple[list[Mount], str, dict[s
         m = _published(ctx, u.producer, spec.task)
         mounts.append(Mount(m.directory, u.env, _mount_name(u.env)))
         described[u.producer.task] = {"identity": m.identity}
+    for f in spec.upstream_files:
+        m = _published(ctx, f.producer, spec.task)
+        mounts.append(Mount(m.output(f.output), f.env, _mount_name(f.env)))
+        described.setdefault(f.producer.task, {"identity": m.identity})[f.output] = m.outputs[f.output].sha256
     return mounts, " ".join(words), described
 
 
