@@ -125,9 +125,8 @@ class TreeSpec:
 
     def deps(self, ctx: Context) -> stage.Deps:
         pins = [p for _, p in self.tarballs] + [p for _, p in self.debs] + [p for _, p, _ in self.git]
-        tasks = [la.producer.task for la in self.layers] + [
-            u.producer.task for u in (*self.upstream, *self.upstream_files)
-        ]
+        tasks = [la.producer.task for la in self.layers] + [u.producer.task for u in self.upstream]
+        tasks += [f.producer.task for f in self.upstream_files]
         return stage.Deps((*stage.image_deps(ctx, self.image), *(stage.pin_task(p) for p in pins), *tasks))
 
 
