@@ -67,6 +67,7 @@ def task_boot() -> Iterator[TaskDict]:
         "gnumach": {k.name for k in the_plan().kernels},
         "hurd-modules": {s.name for s in the_plan().hurd_modules},
         "pvgrub2": set(pvgrub.by_name(the_plan().pvgrub2)),
+        "rootdisk": {d.name for d in the_plan().rootdisks},
     }
     deps: list[str] = []
     for i, c in enumerate(recipe.cases):
@@ -74,6 +75,7 @@ def task_boot() -> Iterator[TaskDict]:
             ("gnumach", "kernel", c.kernel if c.kind != "pvgrub" else None),
             ("hurd-modules", "ramdisk", c.ramdisk),
             ("pvgrub2", "pvgrub", c.pvgrub),
+            ("rootdisk", "disk", c.disk),
         ):
             if name is None:
                 continue

@@ -352,6 +352,21 @@ AMD64_REFUSAL = "xc_dom_chk_alloc_pages: segment padding too large"
 NOPAE_REFUSAL = "xc_dom_compat_check: guest type xen-3.0-x86_32 not supported by xen kernel"
 
 
+# GNU Mach's block front end, naming a VBD from its Xen device number (768: hda; 769: hda1) and giving its size.
+DISK_LINE = "hd0: dom0's VBD 768 (/guests/guest-32pae-disk/disk,w) 1MB"
+PART_LINE = "hd0s1: dom0's VBD 769 (/guests/guest-32pae-disk-partition/disk,w) 2MB"
+
+
+def mbr_disk(size: int, first_sector: int) -> bytes:
+    """A disk of `size` bytes whose MBR holds one Linux partition from `first_sector` to the end."""
+    sectors = size // 512 - first_sector
+    entry = bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + first_sector.to_bytes(4, "little") + sectors.to_bytes(4, "little")
+    mbr = bytearray(512)
+    mbr[446:462] = entry
+    mbr[510:512] = b"\x55\xaa"
+    return bytes(mbr).ljust(size, b"\0")
+
+
 def without_pae(kernel: bytes) -> bytes:
     """The same kernel announcing a non-PAE guest (`PAE=no` in `__xen_guest`): what a non-PAE build looks like to
     the Xen toolstack, which must refuse it on this (PAE-only, like every 64-bit) hypervisor."""
@@ -427,6 +442,10 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
     amd64.write_bytes(gzip.decompress(fetch_kernel("amd64").read_bytes()))
     fake = work / "fake-pv-kernel"
     shutil.copy(elves.pv_kernel(), fake)
+    # Disks for the block-device path (dom0's loop device and hotplug script, blkback, GNU Mach's block front end):
+    # a whole 1 MiB disk, and a 3 MiB one with an MBR whose partition 1 (2 MiB from sector 2048) the guest gets.
+    (work / "disk.img").write_bytes(b"hurdxen disk\n".ljust(1 << 20, b"\0"))
+    (work / "disk-partitioned.img").write_bytes(mbr_disk(3 << 20, first_sector=2048))
     (work / "ext2fs.static").write_bytes(elves.static(32))
     (work / "ld.so.1").write_bytes(elves.ldso(32))
 
@@ -446,6 +465,7 @@ def boot_env(elves: ElfFactory, tmp_path_factory: pytest.TempPathFactory) -> dic
         images[name] = work / f"pv-grub {name}"
         images[name].write_bytes(made.image)
     return {
+        "disk": work / "disk.img", "disk-partitioned": work / "disk-partitioned.img",
         "hv": hv, "dom0": dom0, "pae": pae, "nopae": nopae, "amd64": amd64, "ramdisk": ramdisk, "fake": fake,
         "pvgrub": images, "logs": work / "logs", "work": work, "terminate": terminate,
     }  # fmt: skip
@@ -473,6 +493,11 @@ def boot_report(boot_env: dict[str, Any]) -> bootcases.BootReport:
         # 0xffffffff80000000 (the note-owner bug makes Xen read that string), so libxc cannot lay it out.
         bootcases.BootCase("guest-64-debian", "guest", amd64, ramdisk, timeout=120, expect=PAE_EXPECT[2:],
                            known_failure=bootcases.KnownFailure("refusal", AMD64_REFUSAL, "VIRT_BASE != link base")),
+        bootcases.BootCase("guest-32pae-disk", "guest", pae, ramdisk, timeout=120, disk=env["disk"],
+                           expect=(*PAE_EXPECT[:2], DISK_LINE, *PAE_EXPECT[2:])),
+        bootcases.BootCase("guest-32pae-disk-partition", "guest", pae, ramdisk, timeout=120,
+                           disk=env["disk-partitioned"], disk_vdev="hda1",
+                           expect=(*PAE_EXPECT[:2], PART_LINE, *PAE_EXPECT[2:])),
         fake_case(name="fake-crash", cmdline="fault", known_failure=FAKE_KF),
         fake_case(name="fake-xpass", cmdline="boot", known_failure=FAKE_KF),
         fake_case(name="fake-other-crash", cmdline="fault",
@@ -513,6 +538,9 @@ def test_boot_checks(boot_report: bootcases.BootReport) -> None:
     assert got["guest-64-debian"].verdict == "known-failure", got["guest-64-debian"].reason
     ending = got["guest-64-debian"].ending
     assert ending is not None and ending.kind == "refusal" and AMD64_REFUSAL in ending.signature
+    # The disk reaches the guest as a Xen block device: the whole image as hd0, partition 1 of the other as hd0s1.
+    for name in ("guest-32pae-disk", "guest-32pae-disk-partition"):
+        assert got[name].verdict == "pass", got[name].reason
     # The 32-bit pv-grub2 image builds GNU Mach's module layout; the 64-bit disk image (no kernel) reaches GRUB.
     assert got["pvgrub-i386-standalone"].verdict == "pass", got["pvgrub-i386-standalone"].reason
     assert got["pvgrub-x86_64-disk"].verdict == "pass", got["pvgrub-x86_64-disk"].reason

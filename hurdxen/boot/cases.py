@@ -74,6 +74,13 @@ class BootCase:
     timeout: float = 90.0
     symbols: Path | None = None
     alive_after: float = 0.0  # seconds the guest must keep running after its expected lines to pass
+    disk: Path | None = None  # a raw disk image, the guest's first Xen block device
+    disk_vdev: str = "hda"  # its Xen name: hda is GNU Mach's hd0; hda1 (partition 1 of the image) its hd0s1
+
+    def files(self) -> dict[str, Path]:
+        """The files the case boots (and names a crash with), by role."""
+        roles = (("kernel", self.kernel), ("ramdisk", self.ramdisk), ("pvgrub", self.pvgrub), ("disk", self.disk))
+        return {role: p for role, p in (*roles, ("symbols", self.symbols)) if p is not None}
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -82,6 +89,7 @@ class BootCase:
             "kernel": str(self.kernel) if self.kernel else None,
             "ramdisk": str(self.ramdisk) if self.ramdisk else None,
             "pvgrub": str(self.pvgrub) if self.pvgrub else None,
+            "disk": str(self.disk) if self.disk else None,
             "expect": list(self.expect),
             "expect_refusal": self.expect_refusal,
             "known_failure": self.known_failure.__dict__ if self.known_failure else None,

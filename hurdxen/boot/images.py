@@ -203,13 +203,17 @@ def gzip_n(data: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------------------------
 # dom0: Debian's kernel and an initramfs with the Xen toolstack
 
-DOM0_MODULES = ("xen-evtchn", "xen-privcmd", "xen-gntdev", "xen-gntalloc", "xenfs")
+DOM0_MODULES = ("xen-evtchn", "xen-privcmd", "xen-gntdev", "xen-gntalloc", "xenfs", "loop", "xen-blkback")
 DOM0_PROGRAMS = (
     "/usr/lib/xen-4.17/bin/xl",
     "/usr/lib/xen-4.17/bin/xenconsoled",
     "/usr/lib/xen-4.17/bin/xen-init-dom0",
     "/usr/lib/xen-4.17/bin/xenstored",
+    # for the block hotplug script (a disk case's image goes to the guest through a loop device)
+    "/usr/bin/xenstore-read",
+    "/usr/bin/xenstore-write",
 )
+BLOCK_SCRIPT = "/etc/xen/scripts/hurdxen-block"  # hurdxen/data/boot/hurdxen-block.sh in the dom0
 # glibc loads libgcc_s with dlopen (pthread_cancel): xl aborts without it.
 DOM0_FILES = ("/lib/x86_64-linux-gnu/libgcc_s.so.1",)
 XL_CONF = 'autoballoon = "off"\n'
@@ -230,6 +234,7 @@ class Dom0Spec:
             image,
             _script_digest("collect-dom0.sh"),
             _script_digest("init.sh"),
+            _script_digest("hurdxen-block.sh"),
             XL_CONF,
             CPIO_FORMAT,
         )[:16]
@@ -310,6 +315,8 @@ def build_dom0(
         entries = tree_entries(rootfs)
         entries.append(CpioEntry("init", stat.S_IFREG | 0o755, _script("init.sh").encode()))
         entries.append(CpioEntry("etc/xen/xl.conf", stat.S_IFREG | 0o644, XL_CONF.encode()))
+        block = _script("hurdxen-block.sh").encode()
+        entries.append(CpioEntry(BLOCK_SCRIPT.lstrip("/"), stat.S_IFREG | 0o755, block))
         for d in ("proc", "sys", "dev", "run", "tmp", "var", "guests", "etc"):
             entries.append(CpioEntry(d, stat.S_IFDIR | 0o755))
         initrd = gzip_n(write_cpio(entries, spec.source_date_epoch))

@@ -46,7 +46,15 @@ from hurdxen.boot.cases import (
     judge,
     matched,
 )
-from hurdxen.boot.images import DEFAULT_SOURCE_DATE_EPOCH, CpioEntry, Dom0Result, HypervisorResult, gzip_n, write_cpio
+from hurdxen.boot.images import (
+    BLOCK_SCRIPT,
+    DEFAULT_SOURCE_DATE_EPOCH,
+    CpioEntry,
+    Dom0Result,
+    HypervisorResult,
+    gzip_n,
+    write_cpio,
+)
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.core.monitor import Monitor, NullMonitor
@@ -216,6 +224,10 @@ def guest_config(case: BootCase, root: str = "/guests") -> str:
             values.append(("ramdisk", f"{d}/ramdisk"))
     if case.cmdline and case.kind != "pvgrub":
         values.append(("extra", case.cmdline))
+    if case.disk:
+        # dom0's hotplug script (hurdxen/data/boot/hurdxen-block.sh) puts the image on a loop device for blkback.
+        spec = f"format=raw, vdev={case.disk_vdev}, access=rw, script={BLOCK_SCRIPT}, target={d}/disk"
+        values.append(("disk", [spec]))
     values += [("on_crash", "preserve"), ("on_poweroff", "preserve"), ("on_reboot", "preserve")]
     return "".join(f"{k} = {xl_value(v)}\n" for k, v in values)
 
@@ -225,6 +237,7 @@ def guests_cpio(cases: Sequence[BootCase], mtime: int) -> bytes:
     for c in cases:
         entries.append(CpioEntry(f"guests/{c.name}.cfg", stat.S_IFREG | 0o644, guest_config(c).encode()))
         files = {"pvgrub": c.pvgrub} if c.kind == "pvgrub" else {"kernel": c.kernel, "ramdisk": c.ramdisk}
+        files["disk"] = c.disk
         for n, p in files.items():
             if p is not None:
                 entries.append(CpioEntry(f"guests/{c.name}/{n}", stat.S_IFREG | 0o644, _read_guest_file(p)))

@@ -46,6 +46,8 @@ class CaseSpec:
     memory_mb: int
     timeout: float
     alive_after: float = 0.0
+    disk: str | None = None  # a rootdisk image the guest gets as its first Xen block device
+    disk_vdev: str = "hda"
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def recipe_from(data: Any, source_date_epoch: int, shown: str = "recipes/boot.to
                 c["name"], kind, c.get("kernel"), c.get("ramdisk"), c.get("pvgrub"), tuple(c.get("expect", ())),
                 c.get("expect_refusal"), kf,
                 c.get("cmdline", "console=hyp0 root=device:hd0s1"), int(c.get("memory", run.get("memory", 128))),
-                timeout, alive,
+                timeout, alive, c.get("disk"), c.get("disk_vdev", "hda"),
             )
         )  # fmt: skip
     names = [c.name for c in cases]
@@ -125,7 +127,8 @@ def dom0_dir(ctx: Any, spec: Dom0Spec, image: str) -> Path:
 
 
 def case_inputs(ctx: Any, case: CaseSpec) -> dict[str, Path]:
-    """The artefact files a case boots, by role (kernel, ramdisk, pvgrub)."""
+    """The artefact files a case boots, by role (kernel, ramdisk, pvgrub, disk)."""
+    from hurdxen.stages import rootdisk
     from hurdxen.stages.gnumach import stage as gnumach
     from hurdxen.stages.hurd_modules import ramdisk
     from hurdxen.stages.hurd_modules import stage as hurdmodules
@@ -140,6 +143,8 @@ def case_inputs(ctx: Any, case: CaseSpec) -> dict[str, Path]:
         files["ramdisk"] = hurdmodules.out_dir(ctx, case.ramdisk) / ramdisk.RAMDISK_NAME
     if case.pvgrub:
         files["pvgrub"] = Path(ctx.artifacts) / "pvgrub2" / case.pvgrub / output_files(case.pvgrub)["image"]
+    if case.disk:
+        files["disk"] = Path(ctx.artifacts) / rootdisk.STAGE / case.disk / dict(rootdisk.OUTPUT_FILES)[rootdisk.IMAGE]
     return files
 
 
@@ -173,7 +178,7 @@ def resolve_case(ctx: Any, case: CaseSpec) -> BootCase:
     return BootCase(
         case.name, case.kind, files.get("kernel"), files.get("ramdisk"), files.get("pvgrub"), case.expect,
         case.expect_refusal, case.known_failure, case.cmdline, case.memory_mb, case.timeout, kernel_symbols(ctx, case),
-        case.alive_after,
+        case.alive_after, files.get("disk"), case.disk_vdev,
     )  # fmt: skip
 
 
@@ -241,8 +246,7 @@ def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootR
     for c, r in zip(cases, summary["cases"], strict=True):
         r["inputs"] = {
             role: {"path": str(p), "sha256": fsutil.sha256_file(p)}
-            for role, p in (("kernel", c.kernel), ("ramdisk", c.ramdisk), ("pvgrub", c.pvgrub), ("symbols", c.symbols))
-            if p is not None
+            for role, p in c.files().items()
         }
     fsutil.write_json_atomic(out / REPORT, summary)  # read by the bundle's boot gate
     failed = [r for r in report.results if not r.ok]
