@@ -60,6 +60,7 @@ class BundleSpec:
     signing_key: str | None
     gnupghome: str | None
     domains: Mapping[str, Any]  # recipes/domains.toml content
+    rootdisks: tuple[str, ...] = ()  # rootdisk/<disk> to ship: every disk of recipes/rootdisk.toml, if it exists
 
     @property
     def release(self) -> str:
@@ -118,6 +119,14 @@ def version_from_describe(describe: str | None, commit: str | None, dirty: bool 
     return ReleaseVersion(str(Version(text)), "git describe")
 
 
+def _rootdisks(recipes: Recipes, chosen: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The disks to ship: none without recipes/rootdisk.toml (a bundle of stand-ins has none), else those chosen in
+    [include] or every disk the recipe describes."""
+    if "rootdisk" not in recipes:
+        return ()
+    return tuple(sorted(recipes["rootdisk"]["disks"])) if chosen is None else chosen
+
+
 def spec_from_recipes(recipes: Recipes, source_date_epoch: int, allow_unbooted: bool | None = None) -> BundleSpec:
     r = recipes["release"]
     rev = project_revision(recipes.root)
@@ -152,4 +161,5 @@ def spec_from_recipes(recipes: Recipes, source_date_epoch: int, allow_unbooted: 
         signing_key=key,
         gnupghome=home,
         domains=recipes.data.get("domains", {}),
+        rootdisks=_rootdisks(recipes, names("rootdisks")),
     )
