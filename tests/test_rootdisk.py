@@ -230,6 +230,8 @@ def test_two_builds_are_byte_identical_and_the_partitioned_disk_has_its_mbr(dock
         ([("./boot", "symlink", "hurd")], r"the recipe writes /boot/gnumach\.gz but the tree's /boot is a symlink"),
         ([("./dev", "file", b"x")], r"the recipe writes /dev/console but the tree's /dev is a file"),
         ([("./libexec/runsystem", "dir", "")], r"writes /libexec/runsystem over a dir of the tree"),
+        ([("./a\nwrite /etc/passwd x", "file", b"x")], r"a name with a quote, backslash or control character"),
+        ([('./a"b', "file", b"x")], r"a name with a quote, backslash or control character"),
         ([("./big", "file", b"\0" * (9 << 20))], r"the tree needs at least \d+ MiB .* more than a 8 MiB filesystem"),
     ],
 )

@@ -127,7 +127,7 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
             raise HurdxenError(f"bundle: two pv-grub2 images are both named {f.name}", hint="rename one")
         payload.append(Payload(rel, f, f"{m.stage}/{m.variant}"))
         pvgrubs.append(domains.PvGrubInput(m.variant, rel, str(m.fact("platform")), str(m.fact("flavour"))))
-    rd = _built(artifacts, "rootdisk", spec.rootdisks, "image.gz") if spec.rootdisks else []
+    rd = _built(artifacts, "rootdisk", spec.rootdisks, "image.gz") if spec.rootdisks != () else []
     disks = [_disk(m) for m in rd]
     payload += [Payload(d.path, m.output("image.gz"), f"{m.stage}/{m.variant}") for d, m in zip(disks, rd, strict=True)]
     # Tools (mig, …): every other stage with a manifest, so the release records what built the kernels (and the

@@ -7,6 +7,7 @@ all fits in the filesystem's size. Each refusal is one line naming the disk and 
 
 from __future__ import annotations
 
+import re
 import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from hurdxen.pipeline.context import Context
 from hurdxen.stages.toolchain.chain import TREE, TreeSpec
 
 MIB = 1 << 20
+UNQUOTABLE = re.compile(r'["\\\x00-\x1f\x7f]')
 INODE_RATIO = 4096  # mke2fs.conf's "small" type (3 to 512 MiB): one inode per 4 KiB
 SLACK = 1 * MIB  # superblock copies, group descriptors, bitmaps, reserved GDT blocks
 
@@ -85,10 +87,23 @@ def _upstream_size(f: Any, ctx: Context) -> int:
     return path.stat().st_size
 
 
+def names(spec: TreeSpec, tree: list[tarfile.TarInfo]) -> None:
+    """The step quotes each name in debugfs's command file ("…"): a quote, backslash or control character in a name
+    would end the word or the line and let the tree add commands of its own."""
+    for m in tree:
+        if UNQUOTABLE.search(m.name):
+            raise HurdxenError(
+                f"{spec.task}: the tree holds {printable(m.name)!r}, "
+                "a name with a quote, backslash or control character",
+                hint="the Hurd's root needs no such name; rename it in the stage that installs it",
+            )
+
+
 def before_step(spec: TreeSpec, ctx: Context) -> None:
     tree = members(spec, ctx)
     if not tree:
         return
+    names(spec, tree)
     options = dict(spec.options)
     kinds = {m.name: "dir" if m.isdir() else "symlink" if m.issym() else "file" for m in tree}
     placement(spec, kinds, written_paths(options))
