@@ -163,10 +163,10 @@ def disk_record(d: domains.DiskInput, g: Gathered) -> dict[str, Any]:
 
 
 def disk_sources(d: domains.DiskInput, g: Gathered) -> list[dict[str, Any]]:
-    """What the disk's tree was built from: the pinned sources (git commits, tarballs, packages) of the tree stage
-    and of every stage below it, read from their manifests (`inputs.upstream` names the stages below)."""
+    """What the disk holds was built from: the pinned sources (git commits, tarballs, packages) of its tree stage, of
+    every stage below it (`inputs.upstream` names them) and of its kernel, read from their manifests."""
     by_key = {so.key: so.manifest for so in (*g.stages, *g.extra_stages)}
-    todo, seen, out = [t for t, _, _ in d.trees], set(), []
+    todo, seen, out = [*(t for t, _, _ in d.trees), f"gnumach:{d.kernel}"], set(), []
     while todo:
         task = todo.pop(0)
         if task in seen:
@@ -174,12 +174,18 @@ def disk_sources(d: domains.DiskInput, g: Gathered) -> list[dict[str, Any]]:
         seen.add(task)
         m = by_key.get(task.replace(":", "/"))
         if m is None:
-            out.append({"stage": task, "missing": "no manifest in the artifacts: its sources are not known here"})
+            out.append({"stage": task, "missing": "its manifest is not recorded in this bundle: sources not listed"})
             continue
         inputs = m.get("inputs", {})
         for env, v in sorted(inputs.items()):
-            if isinstance(v, Mapping) and ("commit" in v or "sha256" in v) and env not in ("upstream", "options"):
-                out.append({"stage": task, "input": env, **{k: v[k] for k in sorted(v) if isinstance(v[k], str)}})
+            if env in ("upstream", "options") or not isinstance(v, Mapping):
+                continue
+            pins = [(env, v)] + [(f"{env}.{k}", w) for k, w in sorted(v.items()) if isinstance(w, Mapping)]
+            for name, pin in pins:
+                if "commit" in pin or "sha256" in pin:
+                    out.append(
+                        {"stage": task, "input": name, **{k: pin[k] for k in sorted(pin) if isinstance(pin[k], str)}}
+                    )
         todo += sorted(inputs.get("upstream", {}))
     return out
 
