@@ -29,6 +29,7 @@ from hurdxen.sources import pinlock
 from hurdxen.sources.deb import fetch_deb, is_cached_deb
 from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball, is_cached_tarball
 from hurdxen.sources.git import fetch_git, is_cached_git
+from hurdxen.stages import rootdisk
 from hurdxen.stages.gnumach import stage as gnumach
 from hurdxen.stages.hurd_modules import stage as hurdmodules
 from hurdxen.stages.mig import stage as mig
@@ -400,7 +401,7 @@ task_rootdisk = stage_task(
     stage.Stage(
         "rootdisk",
         "rootdisk: the Hurd's root disk images (ext2 for the Hurd, translators, kernel, GRUB menu)",
-        chain.build,
+        rootdisk.build,
     ),
     lambda p: p.rootdisks,
 )

@@ -243,11 +243,14 @@ def _errors(where: str) -> Iterator[None]:
         raise HurdxenError(f"{where}: not a readable archive ({printable(str(e))})", hint=HINT) from None
 
 
-def check(archive: Path, where: str | None = None, limits: Limits = DEFAULT, strip_single_top: bool = False) -> None:
-    """Check an archive that another tool will unpack (e.g. GNU tar inside a build step)."""
+def check(
+    archive: Path, where: str | None = None, limits: Limits = DEFAULT, strip_single_top: bool = False
+) -> list[tarfile.TarInfo]:
+    """Check an archive that another tool will unpack (e.g. GNU tar inside a build step); return its members (names
+    normalised), for a caller that checks more (what a step will write into the unpacked tree)."""
     label = where or archive.name
     with _errors(label), open(archive, "rb") as f, _open_tar(f, label) as tar:
-        check_members(tar, label, limits, archive.stat().st_size, strip_single_top)
+        return check_members(tar, label, limits, archive.stat().st_size, strip_single_top)
 
 
 def extract_stream(

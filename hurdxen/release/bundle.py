@@ -79,10 +79,34 @@ def domain_configs(spec: BundleSpec, g: Gathered) -> list[domains.DomainConfig]:
         s = domains.settings_for(spec.domains, "pvgrub2", p.name)
         if s.enabled:
             cfgs.append(domains.pvgrub_config(spec.release, p, s))
+    cfgs += disk_configs(spec, g)
     names = [c.path for c in cfgs]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
         raise HurdxenError(f"bundle: two domain configs named {dups[0]}", hint="rename a variant or image")
+    return cfgs
+
+
+def disk_configs(spec: BundleSpec, g: Gathered) -> list[domains.DomainConfig]:
+    """Per root disk: a direct boot (its kernel and hurd-modules, the disk as hda) and one per pv-grub2 disk-flavour
+    image of the kernel's width."""
+    cfgs: list[domains.DomainConfig] = []
+    for d in g.disks:
+        kernel = next((k for k in g.kernels if k.variant == d.kernel), None)
+        modules = next((m for m in g.modules if m.variant == d.hurd_modules), None)
+        if kernel is None or modules is None:
+            missing = f"kernel {d.kernel}" if kernel is None else f"hurd-modules {d.hurd_modules}"
+            raise HurdxenError(
+                f"bundle: the root disk {d.variant} boots {missing}, which the bundle does not include",
+                hint="add it to recipes/release.toml [include], or leave the disk out (include.rootdisks)",
+            )
+        s = domains.settings_for(spec.domains, "direct", kernel.variant)
+        cfgs.append(domains.disk_direct_config(spec.release, d, kernel, modules, s))
+        platform = "x86_64-xen" if kernel.bits == 64 else "i386-xen"
+        for p in g.pvgrubs:
+            if p.flavour == "disk" and p.platform == platform:
+                ps = domains.settings_for(spec.domains, "pvgrub2", p.name)
+                cfgs.append(domains.disk_pvgrub_config(spec.release, d, p, ps))
     return cfgs
 
 

@@ -89,6 +89,7 @@ class Gathered:
     modules: tuple[domains.ModulesInput, ...]
     pvgrubs: tuple[domains.PvGrubInput, ...]
     extra_stages: tuple[StageOutput, ...]  # tools the outputs were built with (mig, …): recorded, not shipped
+    disks: tuple[domains.DiskInput, ...] = ()
 
 
 def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
@@ -126,16 +127,57 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
             raise HurdxenError(f"bundle: two pv-grub2 images are both named {f.name}", hint="rename one")
         payload.append(Payload(rel, f, f"{m.stage}/{m.variant}"))
         pvgrubs.append(domains.PvGrubInput(m.variant, rel, str(m.fact("platform")), str(m.fact("flavour"))))
-    # Tools (mig, …): every other stage with a manifest, so the release records what built the kernels.
-    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "release", "logs", "work"}
+    rd = _built(artifacts, "rootdisk", spec.rootdisks, "image.gz") if spec.rootdisks != () else []
+    disks = [_disk(m) for m in rd]
+    payload += [Payload(d.path, m.output("image.gz"), f"{m.stage}/{m.variant}") for d, m in zip(disks, rd, strict=True)]
+    # Tools (mig, …): every other stage with a manifest, so the release records what built the kernels (and the
+    # from-source stages the disks were made from).
+    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "release", "logs", "work"} | (
+        {"rootdisk"} if rd else set()
+    )
     extra: list[StageOutput] = []
     if artifacts.is_dir():
         for d in sorted(artifacts.iterdir()):
             if d.is_dir() and d.name not in shipped and not d.name.startswith("."):
                 names = sorted(p.name for p in d.iterdir() if (p / manifest.MANIFEST).is_file())
                 extra += [_stage_output(manifest.read(d / n)) for n in names]
-    stages = [_stage_output(m) for m in (*gn, *hm, *pg)]
-    return Gathered(tuple(payload), tuple(stages), tuple(kernels), expect, tuple(modules), tuple(pvgrubs), tuple(extra))
+    stages = [_stage_output(m) for m in (*gn, *hm, *pg, *rd)]
+    return Gathered(
+        tuple(payload),
+        tuple(stages),
+        tuple(kernels),
+        expect,
+        tuple(modules),
+        tuple(pvgrubs),
+        tuple(extra),
+        tuple(disks),
+    )
+
+
+def _task_variant(m: manifest.Manifest, key: str, stage: str) -> str:
+    task = str(m.fact(key))
+    if not task.startswith(f"{stage}:"):
+        raise HurdxenError(f"bundle: {m.task}'s manifest names {key} {task!r}, not a {stage} task", hint="rebuild it")
+    return task.split(":", 1)[1]
+
+
+def _disk(m: manifest.Manifest) -> domains.DiskInput:
+    """A root disk as its manifest describes it: the kernel and hurd-modules it was made for, root=, and where its
+    contents came from (the tree stage it was made from, by identity, and that stage's own sources)."""
+    options = m.inputs.get("options", {})
+    upstream = m.inputs.get("upstream", {})
+    trees = {t: u for t, u in upstream.items() if isinstance(u, Mapping) and "into" in u}
+    return domains.DiskInput(
+        variant=m.variant,
+        path=f"rootdisk/{m.variant}.img.gz",
+        kernel=_task_variant(m, "kernel", "gnumach"),
+        hurd_modules=_task_variant(m, "hurd_modules", "hurd-modules"),
+        root=str(m.fact("hurd_root")),
+        partitioned=bool(options.get("PARTITION")),
+        grub_config=str(options.get("GRUB_CONFIG", "")),
+        trees=tuple((t, str(u.get("identity", "")), str(u.get("sha256", ""))) for t, u in sorted(trees.items())),
+        sha256=m.outputs["image"].sha256 if "image" in m.outputs else "",
+    )
 
 
 # ------------------------------------------------------------------ boot gate

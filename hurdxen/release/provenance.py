@@ -119,7 +119,7 @@ def make_manifest(
     domain_cfgs: Iterable[domains.DomainConfig],
     signing_fpr: str | None,
 ) -> dict[str, Any]:
-    return {
+    out = {
         "format": BUNDLE_FORMAT,
         "name": spec.name,
         "version": spec.version.version,
@@ -143,6 +143,51 @@ def make_manifest(
         "inputs": resolved_dependencies([*g.stages, *g.extra_stages], spec.revision),
         "images": image_packages([*g.stages, *g.extra_stages]),
     }
+    if g.disks:  # only then, so a bundle without disks stays byte for byte what it was
+        out["rootdisks"] = {d.path: disk_record(d, g) for d in g.disks}
+    return out
+
+
+def disk_record(d: domains.DiskInput, g: Gathered) -> dict[str, Any]:
+    return {
+        "disk": d.variant,
+        "image_sha256": d.sha256,
+        "kernel": d.kernel,
+        "hurd_modules": d.hurd_modules,
+        "root": d.root,
+        "partitioned": d.partitioned,
+        "grub_config": d.grub_config,
+        "made_from": [{"stage": t, "identity": i, "tree_sha256": s} for t, i, s in d.trees],
+        "sources": disk_sources(d, g),
+    }
+
+
+def disk_sources(d: domains.DiskInput, g: Gathered) -> list[dict[str, Any]]:
+    """What the disk holds was built from: the pinned sources (git commits, tarballs, packages) of its tree stage, of
+    every stage below it (`inputs.upstream` names them) and of its kernel, read from their manifests."""
+    by_key = {so.key: so.manifest for so in (*g.stages, *g.extra_stages)}
+    todo, seen, out = [*(t for t, _, _ in d.trees), f"gnumach:{d.kernel}"], set(), []
+    while todo:
+        task = todo.pop(0)
+        if task in seen:
+            continue
+        seen.add(task)
+        m = by_key.get(task.replace(":", "/"))
+        if m is None:
+            out.append({"stage": task, "missing": "its manifest is not recorded in this bundle: sources not listed"})
+            continue
+        inputs = m.get("inputs", {})
+        for env, v in sorted(inputs.items()):
+            if env in ("upstream", "options") or not isinstance(v, Mapping):
+                continue
+            pins = [(env, v)] + [(f"{env}.{k}", w) for k, w in sorted(v.items()) if isinstance(w, Mapping)]
+            for name, pin in pins:
+                if "commit" in pin or "sha256" in pin:
+                    out.append(
+                        {"stage": task, "input": name, **{k: pin[k] for k in sorted(pin) if isinstance(pin[k], str)}}
+                    )
+        todo += sorted(inputs.get("upstream", {}))
+    return out
 
 
 def image_packages(stages: Iterable[StageOutput]) -> dict[str, list[str]]:
@@ -167,7 +212,12 @@ def make_provenance(spec: BundleSpec, subjects: Mapping[str, str], manifest: Map
                 "buildType": BUILD_TYPE,
                 "externalParameters": {
                     "release": spec.release,
-                    "include": {"kernels": spec.kernels, "hurd_modules": spec.hurd_modules, "pvgrub2": spec.pvgrub2},
+                    "include": {
+                        "kernels": spec.kernels,
+                        "hurd_modules": spec.hurd_modules,
+                        "pvgrub2": spec.pvgrub2,
+                        **({"rootdisks": spec.rootdisks} if spec.rootdisks else {}),
+                    },
                     "allow_unbooted": spec.allow_unbooted,
                     "domains": dict(spec.domains),
                 },
@@ -185,6 +235,36 @@ def make_provenance(spec: BundleSpec, subjects: Mapping[str, str], manifest: Map
 def sums_text(files: Mapping[str, str]) -> str:
     """coreutils format: `sha256sum -c SHA256SUMS` checks it (two spaces: text mode, which is binary-safe on Unix)."""
     return "".join(f"{h}  {n}\n" for n, h in sorted(files.items()))
+
+
+def disk_readme(g: Gathered) -> list[str]:
+    """Where each root disk's contents came from, as the stage manifests record it, and what was checked."""
+    if not g.disks:
+        return []
+    lines = ["## Root disks", ""]
+    for d in g.disks:
+        made = ", ".join(f"{t} (identity {i[:16]}…, tree sha256 {s[:16]}…)" for t, i, s in d.trees) or "no tree"
+        lines += [
+            f"### {d.path}",
+            "",
+            f"- Made here by the rootdisk stage (`doit rootdisk:{d.variant}`) from {made}: that tree, gnumach "
+            f"{d.kernel} as /boot/gnumach.gz and a GRUB menu ({d.grub_config}) booting it with hurd-modules "
+            f"{d.hurd_modules}'s boot modules, root={d.root}"
+            + (", in an MBR as partition 1." if d.partitioned else ", the filesystem the whole disk."),
+            f"- Unpacked (`gunzip -k`), its sha256 is {d.sha256}.",
+            "- Checked when it was made: `e2fsck -fn` found no error. Whether it boots: only the boot check's disk "
+            "cases above say so; a case that names no disk did not read it.",
+            "- The tree's sources, from the manifests of the stages that built it:",
+        ]
+        for s in disk_sources(d, g):
+            if "missing" in s:
+                lines.append(f"  - {s['stage']}: {s['missing']}")
+                continue
+            what = s.get("git") or s.get("url") or s.get("package") or s["input"]
+            pin = s.get("commit") or s.get("version") or s.get("sha256", "")
+            lines.append(f"  - {s['stage']} {s['input']}: {what} {'commit ' if 'commit' in s else ''}{pin}")
+        lines.append("")
+    return lines
 
 
 def make_readme(
@@ -215,6 +295,8 @@ def make_readme(
         lines.append(f"| {m.path} | the Hurd's boot modules (ext2fs + exec) as one ramdisk{libc} |")
     for p in g.pvgrubs:
         lines.append(f"| {p.path} | pv-grub2 {p.platform}, flavour {p.flavour} |")
+    for d in g.disks:
+        lines.append(f"| {d.path} | the Hurd's root disk {d.variant} (ext2 for the Hurd), gzipped; see Root disks |")
     for c in cfgs:
         lines.append(f"| {c.path} | xl config: {'direct boot' if c.boot == 'direct' else 'through pv-grub2'} |")
     lines += [
@@ -245,6 +327,7 @@ def make_readme(
         "With hurdxen: `python -m hurdxen verify-release DIR-OR-TARBALL [--keyring KEY.asc]` also checks "
         "manifest.json and the kernels' Xen notes.",
         "",
+        *disk_readme(g),
         "## Boot check",
         "",
     ]

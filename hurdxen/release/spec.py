@@ -60,6 +60,7 @@ class BundleSpec:
     signing_key: str | None
     gnupghome: str | None
     domains: Mapping[str, Any]  # recipes/domains.toml content
+    rootdisks: tuple[str, ...] | None = ()  # rootdisk/<disk> to ship; None: every one built; (): none
 
     @property
     def release(self) -> str:
@@ -118,6 +119,12 @@ def version_from_describe(describe: str | None, commit: str | None, dirty: bool 
     return ReleaseVersion(str(Version(text)), "git describe")
 
 
+def _rootdisks(recipes: Recipes, chosen: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The disks to ship: none without recipes/rootdisk.toml (a bundle of stand-ins has none), else those chosen in
+    [include] or (None) every one built: `doit build` does not make them (the from-source stages take hours)."""
+    return chosen if "rootdisk" in recipes else ()
+
+
 def spec_from_recipes(recipes: Recipes, source_date_epoch: int, allow_unbooted: bool | None = None) -> BundleSpec:
     r = recipes["release"]
     rev = project_revision(recipes.root)
@@ -152,4 +159,5 @@ def spec_from_recipes(recipes: Recipes, source_date_epoch: int, allow_unbooted: 
         signing_key=key,
         gnupghome=home,
         domains=recipes.data.get("domains", {}),
+        rootdisks=_rootdisks(recipes, names("rootdisks")),
     )

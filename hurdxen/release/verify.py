@@ -5,12 +5,15 @@ Everything in the bundle is outside input: bounded reads, only files and directo
 from __future__ import annotations
 
 import contextlib
+import gzip
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
 import tempfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -344,6 +347,7 @@ def _verify_tree(
             c.problems.append(f"{PROVENANCE}: subjects are not the bundle's files")
     if not any(p.startswith(f"{MANIFEST}") or p.startswith(PROVENANCE) for p in c.problems):
         c.checked.append(f"{MANIFEST} and {PROVENANCE} match the files")
+    _check_disks(c, d, m, actual)
     if kernel_check is not None:
         for rel, expect in sorted(m.get("kernels", {}).items()):
             if rel not in actual:
@@ -358,6 +362,35 @@ def _verify_tree(
                     + " guest"
                 )
     return release, signed_by
+
+
+MAX_DISK = 4097 << 20  # recipes/rootdisk.toml's largest filesystem (4096 MiB) and an MBR
+
+
+def _check_disks(c: _Checks, d: Path, m: Mapping[str, Any], actual: Mapping[str, str]) -> None:
+    """Each root disk, unpacked as its user will (bounded: a gzip bomb stops at MAX_DISK), is the image the
+    manifest names."""
+    disks = m.get("rootdisks", {})
+    for rel, rec in sorted(disks.items() if isinstance(disks, Mapping) else []):
+        if rel not in actual or not isinstance(rec, Mapping):
+            continue
+        h, size = hashlib.sha256(), 0
+        try:
+            with gzip.open(d / rel, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    size += len(chunk)
+                    if size > MAX_DISK:
+                        break
+                    h.update(chunk)
+        except (OSError, EOFError, zlib.error) as e:
+            c.problems.append(f"{printable(rel)}: not a readable gzip file ({printable(str(e))})")
+            continue
+        if size > MAX_DISK:
+            c.problems.append(f"{printable(rel)}: unpacks past {MAX_DISK >> 20} MiB")
+        elif h.hexdigest() != rec.get("image_sha256"):
+            c.problems.append(f"{printable(rel)}: unpacked, its sha256 is not the manifest's image_sha256")
+        else:
+            c.checked.append(f"{rel}: unpacks to the image the manifest names ({size} bytes)")
 
 
 def verify_cli(argv: list[str]) -> int:

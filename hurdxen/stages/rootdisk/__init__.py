@@ -10,9 +10,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.stages.pvgrub2.config import disk_menu
-from hurdxen.stages.toolchain.chain import Layer, TreeSpec, UpstreamFile
+from hurdxen.stages.rootdisk import check
+from hurdxen.stages.toolchain import chain
+from hurdxen.stages.toolchain.chain import Layer, TreeResult, TreeSpec, UpstreamFile
 
 STAGE = "rootdisk"
 IMAGE = "image"  # the raw disk (what a Xen block device is given)
@@ -50,14 +53,12 @@ export E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH"
 fs=/work/fs.img
 mke2fs -q -F -o hurd -t ext2 -b "$BLOCK_SIZE" -I "$INODE_SIZE" -L "$LABEL" -U "$UUID" -E "hash_seed=$HASH_SEED" \
   -d "$R" "$fs" "${SIZE_MIB}M"
-# mke2fs -d keeps the build user's uid: every inode becomes root's, and each translator its attribute.
+# mke2fs -d keeps the build user's uid and each file's ctime (the moment of the copy): every inode becomes root's,
+# with ctime SOURCE_DATE_EPOCH (set last, after the attributes), and each translator gets its attribute.
 cmds=/work/debugfs.cmds
 : > "$cmds"
-(cd "$R" && find . -mindepth 1 | LC_ALL=C sort) | while read -r p; do
-  p="${p#.}"
-  printf 'sif "%s" uid 0\nsif "%s" gid 0\n' "$p" "$p" >> "$cmds"
-done
-printf 'sif / uid 0\nsif / gid 0\n' >> "$cmds"
+{ echo /; (cd "$R" && find . -mindepth 1 | LC_ALL=C sort | sed 's/^\.//'); } > /work/paths
+while read -r p; do printf 'sif "%s" uid 0\nsif "%s" gid 0\n' "$p" "$p" >> "$cmds"; done < /work/paths
 i=0
 printf '%s\n' "$TRANSLATORS" | while read -r node args; do
   [ -n "$node" ] || continue
@@ -66,6 +67,7 @@ printf '%s\n' "$TRANSLATORS" | while read -r node args; do
   printf 'ea_set -f /work/translator-%s "%s" gnu.translator\n' "$i" "$node" >> "$cmds"
   i=$((i + 1))
 done
+while read -r p; do printf 'sif "%s" ctime @%s\n' "$p" "$SOURCE_DATE_EPOCH" >> "$cmds"; done < /work/paths
 debugfs -w -f "$cmds" "$fs" > /work/debugfs.log 2>&1
 if grep -v '^debugfs' /work/debugfs.log | grep -q .; then cat /work/debugfs.log; exit 1; fi
 e2fsck -fn "$fs"
@@ -153,6 +155,12 @@ def specs(recipes: Recipes, trees: Sequence[TreeSpec], kernels: Sequence[Any], m
             )
         )
     return out
+
+
+def build(spec: TreeSpec, ctx: Context) -> TreeResult:
+    """Entry point: the inputs checked on the host (check.before_step), then the generic tree step."""
+    check.before_step(spec, ctx)
+    return chain.build(spec, ctx)
 
 
 def translator_lines(translators: Mapping[str, Sequence[str]]) -> str:
