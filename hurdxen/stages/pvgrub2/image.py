@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hurdxen.core import fsutil
-from hurdxen.core.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError, labelled
 from hurdxen.pipeline import manifest
 from hurdxen.pipeline.executors import Mount, Step, StepResult
 from hurdxen.stages.pvgrub2.config import (
@@ -135,10 +135,8 @@ def _standalone_files(
             spec.platform, shown_arch, f"kernel {kpath.name} (given for {variant}) is a {facts.bits}-bit ELF and"
         )
         raise HurdxenError(f"{where}: {msg}", hint=f"the file given for {variant} must be {kernel.describe}")
-    try:
+    with labelled(where):
         warnings = xenverify.check_report(report)
-    except HurdxenError as e:
-        raise HurdxenError(f"{where}: {e.message}", hint=e.hint) from e
     notes.append(f"xenverify {report.verdict}" + (f" ({', '.join(w.code for w in warnings)})" if warnings else ""))
     kname = STANDALONE_KERNEL_GZ if facts.gzipped else STANDALONE_KERNEL_RAW
     files = {kname: kpath.read_bytes()}
