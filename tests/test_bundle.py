@@ -15,15 +15,14 @@ import socket
 import subprocess
 import sys
 import tarfile
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from debian_kernels import fetch_kernel
+from gpgkey import Key, drop_key, make_key
 
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
@@ -168,35 +167,6 @@ def do_bundle(root: Path, artifacts: Path, overrides: dict[str, str] | None = No
 def built(tmp_path: Path, pae_kernel: Path) -> B.BundleResult:
     root = make_project(tmp_path / "proj")
     return do_bundle(root, make_stages(tmp_path / "artifacts", pae_kernel))
-
-
-@dataclass(frozen=True)
-class Key:
-    home: Path
-    fingerprint: str
-    public: Path  # the armoured public key, as a user would download it
-
-
-def make_key(name: str) -> Key:
-    # A short path: gpg-agent's socket path must fit in sun_path.
-    home = Path(tempfile.mkdtemp(prefix="hx-gpg-", dir="/tmp"))
-    os.chmod(home, 0o700)
-    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-    subprocess.run(
-        [*gpg, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", "sign", "never"],
-        check=True,
-        capture_output=True,
-    )
-    out = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], check=True, capture_output=True, text=True)
-    fpr = next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
-    public = home / "public.asc"
-    public.write_bytes(subprocess.run([*gpg, "--armor", "--export", fpr], check=True, capture_output=True).stdout)
-    return Key(home, fpr, public)
-
-
-def drop_key(k: Key) -> None:
-    subprocess.run(["gpgconf", "--homedir", str(k.home), "--kill", "all"], check=False, capture_output=True)
-    shutil.rmtree(k.home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
