@@ -24,6 +24,7 @@ import pytest
 from debian_kernels import fetch_kernel
 from gpgkey import Key, drop_key, make_key
 
+from hurdxen.boot.cases import report_path
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest, recipes
@@ -147,7 +148,7 @@ def make_stages(artifacts: Path, kernel: Path, boot_verdicts: dict[str, str] | N
         {"case": c, "kind": "guest", "verdict": v, "seconds": 11.5, "log": f"/tmp/{c}.log", "reason": ""}
         for c, v in verdicts.items()
     ]
-    (artifacts / "boot" / "boot-report.json").write_text(json.dumps({"ok": True, "cases": cases}))
+    report_path(artifacts).write_text(json.dumps({"ok": True, "cases": cases}))
     (artifacts / "logs").mkdir()
     (artifacts / "logs" / "x.log").write_text(str(time.time()))
     return artifacts
@@ -518,7 +519,7 @@ def test_boot_gate(tmp_path: Path, pae_kernel: Path) -> None:
     }
     assert "did not pass" in (b.directory / "README.md").read_text()
     assert any("allow_unbooted" in w for w in b.warnings)
-    (art / "boot" / "boot-report.json").unlink()
+    report_path(art).unlink()
     with pytest.raises(HurdxenError, match="no boot check"):
         do_bundle(root, art)
 
