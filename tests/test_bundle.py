@@ -6,12 +6,10 @@ Debian's real 32-bit PAE GNU Mach, so the Xen-notes check runs on a genuine kern
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 from debian_kernels import fetch_kernel
 from gpgkey import Key, drop_key, make_key
+from ociregistry import run_registry
 
 from hurdxen.boot.cases import report_path
 from hurdxen.core import fsutil
@@ -190,43 +189,11 @@ def signed_overrides(k: Key) -> dict[str, str]:
     return {"release.signing.key": k.fingerprint, "release.signing.gnupghome": str(k.home)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's docker-registry (distribution) on 127.0.0.1, filesystem storage in a temp dir."""
-    exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    if not Path(exe).is_file():
-        pytest.skip("apt-get install docker-registry")
-    d = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    cfg = d / "config.yml"
-    cfg.write_text(
-        textwrap.dedent(f"""\
-        version: 0.1
-        log: {{level: error}}
-        storage:
-          filesystem: {{rootdirectory: {d / "data"}}}
-        http:
-          addr: 127.0.0.1:{port}
-        """)
-    )
-    proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"docker-registry exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """Debian's docker-registry (distribution) on 127.0.0.1 (tests/ociregistry.py), filesystem storage in a temp dir."""
+    with run_registry(tmp_path_factory.mktemp("registry")) as r:
+        yield r.host
 
 
 def files_of(d: Path) -> dict[str, bytes]:
