@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hurdxen import pins
+from hurdxen.boot.cases import report_path
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import recipes
@@ -109,7 +110,7 @@ def run(
         check=False,
     )
     (work / "build.log").write_text(proc.stdout + proc.stderr)
-    boot = work / "artifacts" / "boot" / "boot-report.json"
+    boot = report_path(work / "artifacts")
     report = {
         "branch": branch,
         "drift": [asdict(d) | {"moved": d.moved} for d in moved],

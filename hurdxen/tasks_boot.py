@@ -9,6 +9,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from hurdxen.boot import stage as boot
+from hurdxen.boot.cases import report_path
 from hurdxen.pipeline.context import Context
 from hurdxen.sources.fetch import TarballPin
 from hurdxen.stages.pvgrub2 import stage as pvgrub
@@ -95,7 +96,7 @@ def task_boot() -> Iterator[TaskDict]:
         # Booted again only when what it boots (the files), how (cases, hypervisor, dom0, the harness) or the
         # selection changed; `doit forget boot:check` forces a new run.
         "file_dep": sorted({str(p) for c in recipe.cases for p in boot.case_inputs(ctx, c).values()}),
-        "targets": [str(ctx.artifacts / "boot" / "boot-report.json")],
+        "targets": [str(report_path(ctx.artifacts))],
         "uptodate": [config_changed(
             boot.check_identity(recipe, hv_tag, dom0_tag, os.environ.get("HURDXEN_BOOT_CASES", "")))],
         "verbosity": 2,

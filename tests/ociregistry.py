@@ -1,16 +1,14 @@
-"""A real OCI registry on 127.0.0.1 (Debian's docker-registry, filesystem storage, deletes enabled), a throwaway
-OpenPGP key, and a misbehaving HTTP proxy of our own in front of the registry (stalls, trickles, dies mid-blob,
-announces a wrong size) for the stage-cache tests."""
+"""A real OCI registry on 127.0.0.1 (Debian's docker-registry, filesystem storage, deletes enabled) and a
+misbehaving HTTP proxy of our own in front of the registry (stalls, trickles, dies mid-blob, announces a wrong size)
+for the stage-cache tests; their signing keys come from tests/gpgkey.py."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import textwrap
 import threading
 import time
@@ -91,34 +89,6 @@ def run_registry(workdir: Path, htpasswd: str | None = None) -> Iterator[LocalRe
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
-
-
-@dataclass(frozen=True)
-class Key:
-    home: Path
-    fingerprint: str
-    public: Path
-
-
-def make_key(name: str) -> Key:
-    home = Path(tempfile.mkdtemp(prefix="hx-gpg-", dir="/tmp"))  # short: gpg-agent's socket must fit sun_path
-    os.chmod(home, 0o700)
-    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-    subprocess.run(
-        [*gpg, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", "sign", "never"],
-        check=True,
-        capture_output=True,
-    )
-    out = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], check=True, capture_output=True, text=True)
-    fpr = next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
-    public = home / "public.asc"
-    public.write_bytes(subprocess.run([*gpg, "--armor", "--export", fpr], check=True, capture_output=True).stdout)
-    return Key(home, fpr, public)
-
-
-def drop_key(k: Key) -> None:
-    subprocess.run(["gpgconf", "--homedir", str(k.home), "--kill", "all"], check=False, capture_output=True)
-    shutil.rmtree(k.home, ignore_errors=True)
 
 
 @dataclass

@@ -6,25 +6,24 @@ Debian's real 32-bit PAE GNU Mach, so the Xen-notes check runs on a genuine kern
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from debian_kernels import fetch_kernel
+from gpgkey import Key, drop_key, make_key
+from ociregistry import run_registry
 
+from hurdxen.boot.cases import report_path
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest, recipes
@@ -148,7 +147,7 @@ def make_stages(artifacts: Path, kernel: Path, boot_verdicts: dict[str, str] | N
         {"case": c, "kind": "guest", "verdict": v, "seconds": 11.5, "log": f"/tmp/{c}.log", "reason": ""}
         for c, v in verdicts.items()
     ]
-    (artifacts / "boot" / "boot-report.json").write_text(json.dumps({"ok": True, "cases": cases}))
+    report_path(artifacts).write_text(json.dumps({"ok": True, "cases": cases}))
     (artifacts / "logs").mkdir()
     (artifacts / "logs" / "x.log").write_text(str(time.time()))
     return artifacts
@@ -168,35 +167,6 @@ def do_bundle(root: Path, artifacts: Path, overrides: dict[str, str] | None = No
 def built(tmp_path: Path, pae_kernel: Path) -> B.BundleResult:
     root = make_project(tmp_path / "proj")
     return do_bundle(root, make_stages(tmp_path / "artifacts", pae_kernel))
-
-
-@dataclass(frozen=True)
-class Key:
-    home: Path
-    fingerprint: str
-    public: Path  # the armoured public key, as a user would download it
-
-
-def make_key(name: str) -> Key:
-    # A short path: gpg-agent's socket path must fit in sun_path.
-    home = Path(tempfile.mkdtemp(prefix="hx-gpg-", dir="/tmp"))
-    os.chmod(home, 0o700)
-    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-    subprocess.run(
-        [*gpg, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", "sign", "never"],
-        check=True,
-        capture_output=True,
-    )
-    out = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], check=True, capture_output=True, text=True)
-    fpr = next(line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("fpr:"))
-    public = home / "public.asc"
-    public.write_bytes(subprocess.run([*gpg, "--armor", "--export", fpr], check=True, capture_output=True).stdout)
-    return Key(home, fpr, public)
-
-
-def drop_key(k: Key) -> None:
-    subprocess.run(["gpgconf", "--homedir", str(k.home), "--kill", "all"], check=False, capture_output=True)
-    shutil.rmtree(k.home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -219,43 +189,11 @@ def signed_overrides(k: Key) -> dict[str, str]:
     return {"release.signing.key": k.fingerprint, "release.signing.gnupghome": str(k.home)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's docker-registry (distribution) on 127.0.0.1, filesystem storage in a temp dir."""
-    exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    if not Path(exe).is_file():
-        pytest.skip("apt-get install docker-registry")
-    d = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    cfg = d / "config.yml"
-    cfg.write_text(
-        textwrap.dedent(f"""\
-        version: 0.1
-        log: {{level: error}}
-        storage:
-          filesystem: {{rootdirectory: {d / "data"}}}
-        http:
-          addr: 127.0.0.1:{port}
-        """)
-    )
-    proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"docker-registry exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """Debian's docker-registry (distribution) on 127.0.0.1 (tests/ociregistry.py), filesystem storage in a temp dir."""
+    with run_registry(tmp_path_factory.mktemp("registry")) as r:
+        yield r.host
 
 
 def files_of(d: Path) -> dict[str, bytes]:
@@ -548,7 +486,7 @@ def test_boot_gate(tmp_path: Path, pae_kernel: Path) -> None:
     }
     assert "did not pass" in (b.directory / "README.md").read_text()
     assert any("allow_unbooted" in w for w in b.warnings)
-    (art / "boot" / "boot-report.json").unlink()
+    report_path(art).unlink()
     with pytest.raises(HurdxenError, match="no boot check"):
         do_bundle(root, art)
 

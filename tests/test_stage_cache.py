@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ociregistry import Key, LocalRegistry, Proxy, drop_key, make_key, run_registry
+from gpgkey import Key, drop_key, make_key
+from ociregistry import LocalRegistry, Proxy, run_registry
 
 from hurdxen.cache import entry, hook
 from hurdxen.cache.cli import verify_entry

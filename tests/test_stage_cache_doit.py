@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ociregistry import Key, LocalRegistry, drop_key, make_key, run_registry
+from gpgkey import Key, drop_key, make_key
+from ociregistry import LocalRegistry, run_registry
 from project import SHARED_CACHE, DoitRun, Project, copy_project, require_docker
 
 pytestmark = [pytest.mark.docker]

@@ -183,6 +183,12 @@ class BootReport:
         return t
 
 
+def report_path(artifacts: Path) -> Path:
+    """Where the boot check writes its report's `summary()` ({"ok", "hypervisor", "dom0", "sessions", "cases"}) and
+    the bundle's boot gate reads it: here, below the boot stage, so that the release (its sibling) may ask too."""
+    return Path(artifacts) / "boot" / "boot-report.json"
+
+
 # ------------------------------------------------------------------ reading a case's output
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen.boot.cases import BootCase, BootReport, Kind, KnownFailure
+from hurdxen.boot.cases import BootCase, BootReport, Kind, KnownFailure, report_path
 from hurdxen.boot.images import (
     DOM0_MODULES,
     XEN_CONFIG,
@@ -27,7 +27,6 @@ from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 
 STAGE = "boot"
-REPORT = "boot-report.json"  # artifacts/boot/boot-report.json: {"ok", "hypervisor", "dom0", "cases": [...]}
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootR
     cases = [resolve_case(ctx, c) for c in recipe.cases if not only or c.name in only]
     hv = stage_hypervisor(recipe, ctx)
     dom0 = stage_dom0(recipe, ctx) if any(c.kind != "dom0" for c in cases) else None
-    out = Path(ctx.artifacts) / STAGE
+    out = report_path(ctx.artifacts)
     monitor = ctx.monitor()
     report = run_boot_checks(
         cases,
@@ -248,11 +247,11 @@ def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootR
             role: {"path": str(p), "sha256": fsutil.sha256_file(p)}
             for role, p in c.files().items()
         }
-    fsutil.write_json_atomic(out / REPORT, summary)  # read by the bundle's boot gate
+    fsutil.write_json_atomic(out, summary)  # read by the bundle's boot gate
     failed = [r for r in report.results if not r.ok]
     if failed:
         first = failed[0]
-        hint = f"serial logs in {first.log.parent}; verdicts in {out / REPORT}"
+        hint = f"serial logs in {first.log.parent}; verdicts in {out}"
         if first.verdict == "xpass":
             hint = f"record what case {first.case.name} does now in recipes/boot.toml; {hint}"
         raise HurdxenError(

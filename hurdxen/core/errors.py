@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.parse
+from collections.abc import Iterator
 
 MAX_SHOWN = 200  # characters of one echoed value (a recipe string, a member name)
 MAX_LINE = 8000  # characters of a rendered error message (a step failure quotes its log's last lines)
@@ -73,3 +75,13 @@ class HurdxenError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+@contextlib.contextmanager
+def labelled(where: str) -> Iterator[None]:
+    """A HurdxenError raised inside starts with `where` (the task, or the image), its hint kept: the one place that
+    names what failed when the code below it cannot know."""
+    try:
+        yield
+    except HurdxenError as e:
+        raise HurdxenError(f"{where}: {e.message}", hint=e.hint) from e

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hurdxen.boot.cases import report_path
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest
 from hurdxen.release import domains
@@ -201,7 +202,7 @@ class BootGate:
 
 def boot_gate(artifacts: Path, spec: BundleSpec) -> BootGate:
     """Only a booted release is bundled: every case pass / expected (known failures if the recipe accepts them)."""
-    path = artifacts / "boot" / "boot-report.json"
+    path = report_path(artifacts)
     hint = "run `doit boot`, or bundle anyway with `doit bundle release.allow_unbooted=true` (the manifest says so)"
     if not path.is_file():
         if spec.allow_unbooted:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from hurdxen.core import fsutil, safeextract
-from hurdxen.core.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError, labelled
 from hurdxen.core.quoting import shell_word
 from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
@@ -277,10 +277,8 @@ def _verify_outputs(out: Path, name: str, expect: xenverify.KernelExpectation, t
     for fname in (name, f"{name}.gz"):
         # Labelled by file name: the temporary directory's path means nothing once published.
         report = xenverify.inspect_kernel_bytes((out / fname).read_bytes(), expect, fname)
-        try:
+        with labelled(task):
             found = xenverify.check_report(report)
-        except HurdxenError as e:
-            raise HurdxenError(f"{task}: {e.message}", hint=e.hint) from e
         warnings += [f.message for f in found]
         reports[fname] = report
     fsutil.write_json_atomic(out / "verify.json", {f: r.to_json() for f, r in reports.items()})
@@ -337,10 +335,8 @@ def fetch_prebuilt(spec: PrebuiltSpec, ctx: Context) -> KernelResult:
             data = gzip.compress(data, 9, mtime=0)
         fsutil.write_atomic(gz, data)
         report = xenverify.inspect_kernel_bytes(data, expect, gz.name)
-        try:
+        with labelled(spec.task):
             found = xenverify.check_report(report)
-        except HurdxenError as e:
-            raise HurdxenError(f"{spec.task}: {e.message}", hint=e.hint) from e
         fsutil.write_json_atomic(out / "verify.json", {gz.name: report.to_json()})
         fsutil.write_atomic(out / "verify.txt", xenverify.render_report(report))
         manifest.write(

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hurdxen.core import fsutil
-from hurdxen.core.errors import HurdxenError
-from hurdxen.pipeline import manifest
+from hurdxen.core.errors import HurdxenError, labelled
 from hurdxen.pipeline.executors import Mount, Step, StepResult
 from hurdxen.stages.pvgrub2.config import (
     CONFIG_IN_MEMDISK,
@@ -56,27 +55,6 @@ STAGE = "pvgrub2"
 
 
 # ---------------------------------------------------------------------------------------------------- build
-
-
-@dataclass(frozen=True)
-class PvGrubResult:
-    name: str
-    platform: str
-    flavour: str
-    image: Path  # the raw ELF image (Xen's `kernel=`)
-    image_gz: Path  # the same, gzip -9n (Xen's loader also takes gzipped PV kernels)
-    config_path: Path
-    memdisk_path: Path
-    manifest: Path
-    sha256: str
-    sha256_gz: str
-    size: int
-    size_gz: int
-    config: str
-    memdisk: tuple[MemdiskEntry, ...]
-    modules: tuple[str, ...]  # embedded, dependencies included
-    seconds: float
-    checks: tuple[str, ...] = field(default=())
 
 
 BUILD_SCRIPT = r"""
@@ -135,10 +113,8 @@ def _standalone_files(
             spec.platform, shown_arch, f"kernel {kpath.name} (given for {variant}) is a {facts.bits}-bit ELF and"
         )
         raise HurdxenError(f"{where}: {msg}", hint=f"the file given for {variant} must be {kernel.describe}")
-    try:
+    with labelled(where):
         warnings = xenverify.check_report(report)
-    except HurdxenError as e:
-        raise HurdxenError(f"{where}: {e.message}", hint=e.hint) from e
     notes.append(f"xenverify {report.verdict}" + (f" ({', '.join(w.code for w in warnings)})" if warnings else ""))
     kname = STANDALONE_KERNEL_GZ if facts.gzipped else STANDALONE_KERNEL_RAW
     files = {kname: kpath.read_bytes()}
@@ -206,28 +182,18 @@ class Image:
             "spec_identity": spec.identity,
         }
 
-    def result(self, directory: Path, seconds: float) -> PvGrubResult:
-        """What the stage returns once the image is published in `directory`."""
-        paths = {k: directory / v for k, v in output_files(self.spec.name).items()}
-        return PvGrubResult(
-            name=self.spec.name,
-            platform=self.spec.platform,
-            flavour=self.spec.flavour,
-            image=paths["image"],
-            image_gz=paths["image.gz"],
-            config_path=paths["config"],
-            memdisk_path=paths["memdisk"],
-            manifest=directory / manifest.MANIFEST,
-            sha256=fsutil.sha256_bytes(self.image),
-            sha256_gz=fsutil.sha256_bytes(self.image_gz),
-            size=len(self.image),
-            size_gz=len(self.image_gz),
-            config=self.config,
-            memdisk=self.listing,
-            modules=self.modules,
-            seconds=seconds,
-            checks=self.checks,
-        )
+
+@dataclass(frozen=True)
+class PvGrubResult:
+    """One image published in `directory`; what was made (config, memdisk listing, modules, checks) is `made`'s."""
+
+    made: Image
+    directory: Path
+    seconds: float
+
+    def path(self, output: str) -> Path:
+        """A published file by its output name (image, image.gz, config, memdisk: `output_files`)."""
+        return self.directory / output_files(self.made.spec.name)[output]
 
 
 def make_image(

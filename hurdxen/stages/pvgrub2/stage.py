@@ -289,7 +289,7 @@ def build(spec: PvGrubSpec, ctx: Context) -> PvGrubResult:
         manifest.write(
             out, spec, ctx, inputs=record, step=made.step, extra=made.facts(image_tag, spec.source_date_epoch)
         )
-    return made.result(final, time.monotonic() - start)
+    return PvGrubResult(made, final, time.monotonic() - start)
 
 
 def by_name(specs: Sequence[PvGrubSpec]) -> dict[str, PvGrubSpec]:
