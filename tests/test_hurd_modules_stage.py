@@ -49,6 +49,7 @@ def variant_overlay(repo: AptRepo, bits: int, libc: str = LIBC, suite: str = "te
     name = ARCHES[bits]
     return {
         name: {
+            "source": "debian",
             "libc_version": libc,
             "debian": {
                 "archive": repo.serve().rstrip("/"),

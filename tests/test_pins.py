@@ -52,7 +52,9 @@ def point_recipe_at(proj: Project, archive: str, keyring: Path, **extra: str) ->
     """Edit the copy's committed hurd-modules recipe (not an overlay: overrides are local and never locked)."""
     recipe = proj.root / "recipes" / "hurd-modules.toml"
     more = "".join(f'\n{k} = "{v}"' for k, v in extra.items())
+    # hurd-i386 is built from source by default: its Debian pins are selected with `source = "debian"`
     text = recipe.read_text().replace("http://deb.debian.org/debian-ports", archive)
+    text = text.replace('source = "build"', 'source = "debian"')
     recipe.write_text(re.sub(r"^keyring_package = .*$", f'keyring = "{keyring}"{more}', text, flags=re.M))
 
 
