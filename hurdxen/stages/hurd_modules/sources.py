@@ -18,7 +18,7 @@ from hurdxen.pipeline.executors import Mount, Step
 from hurdxen.sources.deb import extract_deb, fetch_deb
 from hurdxen.sources.fetch import DebPin
 from hurdxen.stages.hurd_modules import diskread, ramdisk
-from hurdxen.stages.hurd_modules.elf import libc_version
+from hurdxen.stages.hurd_modules.elf import ldso_version, libc_version
 from hurdxen.stages.toolchain.chain import UpstreamFile, published
 
 EXT2_MAGIC = 0xEF53
@@ -180,6 +180,14 @@ def disk_inputs(
             f"{d.where}: {where} has no 'GNU C Library (...) stable release version' banner",
             hint="is it really glibc's libc.so?",
         )
+    for i, m in enumerate(modules):
+        ldso = ldso_version((work / f"m{i}").read_bytes(), f"{d.path}:{found[f'm{i}']['resolved']}")
+        if m.role == "ld.so" and ldso != version:
+            raise HurdxenError(
+                f"{d.where}: {d.path}:{found[f'm{i}']['resolved']} is from glibc {ldso or '(no banner)'}, but its "
+                f"libc.so is {version}: a mismatched libc",
+                hint="the disk's ld.so and libc.so must come from one libc0.3: repair the installed system",
+            )
     if libc_pin is not None and libc_pin != version:
         raise HurdxenError(
             f"{d.where}: {d.path} has libc {version}, but the variant pins libc_version {libc_pin}",

@@ -7,7 +7,7 @@ a spec and publishes `artifacts/hurd-modules/<variant>/` (the ramdisk, the modul
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -139,7 +139,8 @@ def specs(recipes: Recipes, system: Sequence[TreeSpec] | None = None) -> list[Hu
         elif source == "build":
             spec = HurdModulesSpec(**base, source="build", **_build(recipes, at, v, modules, system))
         else:
-            spec = HurdModulesSpec(**base, source="disk", libc_version=v.get("libc_version"), disk=_disk(r, at, v))
+            disk = _disk(recipes, at, v)
+            spec = HurdModulesSpec(**base, source="disk", libc_version=v.get("libc_version"), disk=disk)
         out.append(spec)
     return out
 
@@ -218,7 +219,8 @@ def _build(
     return {"libc_version": glibc[0], "upstream": upstream}
 
 
-def _disk(r: Mapping[str, Any], at: str, v: dict[str, Any]) -> sources.DiskSource:
+def _disk(recipes: Recipes, at: str, v: dict[str, Any]) -> sources.DiskSource:
+    r = recipes["hurd-modules"]
     d, defaults = v["disk"], r.get("disk", {})
     return sources.DiskSource(
         path=d["path"],
@@ -227,7 +229,8 @@ def _disk(r: Mapping[str, Any], at: str, v: dict[str, Any]) -> sources.DiskSourc
         libc_paths=tuple(d.get("libc", defaults.get("libc", ()))),
         max_bytes=int(d.get("max_bytes", defaults.get("max_bytes", 64 << 20))),
         image=r.get("image", "builder"),
-        where=f"hurd-modules.{at}.disk",
+        # the file that names the disk (an overlay, usually): where() knows who set each leaf key
+        where=recipes.where("hurd-modules", f"{at}.disk.path").removesuffix(".path"),
     )
 
 
