@@ -36,7 +36,8 @@ def write_overlay(dest: Path) -> str:
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for variant, modules in standin_modules(ElfFactory(dest)).items():
-        out += [f"[hurd-modules.variants.{variant}]", f'libc_version = "{LIBC}"', ""]
+        # opt_in = false: pinned files need no debian-ports, so `doit build` builds every variant again
+        out += [f"[hurd-modules.variants.{variant}]", f'libc_version = "{LIBC}"', "opt_in = false", ""]
         for name, data in modules.items():
             path = dest / variant / name
             path.parent.mkdir(exist_ok=True)

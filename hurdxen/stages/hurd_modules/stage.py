@@ -58,6 +58,7 @@ class HurdModulesSpec:
     files: tuple[tuple[str, str, str], ...] = ()  # (module name, path, sha256)
     upstream: tuple[UpstreamFile, ...] = ()  # build: each module as the producer's output of its name
     disk: sources.DiskSource | None = None
+    opt_in: bool = False  # built only when asked for by name, not by `doit build` (no byte depends on it)
 
     @property
     def task(self) -> str:
@@ -120,7 +121,10 @@ def specs(recipes: Recipes, system: Sequence[TreeSpec] | None = None) -> list[Hu
             )
         else:
             modules = ramdisk.default_modules(bits)
-        base: dict[str, Any] = {"name": name, "bits": bits, "kernels": tuple(v["kernels"]), "modules": modules}
+        base: dict[str, Any] = {
+            "name": name, "bits": bits, "kernels": tuple(v["kernels"]), "modules": modules,
+            "opt_in": bool(v.get("opt_in", False)),
+        }  # fmt: skip
         # Pinned local files win over every source: an overlay adds them to switch a variant to the user's own build.
         source = "files" if "files" in v else v.get("source", "debian")
         at = f"variants.{name}"
