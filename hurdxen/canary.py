@@ -22,6 +22,7 @@ from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import recipes
 from hurdxen.sources import fetch as sources
+from hurdxen.sources import pinlock
 from hurdxen.sources.fetch import Cache
 
 BRANCH = "master"  # GNU Mach's development branch
@@ -95,8 +96,10 @@ def run(
     copy = project_copy(root, work / "project")
     edits = {d.input: d.floating for d in moved if d.moved and d.floating is not None}
     for d in moved:  # libc0.3's pin is also the variant's libc_version
-        if d.moved and d.floating and d.input.endswith('.packages."libc0.3"'):
-            edits[d.input.split(".debian.")[0] + ".libc_version"] = d.floating
+        variant = d.input.split(".debian.")[0]
+        stated = pinlock.get_key(r.data, pinlock.split_key(variant + ".libc_version")) is not None
+        if d.moved and d.floating and d.input.endswith('.packages."libc0.3"') and stated:
+            edits[variant + ".libc_version"] = d.floating
     pins.rewrite(copy, edits)
     env = {**os.environ, "HURDXEN_ARTIFACTS": str(work / "artifacts"), "HURDXEN_CACHE": str(cache.root)}
     env["HURDXEN_STAGE_CACHE"] = "off"  # floating inputs: nothing to pull, nothing anyone should pull

@@ -237,6 +237,10 @@ def rewrite(root: Path, edits: Mapping[str, str]) -> list[str]:
 # ------------------------------------------------------------------ the command
 
 
+def _has_key(r: Recipes, keypath: str) -> bool:
+    return pinlock.get_key(r.data, pinlock.split_key(keypath)) is not None
+
+
 def update(r: Recipes, cache: Cache, only: set[str] | None = None, date: str | None = None) -> list[Change]:
     """Resolve, check, rewrite recipes and lock. Nothing is written unless every pin resolved and fits."""
     if date is not None:
@@ -268,8 +272,10 @@ def update(r: Recipes, cache: Cache, only: set[str] | None = None, date: str | N
         edits[c.pin.version_key] = c.new.entry.version
         if c.pin.sha256:
             edits[f"{c.pin.key}.sha256"] = c.new.entry.sha256
-        if c.stage == "hurd-modules" and c.pin.package == LIBC_PACKAGE:
-            edits[".".join(c.pin.key.split(".")[:3]) + ".libc_version"] = c.new.entry.version
+        variant = ".".join(c.pin.key.split(".")[:3])
+        # the variant's libc_version, where it states one (else it is the libc0.3 pin itself)
+        if c.stage == "hurd-modules" and c.pin.package == LIBC_PACKAGE and _has_key(r, f"{variant}.libc_version"):
+            edits[f"{variant}.libc_version"] = c.new.entry.version
     rewrite(r.root, edits)
     lock_path = pinlock.path_for(r.root)
     with pinlock.locked(lock_path):

@@ -42,11 +42,11 @@ def make_plan(recipes: Recipes) -> Plan:
     if "gnumach" in recipes:
         source = gnumach_source.source_spec(recipes)
         kernels = [*gnumach.variant_specs(recipes), *gnumach.prebuilt_specs(recipes)]
-    hms = tuple(hurdmodules.specs(recipes)) if "hurd-modules" in recipes else ()
-    sde = int(recipes["base"]["base"]["source_date_epoch"])
-    pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
     migs = tuple(mig.specs(recipes))
     system = tuple(toolchain.specs(recipes, migs, source))
+    hms = tuple(hurdmodules.specs(recipes, system)) if "hurd-modules" in recipes else ()
+    sde = int(recipes["base"]["base"]["source_date_epoch"])
+    pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
     hms_for = {k: h for h in hms for k in h.kernels}
     disks = tuple(rootdisk.specs(recipes, system, kernels, hms_for.get))
     return Plan(

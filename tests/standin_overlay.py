@@ -19,20 +19,25 @@ from elfstandins import ElfFactory
 
 from hurdxen.stages.hurd_modules.elf import variant_for
 
+LIBC = "2.41-6"  # the version in the stand-in ld.so's banner
+
 
 def standin_modules(elves: ElfFactory) -> dict[str, dict[str, bytes]]:
     """hurd-modules variant -> module name -> its bytes."""
     return {
-        "hurd-i386": {"ext2fs.static": elves.terminate32(), variant_for(32).ldso: elves.ldso(32)},
-        "hurd-amd64": {"ext2fs.static": elves.static(64), variant_for(64).ldso: elves.ldso(64)},
+        "hurd-i386": {"ext2fs.static": elves.terminate32(), variant_for(32).ldso: elves.ldso(32, LIBC)},
+        "hurd-amd64": {"ext2fs.static": elves.static(64), variant_for(64).ldso: elves.ldso(64, LIBC)},
     }
 
 
 def write_overlay(dest: Path) -> str:
-    """Write the modules under `dest`; the overlay's [hurd-modules.variants.*.files] tables, as TOML."""
+    """Write the modules under `dest`; the overlay's [hurd-modules.variants.*.files] tables, as TOML (pinned files
+    win over the variant's source, and need the libc version their ld.so says)."""
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for variant, modules in standin_modules(ElfFactory(dest)).items():
+        # opt_in = false: pinned files need no debian-ports, so `doit build` builds every variant again
+        out += [f"[hurd-modules.variants.{variant}]", f'libc_version = "{LIBC}"', "opt_in = false", ""]
         for name, data in modules.items():
             path = dest / variant / name
             path.parent.mkdir(exist_ok=True)

@@ -49,6 +49,8 @@ def variant_overlay(repo: AptRepo, bits: int, libc: str = LIBC, suite: str = "te
     name = ARCHES[bits]
     return {
         name: {
+            "source": "debian",
+            "opt_in": False,  # the archive is reachable: `doit build` builds it
             "libc_version": libc,
             "debian": {
                 "archive": repo.serve().rstrip("/"),

@@ -52,7 +52,9 @@ def point_recipe_at(proj: Project, archive: str, keyring: Path, **extra: str) ->
     """Edit the copy's committed hurd-modules recipe (not an overlay: overrides are local and never locked)."""
     recipe = proj.root / "recipes" / "hurd-modules.toml"
     more = "".join(f'\n{k} = "{v}"' for k, v in extra.items())
+    # hurd-i386 is built from source by default: its Debian pins are selected with `source = "debian"`
     text = recipe.read_text().replace("http://deb.debian.org/debian-ports", archive)
+    text = text.replace('source = "build"', 'source = "debian"')
     recipe.write_text(re.sub(r"^keyring_package = .*$", f'keyring = "{keyring}"{more}', text, flags=re.M))
 
 
@@ -403,7 +405,7 @@ def test_canary_builds_floating_inputs_in_a_copy(
         proj.overlay(
             {
                 "gnumach": {"source": {"git": str(tmp_path / "gnumach")}},
-                "hurd-modules": {"variants": {a: {"debian": where} for a, _, _ in ARCHES.values()}},
+                "hurd-modules": {"variants": {a: {"source": "debian", "debian": where} for a, _, _ in ARCHES.values()}},
             }
         )
         before = {p: p.read_text() for p in (proj.root / "recipes").glob("*.toml")}
@@ -469,6 +471,7 @@ def test_update_moves_a_rotated_keyring_first(
             proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "art")
             recipe = proj.root / "recipes" / "hurd-modules.toml"
             text = recipe.read_text().replace("http://deb.debian.org/debian-ports", ports_url)
+            text = text.replace('source = "build"', 'source = "debian"')  # hurd-i386's Debian pins, selected
             kp = (
                 f'keyring_package = {{ package = "test-ports-keyring", version = "2024.1", suite = "sid", '
                 f'archive = "{debian}", keyring = "{apt_repo.keyring_path}", file = "usr/share/keyrings/p.gpg" }}'

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aptrepo import AptRepo
@@ -26,6 +27,7 @@ from hurdxen.stages.hurd_modules.ramdisk import (
     VARIANTS,
     Module,
     PinnedFile,
+    RamdiskResult,
     build_hurd_modules,
     build_ramdisk,
     check_module,
@@ -303,22 +305,23 @@ def _tree(root: Path, elves: ElfFactory, bits: int = 32, version: str = "2.41-6"
 
 
 @pytest.mark.parametrize("bits", [32, 64])
-def test_stage_is_reproducible_and_writes_manifest(tmp_path: Path, elves: ElfFactory, bits: int) -> None:
+def test_ramdisk_is_reproducible_with_its_facts(tmp_path: Path, elves: ElfFactory, bits: int) -> None:
     trees = _tree(tmp_path / "in", elves, bits)
     spec = default_spec(bits, "2.41-6")  # type: ignore[arg-type]
     a = build_hurd_modules(spec, trees, tmp_path / "a")
     b = build_hurd_modules(spec, trees, tmp_path / "b")
     assert a.path.read_bytes() == b.path.read_bytes()
-    assert a.manifest_path.read_bytes() == b.manifest_path.read_bytes()
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["hurd-modules", "manifest.json"]
-    man = json.loads(a.manifest_path.read_text())
+    assert a.facts == b.facts
+    # the stage writes the one manifest: this writes the ramdisk only
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["hurd-modules"]
+    man: Any = a.facts
     assert man["libc_version"] == "2.41-6" and man["bits"] == bits
     assert man["ramdisk"] == {"file": "hurd-modules", "sha256": a.sha256, "size": a.size}
     assert [m["name"] for m in man["modules"]] == ["ext2fs.static", VARIANTS[bits].ldso]
     assert man["modules"][1]["sha256"] == sha256_bytes(elves.ldso(bits))
     assert man["modules"][0]["cmdline"] == EXT2FS_CMDLINE
     assert man["modules"][0]["path"] == "hurd/ext2fs.static"
-    assert str(tmp_path) not in a.manifest_path.read_text()
+    assert str(tmp_path) not in json.dumps(a.facts)
     rd = parse_ramdisk(a.path.read_bytes())
     assert [m.data for m in rd.modules] == [elves.static(bits), elves.ldso(bits)]
 
@@ -445,7 +448,9 @@ def _fetch(url: str) -> bytes:
     return data
 
 
-def _download_and_build(repo: AptRepo, base: str, pins: dict[str, str], work: Path, out: Path, libc: str) -> None:
+def _download_and_build(
+    repo: AptRepo, base: str, pins: dict[str, str], work: Path, out: Path, libc: str
+) -> RamdiskResult:
     """What the pipeline does: verify InRelease → Packages → .debs, extract, build."""
     release = debindex.verify_inrelease(_fetch(f"{base}dists/test/InRelease"), repo.keyring_path)
     index = repo.index_path()
@@ -459,7 +464,7 @@ def _download_and_build(repo: AptRepo, base: str, pins: dict[str, str], work: Pa
         tree = work / name
         subprocess.run(["dpkg-deb", "-x", str(work / f"{name}.deb"), str(tree)], check=True)
         trees.append(tree)
-    build_hurd_modules(default_spec(32, libc), trees, out)
+    return build_hurd_modules(default_spec(32, libc), trees, out)
 
 
 @pytest.fixture
@@ -480,10 +485,10 @@ PINS = {"hurd": "1:0.9.git20250801-1", "libc0.3": "2.41-6"}
 
 def test_e2e_signed_repo_to_ramdisk(tmp_path: Path, hurd_repo: AptRepo, elves: ElfFactory) -> None:
     out = tmp_path / "out"
-    _download_and_build(hurd_repo, hurd_repo.serve(), PINS, tmp_path, out, "2.41-6")
+    res = _download_and_build(hurd_repo, hurd_repo.serve(), PINS, tmp_path, out, "2.41-6")
     rd = parse_ramdisk((out / "hurd-modules").read_bytes())
     assert [m.data for m in rd.modules] == [elves.static(32), elves.ldso(32)]
-    assert json.loads((out / "manifest.json").read_text())["libc_version"] == "2.41-6"
+    assert res.facts["libc_version"] == "2.41-6"
 
 
 @pytest.mark.parametrize(

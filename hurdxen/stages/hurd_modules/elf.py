@@ -26,6 +26,11 @@ _LDSO_SOURCE_BANNER = re.compile(
     rb"ld\.so \([^)\x00\n]{1,100}\) stable release version ([0-9]{1,3}\.[0-9]{1,3}(?:\.[0-9]{1,3})?)\."
 )
 
+# libc.so's: `GNU C Library (Debian GLIBC 2.41-6) stable release version 2.41.` (or a from-source pkgversion)
+_LIBC_SOURCE_BANNER = re.compile(
+    rb"GNU C Library \([^)\x00\n]{1,100}\) stable release version ([0-9]{1,3}\.[0-9]{1,3}(?:\.[0-9]{1,3})?)\."
+)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -67,6 +72,16 @@ def ldso_version(data: bytes, where: str = "ld.so") -> str | None:
     found = {m.group(1).decode("ascii", "replace") for m in _LDSO_BANNER.finditer(data)}
     if not found:
         found = {m.group(1).decode("ascii", "replace") for m in _LDSO_SOURCE_BANNER.finditer(data)}
+    if len(found) > 1:
+        raise HurdxenError(f"{where} carries several glibc versions: {', '.join(sorted(found))}")
+    return found.pop() if found else None
+
+
+def libc_version(data: bytes, where: str = "libc.so") -> str | None:
+    """The glibc version in libc.so's banner, read as ld.so's is (Debian's package version first)."""
+    found = {m.group(1).decode("ascii", "replace") for m in _LDSO_BANNER.finditer(data)}
+    if not found:
+        found = {m.group(1).decode("ascii", "replace") for m in _LIBC_SOURCE_BANNER.finditer(data)}
     if len(found) > 1:
         raise HurdxenError(f"{where} carries several glibc versions: {', '.join(sorted(found))}")
     return found.pop() if found else None

@@ -1,5 +1,5 @@
-"""The hurd-modules ramdisk stage: GNU Mach's Xen boot modules read from the package trees (or pinned files),
-checked (ramdisk_elf), written and read back (ramdisk_format), published with their manifest in one rename."""
+"""The hurd-modules ramdisk: GNU Mach's Xen boot modules read from the package trees (or pinned files), checked
+(elf), written and read back (format). The stage publishes it: this module writes no manifest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from hurdxen.core.errors import HurdxenError
-from hurdxen.core.fsutil import atomic_dir, sha256_bytes, write_atomic, write_json_atomic
+from hurdxen.core.fsutil import atomic_dir, sha256_bytes, write_atomic
 from hurdxen.stages.hurd_modules.elf import (
     VARIANTS,
     ElfInfo,
@@ -26,7 +26,6 @@ from hurdxen.stages.hurd_modules.elf import (
 from hurdxen.stages.hurd_modules.format import Module, Ramdisk, Record, build_ramdisk, parse_ramdisk
 
 RAMDISK_NAME = "hurd-modules"
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "hurdxen-hurd-modules/1"
 MAX_SYMLINK_HOPS = 16
 
@@ -87,11 +86,18 @@ class ModuleResult:
 @dataclass(frozen=True)
 class RamdiskResult:
     path: Path
-    manifest_path: Path
     sha256: str
     size: int
     libc_version: str
     modules: tuple[ModuleResult, ...]
+    facts: dict[str, object]  # what the stage's manifest records about the ramdisk (format, bits, modules)
+
+
+@dataclass(frozen=True)
+class Built:
+    image: bytes
+    modules: tuple[ModuleResult, ...]
+    facts: dict[str, object]
 
 
 Inputs = Sequence[Path] | Mapping[str, PinnedFile]
@@ -166,11 +172,8 @@ def _read_module(ms: ModuleSpec, inputs: Inputs) -> tuple[bytes, str]:
     return found[0][0], str(found[0][1])
 
 
-def build_hurd_modules(spec: RamdiskSpec, inputs: Inputs, out_dir: Path) -> RamdiskResult:
-    """Check every module, then write `out_dir/hurd-modules` and `out_dir/manifest.json` together.
-
-    `out_dir` is the stage's own directory: it is replaced as a whole, and left untouched on any error.
-    """
+def make(spec: RamdiskSpec, inputs: Inputs) -> Built:
+    """Check every module, then the ramdisk's bytes (read back before anything is published) and its facts."""
     variant = variant_for(spec.bits)
     if not spec.modules:
         raise HurdxenError("the ramdisk spec lists no modules", hint="GNU Mach needs ext2fs.static and ld.so")
@@ -186,15 +189,14 @@ def build_hurd_modules(spec: RamdiskSpec, inputs: Inputs, out_dir: Path) -> Ramd
         ModuleResult(ms.name, ms.path, source, ms.cmdline, len(data), sha256_bytes(data), rec.mod_start)
         for (ms, data, source), rec in zip(loaded, parsed.records, strict=True)
     )
-    digest = sha256_bytes(image)
-    manifest = {
+    facts: dict[str, object] = {
         "format": MANIFEST_FORMAT,
         "bits": spec.bits,
         "arch": variant.arch,
         "libc_version": spec.libc_version,
-        "ramdisk": {"file": RAMDISK_NAME, "sha256": digest, "size": len(image)},
+        "ramdisk": {"file": RAMDISK_NAME, "sha256": sha256_bytes(image), "size": len(image)},
+        # No host paths here: the manifest must be the same on every machine.
         "modules": [
-            # No host paths here: the manifest must be the same on every machine.
             {
                 "name": r.name,
                 "path": r.path,
@@ -206,12 +208,19 @@ def build_hurd_modules(spec: RamdiskSpec, inputs: Inputs, out_dir: Path) -> Ramd
             for r in results
         ],
     }
+    return Built(image, results, facts)
+
+
+def build_hurd_modules(spec: RamdiskSpec, inputs: Inputs, out_dir: Path) -> RamdiskResult:
+    """`make`, then `out_dir/hurd-modules` (out_dir replaced as a whole, untouched on any error)."""
+    built = make(spec, inputs)
     with atomic_dir(out_dir) as tmp:
-        write_atomic(tmp / RAMDISK_NAME, image)
-        write_json_atomic(tmp / MANIFEST_NAME, manifest)
-    return RamdiskResult(
-        out_dir / RAMDISK_NAME, out_dir / MANIFEST_NAME, digest, len(image), spec.libc_version, results
-    )
+        write_atomic(tmp / RAMDISK_NAME, built.image)
+    return result_of(built, out_dir / RAMDISK_NAME, spec.libc_version)
+
+
+def result_of(built: Built, path: Path, libc_version: str) -> RamdiskResult:
+    return RamdiskResult(path, sha256_bytes(built.image), len(built.image), libc_version, built.modules, built.facts)
 
 
 # The stage's API, and the format's and module checks' names its users (pins, pv-grub2, tests) take from here.
@@ -219,6 +228,7 @@ __all__ = [
     "EXEC_CMDLINE",
     "EXT2FS_CMDLINE",
     "VARIANTS",
+    "Built",
     "ElfInfo",
     "Module",
     "ModuleResult",
@@ -237,8 +247,10 @@ __all__ = [
     "default_spec",
     "inspect_elf",
     "ldso_version",
+    "make",
     "parse_ramdisk",
     "resolve_in_root",
+    "result_of",
     "role_for",
     "variant_for",
 ]

@@ -1,29 +1,29 @@
-"""Stage: hurd-modules, the one ramdisk Xen hands GNU Mach, from the Hurd binaries of a pinned libc version.
+"""Stage: hurd-modules, the one ramdisk Xen hands GNU Mach, from the Hurd binaries of one libc version.
 
-The format and the module checks live in `ramdisk`; this module turns the recipe into inputs (verified Debian
-packages or pinned local files) and publishes `artifacts/hurd-modules/<variant>/`.
+The format and the module checks live in `ramdisk`, the four sources in `sources`; this module turns the recipe into
+a spec and publishes `artifacts/hurd-modules/<variant>/` (the ramdisk, the modules as files, its one manifest).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.recipes import Recipes
-from hurdxen.sources.deb import extract_deb, fetch_deb
 from hurdxen.sources.fetch import DebPin
-from hurdxen.stages.hurd_modules import ramdisk
+from hurdxen.stages.hurd_modules import ramdisk, sources
+from hurdxen.stages.toolchain.chain import TreeSpec, UpstreamFile
 
 STAGE = "hurd-modules"
 LIBC_PACKAGE = "libc0.3"
+Source = Literal["build", "debian", "disk", "files"]
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,15 @@ def module_file(m: ramdisk.ModuleSpec) -> str:
 class HurdModulesSpec:
     name: str
     bits: Literal[32, 64]
-    libc_version: str
+    libc_version: str | None  # None only for a disk that pins none: the image's own is read
     kernels: tuple[str, ...]
-    debs: tuple[DebPin, ...]
-    files: tuple[tuple[str, str, str], ...]  # (module name, path, sha256)
+    source: Source
     modules: tuple[ramdisk.ModuleSpec, ...]
+    debs: tuple[DebPin, ...] = ()
+    files: tuple[tuple[str, str, str], ...] = ()  # (module name, path, sha256)
+    upstream: tuple[UpstreamFile, ...] = ()  # build: each module as the producer's output of its name
+    disk: sources.DiskSource | None = None
+    opt_in: bool = False  # built only when asked for by name, not by `doit build` (no byte depends on it)
 
     @property
     def task(self) -> str:
@@ -62,47 +66,54 @@ class HurdModulesSpec:
 
     @property
     def doc(self) -> str:
-        return f"libc0.3 {self.libc_version}, {self.bits}-bit, for {', '.join(self.kernels)}"
+        libc = f"libc {self.libc_version}" if self.libc_version else "the disk's libc"
+        origin = {
+            "build": "the Hurd built here",
+            "debian": "Debian's packages",
+            "disk": "a disk image",
+            "files": "local files",
+        }
+        return f"{libc}, {self.bits}-bit, for {', '.join(self.kernels)}, from {origin[self.source]}"
 
-    def identity(self, ctx: Context | None = None) -> str:
-        # No container step: the ramdisk writer is hurdxen's own code (ramdisk.FORMAT names its layout).
-        return fsutil.identity(STAGE, self.__dict__)
+    def identity(self, ctx: Context) -> str:
+        own: dict[str, Any] = {
+            k: getattr(self, k) for k in ("name", "bits", "libc_version", "kernels", "debs", "files", "modules")
+        }
+        # The writer is hurdxen's own code (ramdisk.FORMAT names its layout); a build adds its producer's identity,
+        # a disk its step (script and image). Added only when used: the other sources' identities stay put.
+        if self.upstream:
+            own["upstream"] = [(u.env, u.producer.task, u.output, u.producer.identity(ctx)) for u in self.upstream]
+        if self.disk is not None:
+            own["disk"] = self.disk
+            return fsutil.identity(STAGE, own, ctx.image_tag(self.disk.image), sources.DISK_SCRIPT)
+        return fsutil.identity(STAGE, own)
 
     def outputs(self, ctx: Context) -> dict[str, Path]:
         d = out_dir(ctx, self.name)
         return {"ramdisk": d / ramdisk.RAMDISK_NAME, **{module_output(m): d / module_file(m) for m in self.modules}}
 
     def deps(self, ctx: Context) -> stage.Deps:
-        return stage.Deps(tuple(stage.pin_task(p) for p in self.debs), tuple(Path(p) for _, p, _ in self.files))
+        tasks = [*(stage.pin_task(p) for p in self.debs), *dict.fromkeys(u.producer.task for u in self.upstream)]
+        files = [Path(p) for _, p, _ in self.files]
+        if self.disk is not None:
+            tasks += stage.image_deps(ctx, self.disk.image)
+            files.append(Path(self.disk.path))
+        return stage.Deps(tuple(tasks), tuple(files))
 
     def boot_modules(self) -> tuple[BootModule, ...]:
         """The ramdisk's modules as a boot loader loads them one by one (pv-grub2): path, words, output name."""
         return boot_modules_of(self.modules)
 
-    def ramdisk_spec(self) -> ramdisk.RamdiskSpec:
-        return ramdisk.RamdiskSpec(self.bits, self.libc_version, self.modules)
 
-
-def specs(recipes: Recipes) -> list[HurdModulesSpec]:
+def specs(recipes: Recipes, system: Sequence[TreeSpec] | None = None) -> list[HurdModulesSpec]:
+    """One spec per variant. `system`: the from-source stages a `build` variant reads (the plan's; made from the
+    same recipes when not given)."""
     r = recipes["hurd-modules"]
-    where = recipes.files["hurd-modules"]
+    if system is None:
+        system = _system(recipes) if any(v.get("source") == "build" for v in r["variants"].values()) else ()
     out = []
     for name, v in sorted(r["variants"].items()):
         bits: Literal[32, 64] = 64 if v["bits"] == 64 else 32
-        debs: list[DebPin] = []
-        # Pinned local files win over packages: an overlay adds them to switch a variant to the user's own build.
-        if "debian" in v and "files" not in v:
-            d = v["debian"]
-            pkgs = d["packages"]
-            if LIBC_PACKAGE in pkgs and pkgs[LIBC_PACKAGE] != v["libc_version"]:
-                raise HurdxenError(
-                    f"{where}: variants.{name}.debian.packages.{LIBC_PACKAGE}: {pkgs[LIBC_PACKAGE]} is not the pinned "
-                    f"libc_version {v['libc_version']}",
-                    hint="the libc0.3 package is the pin: make the two versions the same",
-                )
-            for pkg in sorted(pkgs):
-                debs.append(DebPin.from_recipe(d, f"hurd-modules.variants.{name}.debian", package=pkg))
-        files = tuple((m, f["path"], f["sha256"]) for m, f in sorted(v.get("files", {}).items()))
         if "modules" in v:
             modules = tuple(
                 ramdisk.ModuleSpec(m["name"], m["path"], m["cmdline"], m.get("role", ramdisk.role_for(m["name"])))
@@ -110,8 +121,121 @@ def specs(recipes: Recipes) -> list[HurdModulesSpec]:
             )
         else:
             modules = ramdisk.default_modules(bits)
-        out.append(HurdModulesSpec(name, bits, v["libc_version"], tuple(v["kernels"]), tuple(debs), files, modules))
+        base: dict[str, Any] = {
+            "name": name, "bits": bits, "kernels": tuple(v["kernels"]), "modules": modules,
+            "opt_in": bool(v.get("opt_in", False)),
+        }  # fmt: skip
+        # Pinned local files win over every source: an overlay adds them to switch a variant to the user's own build.
+        source = "files" if "files" in v else v.get("source", "debian")
+        at = f"variants.{name}"
+        if source != "files" and source not in v:
+            raise HurdxenError(
+                f"{recipes.where('hurd-modules', f'{at}.source')}: {source!r}, but there is no [{at}.{source}]",
+                hint=f"add the [{at}.{source}] table or choose another source",
+            )
+        if source == "files":
+            spec = HurdModulesSpec(
+                **base, source="files", libc_version=_needs_libc(recipes, at, v, "pinned local files"),
+                files=tuple((m, f["path"], f["sha256"]) for m, f in sorted(v["files"].items())),
+            )  # fmt: skip
+        elif source == "debian":
+            spec = HurdModulesSpec(**base, source="debian", **_debian(recipes, at, v))
+        elif source == "build":
+            spec = HurdModulesSpec(**base, source="build", **_build(recipes, at, v, modules, system))
+        else:
+            disk = _disk(recipes, at, v)
+            spec = HurdModulesSpec(**base, source="disk", libc_version=v.get("libc_version"), disk=disk)
+        out.append(spec)
     return out
+
+
+def _system(recipes: Recipes) -> list[TreeSpec]:
+    """The from-source stages, as the plan makes them (for callers without a plan: pv-grub2's recipe, pins)."""
+    from hurdxen.stages import toolchain
+    from hurdxen.stages.gnumach import source as gnumach_source
+    from hurdxen.stages.mig import stage as mig
+
+    if "toolchain" not in recipes or "hurd" not in recipes or "mig" not in recipes:
+        return []
+    src = gnumach_source.source_spec(recipes) if "gnumach" in recipes else None
+    return toolchain.specs(recipes, tuple(mig.specs(recipes)), src)
+
+
+def _needs_libc(recipes: Recipes, at: str, v: dict[str, Any], what: str) -> str:
+    if "libc_version" not in v:
+        raise HurdxenError(
+            f"{recipes.where('hurd-modules', at)}: {what} need libc_version (the glibc version in ld.so's banner)",
+            hint=f'add libc_version = "..." to [{at}]',
+        )
+    return str(v["libc_version"])
+
+
+def _debian(recipes: Recipes, at: str, v: dict[str, Any]) -> dict[str, Any]:
+    d = v["debian"]
+    pkgs = d["packages"]
+    libc = str(
+        v.get("libc_version") or pkgs.get(LIBC_PACKAGE) or _needs_libc(recipes, at, v, "packages without libc0.3")
+    )
+    if LIBC_PACKAGE in pkgs and pkgs[LIBC_PACKAGE] != libc:
+        raise HurdxenError(
+            f"{recipes.files['hurd-modules']}: {at}.debian.packages.{LIBC_PACKAGE}: {pkgs[LIBC_PACKAGE]} is not the "
+            f"pinned libc_version {libc}",
+            hint="the libc0.3 package is the pin: make the two versions the same",
+        )
+    debs = tuple(DebPin.from_recipe(d, f"hurd-modules.{at}.debian", package=pkg) for pkg in sorted(pkgs))
+    return {"libc_version": libc, "debs": debs}
+
+
+def _build(
+    recipes: Recipes, at: str, v: dict[str, Any], modules: tuple[ramdisk.ModuleSpec, ...], system: Sequence[TreeSpec]
+) -> dict[str, Any]:
+    """The producer's outputs named as the modules; the libc version is its glibc layer's (recipes/toolchain.toml)."""
+    task = v["build"]["root"]
+    producer = next((t for t in system if t.task == task), None)
+    where = recipes.where("hurd-modules", f"{at}.build.root")
+    if producer is None:
+        raise HurdxenError(
+            f"{where}: no stage publishes {task}",
+            hint=f"one of: {', '.join(t.task for t in system) or 'none (add recipes/toolchain.toml and hurd.toml)'}",
+        )
+    lacking = [m.name for m in modules if m.name not in dict(producer.files)]
+    if lacking:
+        raise HurdxenError(
+            f"{where}: {task} publishes no {', '.join(lacking)}",
+            hint=f"it publishes {', '.join(n for n, _ in producer.files)} (recipes/hurd.toml's root.files)",
+        )
+    glibc = sorted(
+        {
+            dict(la.producer.facts)["glibc_version"]
+            for la in producer.layers
+            if "glibc_version" in dict(la.producer.facts)
+        }
+    )
+    if len(glibc) != 1:
+        raise HurdxenError(f"{where}: {task} is built on {len(glibc)} glibc layers", hint="it needs exactly one")
+    given = v.get("libc_version")
+    if given is not None and given != glibc[0]:
+        raise HurdxenError(
+            f"{recipes.where('hurd-modules', f'{at}.libc_version')}: {given}, but {task} has glibc {glibc[0]}",
+            hint="drop libc_version: a build takes its glibc's version from recipes/toolchain.toml",
+        )
+    upstream = tuple(UpstreamFile(m.name, producer, m.name) for m in modules)
+    return {"libc_version": glibc[0], "upstream": upstream}
+
+
+def _disk(recipes: Recipes, at: str, v: dict[str, Any]) -> sources.DiskSource:
+    r = recipes["hurd-modules"]
+    d, defaults = v["disk"], r.get("disk", {})
+    return sources.DiskSource(
+        path=d["path"],
+        sha256=d["sha256"],
+        partition=d.get("partition"),
+        libc_paths=tuple(d.get("libc", defaults.get("libc", ()))),
+        max_bytes=int(d.get("max_bytes", defaults.get("max_bytes", 64 << 20))),
+        image=r.get("image", "builder"),
+        # the file that names the disk (an overlay, usually): where() knows who set each leaf key
+        where=recipes.where("hurd-modules", f"{at}.disk.path").removesuffix(".path"),
+    )
 
 
 def out_dir(ctx: Context, name: str) -> Path:
@@ -119,50 +243,37 @@ def out_dir(ctx: Context, name: str) -> Path:
 
 
 def build(spec: HurdModulesSpec, ctx: Context) -> ramdisk.RamdiskResult:
-    """Entry point: fetch and verify the inputs, check every module against the libc pin, write the ramdisk."""
-    inputs: ramdisk.Inputs
-    deb_info = []
-    if spec.debs:
-        trees = []
-        for pin in spec.debs:
-            deb = fetch_deb(pin, ctx.cache)
-            trees.append(extract_deb(deb, ctx.cache))
-            deb_info.append(
-                {
-                    "package": pin.package,
-                    "version": pin.version,
-                    "arch": pin.arch,
-                    "suite": pin.suite,
-                    "archive": pin.archive,
-                    "sha256": fsutil.sha256_file(deb),
-                }
-            )
-        inputs = trees
-    else:
-        inputs = {m: ramdisk.PinnedFile(Path(p), sha) for m, p, sha in spec.files}
+    """Entry point: the inputs of the variant's source, every module checked against the libc version, then the
+    ramdisk, the modules as files and the one manifest, published together."""
     final = out_dir(ctx, spec.name)
-    with fsutil.atomic_dir(final) as out:
-        staging = out / "ramdisk"
+    with fsutil.scratch_dir(ctx.artifacts / "work", spec.task) as work:
+        libc = spec.libc_version
+        if spec.source == "build":
+            inputs, described = sources.build_inputs(spec.upstream, ctx, spec.task)
+        elif spec.source == "debian":
+            inputs, described = sources.debian_inputs(spec.debs, ctx)
+        elif spec.source == "files":
+            inputs, described = sources.files_inputs(spec.files)
+        else:
+            assert spec.disk is not None
+            inputs, libc, described = sources.disk_inputs(spec.disk, spec.modules, libc, ctx, spec.task, work)
+        assert libc is not None
         try:
-            result = ramdisk.build_hurd_modules(spec.ramdisk_spec(), inputs, staging)
+            built = ramdisk.make(ramdisk.RamdiskSpec(spec.bits, libc, spec.modules), inputs)
         except HurdxenError as e:
             raise HurdxenError(f"{spec.task}: {e.message}", hint=e.hint) from e
-        for f in staging.iterdir():
-            f.rename(out / f.name)
-        staging.rmdir()
-        (out / "modules").mkdir()
-        for ms, m in zip(spec.modules, result.modules, strict=True):
-            shutil.copyfile(m.source, out / module_file(ms))
-        facts = json.loads((out / manifest.MANIFEST).read_text())  # the ramdisk writer's: format, bits, modules
-        inputs_desc: dict[str, object] = (
-            {"debian": deb_info} if deb_info else {"files": [{"name": m, "sha256": s} for m, _, s in spec.files]}
-        )
-        manifest.write(
-            out,
-            spec,
-            ctx,
-            inputs=inputs_desc,
-            step=manifest.in_process("hurdxen.ramdisk.build_hurd_modules", format=facts.pop("format", None)),
-            extra={**facts, "kernels": list(spec.kernels)},
-        )
-    return dataclasses.replace(result, path=final / ramdisk.RAMDISK_NAME, manifest_path=final / manifest.MANIFEST)
+        with fsutil.atomic_dir(final) as out:
+            fsutil.write_atomic(out / ramdisk.RAMDISK_NAME, built.image)
+            (out / "modules").mkdir()
+            for ms, m in zip(spec.modules, built.modules, strict=True):
+                shutil.copyfile(m.source, out / module_file(ms))
+            facts = dict(built.facts)
+            manifest.write(
+                out,
+                spec,
+                ctx,
+                inputs={"source": spec.source, **described},
+                step=manifest.in_process("hurdxen.stages.hurd_modules.ramdisk.make", format=facts.pop("format")),
+                extra={**facts, "kernels": list(spec.kernels)},
+            )
+    return ramdisk.result_of(built, final / ramdisk.RAMDISK_NAME, libc)

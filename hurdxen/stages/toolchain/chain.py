@@ -142,7 +142,7 @@ def _mount_name(env: str) -> str:
     return "/in/" + env.lower().replace("_", "-")
 
 
-def _published(ctx: Context, producer: Any, consumer: str) -> manifest.Manifest:
+def published(ctx: Context, producer: Any, consumer: str) -> manifest.Manifest:
     """The producer's manifest, which must be the build of the producer's current identity."""
     m = manifest.read_task(ctx.artifacts, producer.task)
     if m.identity != producer.identity(ctx):
@@ -182,17 +182,17 @@ def layer_mounts(spec: TreeSpec, ctx: Context) -> tuple[list[Mount], str, dict[s
     words: list[str] = []
     described: dict[str, Any] = {}
     for i, la in enumerate(spec.layers):
-        m = _published(ctx, la.producer, spec.task)
+        m = published(ctx, la.producer, spec.task)
         target = f"/in/layer-{i}.tar"
         mounts.append(Mount(m.output(TREE), f"LAYER_{i}", target))
         words.append(f"{target}:{TOOLS if la.into == 'tools' else SYSROOT}")
         described[la.producer.task] = {"identity": m.identity, "sha256": m.outputs[TREE].sha256, "into": la.into}
     for u in spec.upstream:
-        m = _published(ctx, u.producer, spec.task)
+        m = published(ctx, u.producer, spec.task)
         mounts.append(Mount(m.directory, u.env, _mount_name(u.env)))
         described[u.producer.task] = {"identity": m.identity}
     for f in spec.upstream_files:
-        m = _published(ctx, f.producer, spec.task)
+        m = published(ctx, f.producer, spec.task)
         mounts.append(Mount(m.output(f.output), f.env, _mount_name(f.env)))
         described.setdefault(f.producer.task, {"identity": m.identity})[f.output] = m.outputs[f.output].sha256
     return mounts, " ".join(words), described
