@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hurdxen.core import fsutil
-from hurdxen.core.errors import HurdxenError
+from hurdxen.core.errors import HurdxenError, labelled
 from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.recipes import Recipes
@@ -258,10 +258,8 @@ def build(spec: HurdModulesSpec, ctx: Context) -> ramdisk.RamdiskResult:
             assert spec.disk is not None
             inputs, libc, described = sources.disk_inputs(spec.disk, spec.modules, libc, ctx, spec.task, work)
         assert libc is not None
-        try:
+        with labelled(spec.task):
             built = ramdisk.make(ramdisk.RamdiskSpec(spec.bits, libc, spec.modules), inputs)
-        except HurdxenError as e:
-            raise HurdxenError(f"{spec.task}: {e.message}", hint=e.hint) from e
         with fsutil.atomic_dir(final) as out:
             fsutil.write_atomic(out / ramdisk.RAMDISK_NAME, built.image)
             (out / "modules").mkdir()
