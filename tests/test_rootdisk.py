@@ -138,6 +138,10 @@ def built(ctx: Context, spec: TreeSpec) -> dict[str, str]:
     return {n: o.sha256 for n, o in manifest.read_task(ctx.artifacts, spec.task).outputs.items()}
 
 
+def size_mib(root: Path) -> int:
+    return int(recipes.load(root, overrides={})["rootdisk"]["defaults"]["size_mib"])
+
+
 def test_the_plan_makes_one_disk_per_recipe_entry_reading_hurd_root_and_the_kernel(root: Path) -> None:
     plan = make_plan(recipes.load(root, overrides={}))
     disks = {d.name: d for d in plan.rootdisks}
@@ -147,7 +151,7 @@ def test_the_plan_makes_one_disk_per_recipe_entry_reading_hurd_root_and_the_kern
     assert [(u.producer.task, u.output) for u in d.upstream_files] == [("gnumach:xen-pae", "kernel.gz")]
     opts = dict(d.options)
     assert "root=device:hd0" in opts["GRUB_MENU"] and opts["PARTITION"] == ""
-    assert "root=part:1:device:hd0" in dict(disks["hurd-i386-partitioned"].options)["GRUB_MENU"]
+    assert "root=device:hd0s1" in dict(disks["hurd-i386-partitioned"].options)["GRUB_MENU"]
 
 
 @pytest.mark.docker
@@ -157,7 +161,7 @@ def test_the_disk_is_a_hurd_ext2_owned_by_root_with_translators_files_and_menu(d
     rootdisk.build(spec, ctx)
     m = manifest.read_task(ctx.artifacts, spec.task)
     image = m.output(rootdisk.IMAGE)
-    assert image.stat().st_size == 48 << 20
+    assert image.stat().st_size == size_mib(root) << 20
     assert gzip.decompress(m.output(rootdisk.IMAGE_GZ).read_bytes()) == image.read_bytes()
     header = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True).stdout
     fields = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in header.splitlines())}
@@ -211,9 +215,9 @@ def test_two_builds_are_byte_identical_and_the_partitioned_disk_has_its_mbr(dock
     raw = manifest.read_task(ctx.artifacts, part.task).output(rootdisk.IMAGE).read_bytes()
     assert raw[510:512] == b"\x55\xaa" and raw[446 + 4] == 0x83
     assert int.from_bytes(raw[446 + 8 : 446 + 12], "little") == rootdisk.FIRST_SECTOR
-    assert int.from_bytes(raw[446 + 12 : 446 + 16], "little") == 48 << 11
-    start = rootdisk.FIRST_SECTOR * 512  # the filesystem, one MiB in (its own menu: root=part:1:device:hd0)
-    assert len(raw) == start + (48 << 20) and raw[start + 1024 + 56 : start + 1024 + 58] == b"\x53\xef"
+    assert int.from_bytes(raw[446 + 12 : 446 + 16], "little") == size_mib(root) << 11
+    start = rootdisk.FIRST_SECTOR * 512  # the filesystem, one MiB in (its own menu: root=device:hd0s1)
+    assert len(raw) == start + (size_mib(root) << 20) and raw[start + 1024 + 56 : start + 1024 + 58] == b"\x53\xef"
 
 
 @pytest.mark.docker

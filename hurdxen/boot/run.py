@@ -61,8 +61,9 @@ from hurdxen.core.monitor import Monitor, NullMonitor
 from hurdxen.core.quoting import XlValue, xl_value
 
 XEN_APPEND = "console=com1 com1=115200,8n1 guest_loglvl=all noreboot"
-# 256 MB is plenty for the toolstack and boots faster than the usual 512 MB (less memory for Linux to set up).
-DOM0_MEM = "dom0_mem=256M,max:256M"
+# 384 MB: the toolstack, and the guests' files in the initramfs (a disk case carries its 24 MB disk image; 256 MB
+# ran out with two of them beside the other cases' files).
+DOM0_MEM = "dom0_mem=384M,max:384M"
 # Nothing the toolstack needs: no PCI, no KASLR, no audit, no speculation mitigations, no read-only kernel data
 # (its W+X check alone costs ~0.8 s under TCG). Measured: the dom0 comes up ~30 % sooner. loglevel=3 keeps
 # ACPI's complaints about the missing PCI config space off the console (a kernel panic still shows).
