@@ -21,6 +21,11 @@ DYNAMIC_SRC = "int main(void) { return 0; }\n"
 # The 32-bit boot module that makes tasks go away (a child, then itself) through hand-built mach_msg RPCs, as a
 # Hurd server that gives up at its start does (issue 24); it reports each step through mach_print. See its comment.
 TERMINATE32_SRC = (Path(__file__).resolve().parent / "standins" / "terminate32.c").read_text()
+# The 64-bit boot module that makes Mach traps with `syscall` (mach_task_self, mach_reply_port, mach_msg RPCs to
+# the device master port, a receive that blocks and times out), reporting through mach_print (issue 20).
+TRAPS64_SRC = (Path(__file__).resolve().parent / "standins" / "traps64.c").read_text()
+# Its line once every trap returned right; only a working Xen syscall path (recipes/patches/gnumach/0014) prints it.
+TRAPS64_OK = "hurdxen-syscalls: all traps returned right"
 # Its lines: the first child has a (pinned) page table once the first shows, its pmap is gone when the second shows;
 # the third once 49 more children (page directories only) are gone; the fourth just before it terminates itself.
 TERMINATE32_WIRED = "hurdxen-terminate: vm_wire in the child"
@@ -176,6 +181,12 @@ class ElfFactory:
         flags = ["-static", "-nostdlib", "-ffreestanding", "-fno-pie", "-no-pie", "-fno-stack-protector",
                  "-Wl,--build-id=none"]  # fmt: skip
         return self._gcc(("terminate", 32, ""), TERMINATE32_SRC, flags)
+
+    def traps64(self) -> bytes:
+        """The 64-bit static module that makes Mach traps with `syscall` (TRAPS64_SRC)."""
+        flags = ["-static", "-nostdlib", "-ffreestanding", "-fno-pie", "-no-pie", "-fno-stack-protector",
+                 "-fno-builtin", "-Wl,--build-id=none"]  # fmt: skip
+        return self._gcc(("traps", 64, ""), TRAPS64_SRC, flags)
 
     def dynamic(self, bits: int) -> bytes:
         return self._gcc(("dynamic", bits, ""), DYNAMIC_SRC, ["-Wl,--build-id=none"])

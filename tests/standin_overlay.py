@@ -5,7 +5,8 @@
 builds them with the host gcc into DIR and prints the overlay tables that pin them as the hurd-modules files:
 hurd-i386's ext2fs.static is the module that terminates a child task and then itself (tests/standins/terminate32.c),
 whose lines recipes/boot.toml's `xen-pae-standin-task-terminate` case expects (the other 32-bit cases only need it
-to load); hurd-amd64's spins in user mode. Stand-ins prove the kernel's paths (boot, user mode, task teardown), not
+to load); hurd-amd64's makes Mach traps with `syscall` (tests/standins/traps64.c), whose lines the
+`xen-amd64-standin-traps` case expects. Stand-ins prove the kernel's paths (boot, user mode, task teardown), not
 the Hurd's.
 """
 
@@ -26,7 +27,7 @@ def standin_modules(elves: ElfFactory) -> dict[str, dict[str, bytes]]:
     """hurd-modules variant -> module name -> its bytes."""
     return {
         "hurd-i386": {"ext2fs.static": elves.terminate32(), variant_for(32).ldso: elves.ldso(32, LIBC)},
-        "hurd-amd64": {"ext2fs.static": elves.static(64), variant_for(64).ldso: elves.ldso(64, LIBC)},
+        "hurd-amd64": {"ext2fs.static": elves.traps64(), variant_for(64).ldso: elves.ldso(64, LIBC)},
     }
 
 

@@ -34,6 +34,7 @@ FAIL_PATTERNS: tuple[tuple[str, str], ...] = (
     ("linux", "Kernel panic - not syncing"),  # the dom0's Linux
     ("xen", "Panic on CPU"),  # the hypervisor
     ("guest", "bootstrap_create: No bootstrap code loaded"),  # GNU Mach found no boot module
+    ("guest", "< lastnsec"),  # GNU Mach's clock went backwards (`warning: nsec … < lastnsec`, issue 20)
 )
 SHUTDOWN_REASONS = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft reset"}
 
