@@ -35,6 +35,13 @@ class Plan:
         """The ramdisk made for `kernel` (hurd-modules' `kernels`)."""
         return next((h for h in self.hurd_modules if kernel in h.kernels), None)
 
+    def opt_in(self) -> frozenset[str]:
+        """The tasks `doit build` and `doit boot` leave out unless asked for by name: the opt-in ramdisks and the
+        pv-grub2 images that hold one."""
+        ramdisks = {h.task for h in self.hurd_modules if h.opt_in}
+        images = {s.task for s in self.pvgrub2 if s.ramdisk is not None and s.ramdisk.task in ramdisks}
+        return frozenset(ramdisks | images)
+
 
 def make_plan(recipes: Recipes) -> Plan:
     kernels: list[Kernel] = []

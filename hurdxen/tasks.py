@@ -420,9 +420,9 @@ def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> N
 def task_build() -> TaskDict:
     """build: everything the default recipes describe, but for opt-in ramdisks (and the pv-grub2 images holding them)"""
     p = the_plan()
-    opt_in = {h.task for h in p.hurd_modules if h.opt_in}
+    opt_in = p.opt_in()
     ramdisks = [h.task for h in p.hurd_modules if h.task not in opt_in]
-    images = [s.task for s in p.pvgrub2 if s.ramdisk is None or s.ramdisk.task not in opt_in]
+    images = [s.task for s in p.pvgrub2 if s.task not in opt_in]
     if not opt_in:
         ramdisks, images = ["hurd-modules"], ["pvgrub2"]
     return {"actions": None, "task_dep": ["mig", "gnumach", *ramdisks, *images]}

@@ -33,9 +33,8 @@ def act_boot_dom0(recipe: boot.BootRecipe, ctx: Context) -> TaskFailed | None:
     return guarded(boot.stage_dom0, recipe, ctx)
 
 
-def act_boot_check(recipe: boot.BootRecipe, ctx: Context) -> TaskFailed | None:
-    only = tuple(n for n in os.environ.get("HURDXEN_BOOT_CASES", "").split(",") if n)
-    return guarded(boot.stage_check, recipe, ctx, only)
+def act_boot_check(recipe: boot.BootRecipe, ctx: Context, selected: tuple[str, ...]) -> TaskFailed | None:
+    return guarded(boot.stage_check, recipe, ctx, selected)
 
 
 def task_boot() -> Iterator[TaskDict]:
@@ -70,16 +69,9 @@ def task_boot() -> Iterator[TaskDict]:
         "pvgrub2": set(pvgrub.by_name(the_plan().pvgrub2)),
         "rootdisk": {d.name for d in the_plan().rootdisks},
     }
-    deps: list[str] = []
     for i, c in enumerate(recipe.cases):
-        for stg, key, name in (
-            ("gnumach", "kernel", c.kernel if c.kind != "pvgrub" else None),
-            ("hurd-modules", "ramdisk", c.ramdisk),
-            ("pvgrub2", "pvgrub", c.pvgrub),
-            ("rootdisk", "disk", c.disk),
-        ):
-            if name is None:
-                continue
+        for key, task in boot.case_inputs_tasks(c).items():
+            stg, name = task.split(":", 1)
             if name not in known[stg]:
                 raise_recipe_error(
                     r,
@@ -87,17 +79,19 @@ def task_boot() -> Iterator[TaskDict]:
                     f"cases[{i}].{key}: no {stg} output named {name!r}",
                     f"one of: {', '.join(sorted(known[stg])) or '(none: recipes/' + stg + '.toml)'}",
                 )
-            deps.append(f"{stg}:{name}")
+    only = tuple(n for n in os.environ.get("HURDXEN_BOOT_CASES", "").split(",") if n)
+    selected = boot.select_cases(recipe, the_plan().opt_in(), only)
+    deps = [t for c in selected for t in boot.case_inputs_tasks(c).values()]
     yield {
         "name": "check",
-        "doc": "boot every case of recipes/boot.toml (HURDXEN_BOOT_CASES=a,b for some); verdicts in the manifest",
-        "actions": [(act_boot_check, [recipe, ctx])],
+        "doc": "boot the cases of recipes/boot.toml but the opt-in ones (HURDXEN_BOOT_CASES=a,b for some)",
+        "actions": [(act_boot_check, [recipe, ctx, tuple(c.name for c in selected)])],
         "task_dep": ["boot:hypervisor", "boot:dom0", *dict.fromkeys(deps)],
         # Booted again only when what it boots (the files), how (cases, hypervisor, dom0, the harness) or the
         # selection changed; `doit forget boot:check` forces a new run.
-        "file_dep": sorted({str(p) for c in recipe.cases for p in boot.case_inputs(ctx, c).values()}),
+        "file_dep": sorted({str(p) for c in selected for p in boot.case_inputs(ctx, c).values()}),
         "targets": [str(report_path(ctx.artifacts))],
         "uptodate": [config_changed(
-            boot.check_identity(recipe, hv_tag, dom0_tag, os.environ.get("HURDXEN_BOOT_CASES", "")))],
+            boot.check_identity(recipe, hv_tag, dom0_tag, ",".join(c.name for c in selected)))],
         "verbosity": 2,
     }  # fmt: skip

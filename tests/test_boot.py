@@ -288,6 +288,29 @@ def test_guest_config_and_bad_names(tmp_path: Path) -> None:
         bootrun.qemu_command(tmp_path / "x,y", [], "")
 
 
+def test_opt_in_cases_are_left_out_unless_named() -> None:
+    """`doit boot` leaves out a case marked opt-in and one that boots an opt-in input (a debian-ports ramdisk a
+    fresh machine cannot fetch would otherwise fail the whole check); HURDXEN_BOOT_CASES names any case."""
+    from hurdxen.pipeline import recipes
+    from hurdxen.plan import make_plan
+
+    r = recipes.load(REPO)
+    rec, plan = boot.recipe_from(r["boot"], 1234), make_plan(r)
+    default = {c.name for c in boot.select_cases(rec, plan.opt_in(), ())}
+    assert "hurd-i386-disk" in default and "xen-pae" in default
+    assert "xen-pae-standin-task-terminate" not in default  # opt_in = true (the stand-in overlay's case)
+    for c in rec.cases:
+        if set(boot.case_inputs_tasks(c).values()) & plan.opt_in():
+            assert c.name not in default
+    assert not {c.name for c in rec.cases if c.opt_in} & default
+    named = boot.select_cases(rec, plan.opt_in(), ("xen-pae-standin-task-terminate", "xen-pae"))
+    assert [c.name for c in named] == ["xen-pae", "xen-pae-standin-task-terminate"]  # recipe order
+    assert boot.case_inputs_tasks(next(c for c in rec.cases if c.name == "pvgrub-i386-disk")) == {
+        "pvgrub": "pvgrub2:i386-xen-disk",
+        "disk": "rootdisk:hurd-i386",
+    }
+
+
 def test_recipe_and_stage_inputs() -> None:
     from hurdxen.pipeline import recipes
     from hurdxen.pipeline.context import make_context

@@ -47,6 +47,7 @@ class CaseSpec:
     alive_after: float = 0.0
     disk: str | None = None  # a rootdisk image the guest gets as its first Xen block device
     disk_vdev: str = "hda"
+    opt_in: bool = False  # run only when named (HURDXEN_BOOT_CASES)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def recipe_from(data: Any, source_date_epoch: int, shown: str = "recipes/boot.to
                 c["name"], kind, c.get("kernel"), c.get("ramdisk"), c.get("pvgrub"), tuple(c.get("expect", ())),
                 c.get("expect_refusal"), kf,
                 c.get("cmdline", "console=hyp0 root=device:hd0s1"), int(c.get("memory", run.get("memory", 128))),
-                timeout, alive, c.get("disk"), c.get("disk_vdev", "hda"),
+                timeout, alive, c.get("disk"), c.get("disk_vdev", "hda"), bool(c.get("opt_in", False)),
             )
         )  # fmt: skip
     names = [c.name for c in cases]
@@ -206,6 +207,25 @@ def stage_dom0(recipe: BootRecipe, ctx: Any) -> Dom0Result:
     )  # fmt: skip
 
 
+def case_inputs_tasks(case: CaseSpec) -> dict[str, str]:
+    """The tasks whose outputs a case boots, by role (its recipe key)."""
+    named = (
+        ("kernel", "gnumach", case.kernel if case.kind != "pvgrub" else None),
+        ("ramdisk", "hurd-modules", case.ramdisk),
+        ("pvgrub", "pvgrub2", case.pvgrub),
+        ("disk", "rootdisk", case.disk),
+    )
+    return {key: f"{stage}:{name}" for key, stage, name in named if name is not None}
+
+
+def select_cases(recipe: BootRecipe, opt_in_tasks: frozenset[str], only: Sequence[str]) -> tuple[CaseSpec, ...]:
+    """The cases a run boots: those `only` names (HURDXEN_BOOT_CASES), or else every case that is not opt-in,
+    itself or through an input the plan leaves out of `doit build`."""
+    if only:
+        return tuple(c for c in recipe.cases if c.name in only)
+    return tuple(c for c in recipe.cases if not c.opt_in and not set(case_inputs_tasks(c).values()) & opt_in_tasks)
+
+
 def check_identity(recipe: BootRecipe, hv_tag: str, dom0_tag: str, only: str) -> str:
     """boot:check's one `config_changed`: what it boots (the cases), under what (hypervisor, dom0), which cases, and
     how it judges (the harness, verdict and diagnostics code). Its inputs' bytes are its file_dep."""
@@ -220,12 +240,12 @@ def check_identity(recipe: BootRecipe, hv_tag: str, dom0_tag: str, only: str) ->
     )  # fmt: skip
 
 
-def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootReport:
-    """Entry point of `doit boot`: hypervisor and dom0 (cached), every case, verdict table, manifest.
+def stage_check(recipe: BootRecipe, ctx: Any, selected: Sequence[str]) -> BootReport:
+    """Entry point of `doit boot`: hypervisor and dom0 (cached), the selected cases, verdict table, manifest.
 
     Raises HurdxenError when a case fails or passes further than its recorded known failure (a known failure or an
     expected refusal is not a failure)."""
-    cases = [resolve_case(ctx, c) for c in recipe.cases if not only or c.name in only]
+    cases = [resolve_case(ctx, c) for c in recipe.cases if c.name in selected]
     hv = stage_hypervisor(recipe, ctx)
     dom0 = stage_dom0(recipe, ctx) if any(c.kind != "dom0" for c in cases) else None
     out = report_path(ctx.artifacts)
@@ -241,12 +261,12 @@ def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootR
         recipe.sessions,
     )
     print_report(report, monitor)
-    summary = report.summary()
+    left_out = [c.name for c in recipe.cases if c.name not in selected]
+    if left_out:
+        monitor.note(f"not booted (opt-in; HURDXEN_BOOT_CASES=<name> boots one): {', '.join(left_out)}")
+    summary = {**report.summary(), "not_booted": left_out}
     for c, r in zip(cases, summary["cases"], strict=True):
-        r["inputs"] = {
-            role: {"path": str(p), "sha256": fsutil.sha256_file(p)}
-            for role, p in c.files().items()
-        }
+        r["inputs"] = {role: {"path": str(p), "sha256": fsutil.sha256_file(p)} for role, p in c.files().items()}
     fsutil.write_json_atomic(out, summary)  # read by the bundle's boot gate
     failed = [r for r in report.results if not r.ok]
     if failed:

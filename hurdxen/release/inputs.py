@@ -190,6 +190,7 @@ class BootGate:
     passed: bool
     allow_unbooted: bool
     cases: tuple[tuple[str, str, str], ...]  # (case, verdict, reason)
+    not_booted: tuple[str, ...] = ()  # the recipe's opt-in cases this check left out
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -197,6 +198,7 @@ class BootGate:
             "passed": self.passed,
             "allow_unbooted": self.allow_unbooted,
             "cases": [{"case": c, "verdict": v, "reason": r} for c, v, r in self.cases],
+            **({"not_booted": list(self.not_booted)} if self.not_booted else {}),
         }
 
 
@@ -223,4 +225,6 @@ def boot_gate(artifacts: Path, spec: BundleSpec) -> BootGate:
         first = f"case {bad[0][0]}: {bad[0][1]}" + (f" ({bad[0][2]})" if bad[0][2] else "") if bad else "no cases"
         more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
         raise HurdxenError(f"bundle: the boot check did not pass: {first}{more}", hint=hint)
-    return BootGate(True, passed, spec.allow_unbooted, tuple(sorted(cases)))
+    left = data.get("not_booted", []) if isinstance(data, Mapping) else []
+    not_booted = tuple(sorted(str(n) for n in left)) if isinstance(left, list) else ()
+    return BootGate(True, passed, spec.allow_unbooted, tuple(sorted(cases)), not_booted)
