@@ -32,8 +32,8 @@ class Plan:
         return next((k for k in self.kernels if k.name == name), None)
 
     def hurd_modules_for(self, kernel: str) -> hurdmodules.HurdModulesSpec | None:
-        """The ramdisk made for `kernel` (hurd-modules' `kernels`)."""
-        return next((h for h in self.hurd_modules if kernel in h.kernels), None)
+        """The ramdisk made for `kernel` (hurd-modules' `kernels`; never a stand-in: `default_ramdisk`)."""
+        return hurdmodules.ramdisk_for(self.hurd_modules, kernel)
 
     def opt_in(self) -> frozenset[str]:
         """The tasks `doit build` and `doit boot` leave out unless asked for by name: the opt-in ramdisks and the
@@ -54,8 +54,7 @@ def make_plan(recipes: Recipes) -> Plan:
     hms = tuple(hurdmodules.specs(recipes, system)) if "hurd-modules" in recipes else ()
     sde = int(recipes["base"]["base"]["source_date_epoch"])
     pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
-    hms_for = {k: h for h in hms for k in h.kernels}
-    disks = tuple(rootdisk.specs(recipes, system, kernels, hms_for.get))
+    disks = tuple(rootdisk.specs(recipes, system, kernels, lambda kernel: hurdmodules.ramdisk_for(hms, kernel)))
     return Plan(
         mig=migs,
         gnumach_source=source,

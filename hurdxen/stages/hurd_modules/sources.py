@@ -247,9 +247,7 @@ def disk_inputs(
     return pinned, version, described
 
 
-def standin_inputs(
-    src: StandinSource, ctx: Context, task: str, work: Path
-) -> tuple[ramdisk.Inputs, dict[str, Any]]:
+def standin_inputs(src: StandinSource, ctx: Context, task: str, work: Path) -> tuple[ramdisk.Inputs, dict[str, Any]]:
     """Compile each stand-in module from its source (sha256 checked) in the builder image; the files and their
     provenance (each module's source, its sha256, the gcc words and the step)."""
     for m in src.modules:

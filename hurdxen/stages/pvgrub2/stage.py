@@ -63,7 +63,7 @@ class Producers:
         return next((k for k in self.kernels if k.name == name), None)
 
     def ramdisk_for(self, kernel: str) -> hurdmodules.HurdModulesSpec | None:
-        return next((h for h in self.hurd_modules if kernel in h.kernels), None)
+        return hurdmodules.ramdisk_for(self.hurd_modules, kernel)
 
     def boot_modules(self, kernel: KernelFacts) -> tuple[BootModule, ...]:
         """The Hurd's boot modules for `kernel`: the hurd-modules spec made for it, else the stage's default
