@@ -21,6 +21,7 @@ from elfstandins import (
     TERMINATE32_SELF,
     TERMINATE32_SRC,
     TERMINATE32_WIRED,
+    TRAPS64_OK,
     ElfFactory,
     elves,
 )
@@ -298,13 +299,17 @@ def test_opt_in_cases_are_left_out_unless_named() -> None:
     rec, plan = boot.recipe_from(r["boot"], 1234), make_plan(r)
     default = {c.name for c in boot.select_cases(rec, plan.opt_in(), ())}
     assert "hurd-i386-disk" in default and "xen-pae" in default
-    assert "xen-pae-standin-task-terminate" not in default  # opt_in = true (the stand-in overlay's case)
+    # The stand-in cases boot the stand-in ramdisks the hurd-modules stage builds: on the default recipes, a 64-bit
+    # case whose task makes system calls (issue 20), directly and through pv-grub2.
+    standins = {"xen-pae-standin-task-terminate", "xen-amd64-standin-traps", "pvgrub-x86_64-standin-traps"}
+    assert standins <= default
+    assert "xen-amd64" not in default  # its ramdisk, hurd-amd64 from debian-ports, is opt-in
     for c in rec.cases:
         if set(boot.case_inputs_tasks(c).values()) & plan.opt_in():
             assert c.name not in default
     assert not {c.name for c in rec.cases if c.opt_in} & default
-    named = boot.select_cases(rec, plan.opt_in(), ("xen-pae-standin-task-terminate", "xen-pae"))
-    assert [c.name for c in named] == ["xen-pae", "xen-pae-standin-task-terminate"]  # recipe order
+    named = boot.select_cases(rec, plan.opt_in(), ("xen-amd64", "xen-pae"))
+    assert [c.name for c in named] == ["xen-pae", "xen-amd64"]  # recipe order
     assert boot.case_inputs_tasks(next(c for c in rec.cases if c.name == "pvgrub-i386-disk")) == {
         "pvgrub": "pvgrub2:i386-xen-disk",
         "disk": "rootdisk:hurd-i386",
@@ -344,6 +349,13 @@ def test_recipe_and_stage_inputs() -> None:
     ctx = make_context(r)
     files = boot.case_inputs(ctx, byname["xen-pae"])
     assert files["kernel"].parent.name == "xen-pae" and files["ramdisk"].name == "hurd-modules"
+    # The stand-in cases boot the stand-in ramdisks by name (hurd-modules' standin source), never hurd-i386's.
+    assert term.ramdisk == "standin-i386-terminate" and not term.opt_in
+    traps = byname["xen-amd64-standin-traps"]
+    assert traps.ramdisk == "standin-amd64-traps" and TRAPS64_OK in traps.expect and not traps.opt_in
+    assert boot.case_inputs(ctx, traps)["ramdisk"].parent.name == "standin-amd64-traps"
+    via_grub = byname["pvgrub-x86_64-standin-traps"]
+    assert via_grub.pvgrub == "x86_64-xen-standin-traps" and TRAPS64_OK in via_grub.expect
     with pytest.raises(HurdxenError, match="is missing"):
         boot.resolve_case(make_context(r), boot.CaseSpec(
             "x", "guest", "no-such-variant", None, None, (), None, None, "", 128, 10.0))  # fmt: skip
