@@ -176,6 +176,12 @@ class ElfFactory:
                  f'-DLDSO_BANNER="{banner}"']  # fmt: skip
         return self._gcc(("ldso", bits, version), LDSO_SRC, flags)
 
+    def ldso_standin(self, bits: int) -> bytes:
+        """The stand-in ld.so with its own banner (libc version `stand-in`, no glibc), as the stage builds it."""
+        soname = "ld.so.1" if bits == 32 else "ld-x86-64.so.1"
+        flags = ["-shared", "-fPIC", "-nostdlib", f"-Wl,-soname,{soname}", "-Wl,--build-id=none"]
+        return self._gcc(("ldso", bits, "standin"), LDSO_SRC, flags)
+
     def static(self, bits: int) -> bytes:
         flags = ["-static", "-nostdlib", "-ffreestanding", "-fno-pie", "-no-pie", "-Wl,--build-id=none"]
         return self._gcc(("static", bits, ""), STATIC_SRC, flags)
