@@ -326,6 +326,47 @@ def test_bundle_contents(built: B.BundleResult) -> None:
     assert members[0].name == "hurdxen-1.2.0"
 
 
+def add_standins(artifacts: Path) -> None:
+    """A stand-in ramdisk (hurd-modules' standin source) and a pv-grub2 image holding its modules, as the stages
+    record them."""
+    h = artifacts / "hurd-modules" / "standin-x"
+    h.mkdir(parents=True)
+    (h / "hurd-modules").write_bytes(b"stand-in modules\n" * 100)
+    ram = {"file": "hurd-modules", "sha256": fsutil.sha256_file(h / "hurd-modules"), "size": 1}
+    described = {"modules": {"ext2fs.static": {"described": "gcc-built stand-in from hurdxen/data/standins/traps64.c"}}}
+    stage_manifest(
+        h, "hurd-modules", "standin-x", {"source": "standin", "standin": described}, {"ramdisk": "hurd-modules"},
+        bits=32, libc_version="stand-in", ramdisk=ram, modules=[],
+    )  # fmt: skip
+    p = artifacts / "pvgrub2" / "i386-standin"
+    p.mkdir(parents=True)
+    (p / "pv-grub-i386-standin.gz").write_bytes(gzip.compress(b"GRUB-standin" * 100, mtime=0))
+    held = {"/hurd/ext2fs.static": {"task": "hurd-modules:standin-x", "sha256": "c" * 64}}
+    stage_manifest(
+        p, "pvgrub2", "i386-standin", {"boot_modules": held}, {"image.gz": "pv-grub-i386-standin.gz"},
+        platform="i386-xen", flavour="standalone",
+    )  # fmt: skip
+
+
+def test_bundle_leaves_standins_out(tmp_path: Path, pae_kernel: Path, built: B.BundleResult) -> None:
+    """Stand-in ramdisks (gcc-built, not the Hurd) and the images that hold them are never shipped: the bundle is
+    the one without them, byte for byte but for its README's line that names them; naming one is refused."""
+    root = make_project(tmp_path / "proj2")
+    art = make_stages(tmp_path / "art", pae_kernel)
+    add_standins(art)
+    b = do_bundle(root, art)
+    assert sorted(files_of(b.directory)) == sorted(files_of(built.directory))
+    text = b.manifest.read_text()
+    assert "standin" not in text and "stand-in" not in text
+    readme = (b.directory / "README.md").read_text()
+    assert "Left out: hurd-modules:standin-x, pvgrub2:i386-standin: gcc-built stand-in boot modules" in readme
+    assert "Left out" not in (built.directory / "README.md").read_text()
+    with pytest.raises(HurdxenError, match=r"hurd-modules/standin-x is a gcc-built stand-in .*not the Hurd"):
+        do_bundle(root, art, {"release.include.hurd_modules": '["libc-2.41-6", "standin-x"]'})
+    with pytest.raises(HurdxenError, match=r"pvgrub2/i386-standin is a gcc-built stand-in"):
+        do_bundle(root, art, {"release.include.pvgrub2": '["i386-xen-hurd", "i386-standin"]'})
+
+
 def test_bundle_bit_identical_across_dirs_umask_tz(tmp_path: Path, pae_kernel: Path) -> None:
     results = []
     for v in (R.FIRST, R.SECOND):

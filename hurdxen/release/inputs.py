@@ -68,6 +68,34 @@ def _built(artifacts: Path, stage: str, wanted: tuple[str, ...] | None, output: 
     return out
 
 
+def is_standin(m: manifest.Manifest, standins: frozenset[str]) -> bool:
+    """A stand-in ramdisk (hurd-modules' `standin` source: gcc-built, not the Hurd) or a pv-grub2 image that holds
+    one's modules (`standins`: those ramdisks' tasks). Users want the real modules: the bundle never ships these."""
+    if m.stage == "hurd-modules":
+        return m.inputs.get("source") == "standin"
+    held = m.inputs.get("boot_modules") or {}
+    return any(isinstance(b, Mapping) and b.get("task") in standins for b in held.values())
+
+
+def _without_standins(
+    found: list[manifest.Manifest], wanted: tuple[str, ...] | None, standins: frozenset[str]
+) -> tuple[list[manifest.Manifest], list[str]]:
+    """`found` without the stand-ins, and their tasks; a stand-in named in [include] is refused."""
+    keep, left = [], []
+    for m in found:
+        if not is_standin(m, standins):
+            keep.append(m)
+        elif wanted is not None:
+            raise HurdxenError(
+                f"bundle: {m.stage}/{m.variant} is a gcc-built stand-in (hurdxen/data/standins/), not the Hurd: a "
+                "release does not ship it",
+                hint="drop it from recipes/release.toml [include]",
+            )
+        else:
+            left.append(m.task)
+    return keep, left
+
+
 def _stage_output(m: manifest.Manifest) -> StageOutput:
     return StageOutput(m.stage, m.variant, m.directory, strip_volatile(m.raw))
 
@@ -91,6 +119,7 @@ class Gathered:
     pvgrubs: tuple[domains.PvGrubInput, ...]
     extra_stages: tuple[StageOutput, ...]  # tools the outputs were built with (mig, …): recorded, not shipped
     disks: tuple[domains.DiskInput, ...] = ()
+    standins: tuple[str, ...] = ()  # the stand-in ramdisks and images built here, left out (tasks)
 
 
 def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
@@ -109,7 +138,9 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
         kernels.append(domains.KernelInput(m.variant, rel, bits, pae))
         strict = bool((m.facts.get("verify") or {}).get("strict", False))
         expect[rel] = {"variant": m.variant, "bits": bits, "pae": pae, "strict": strict}
-    hm = _built(artifacts, "hurd-modules", spec.hurd_modules, "ramdisk")
+    hm, standins = _without_standins(
+        _built(artifacts, "hurd-modules", spec.hurd_modules, "ramdisk"), spec.hurd_modules, frozenset()
+    )
     if not hm:
         raise HurdxenError(
             f"bundle: no hurd-modules in {artifacts / 'hurd-modules'}", hint="run `doit hurd-modules` first"
@@ -119,7 +150,9 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
         rel = f"hurd-modules/hurd-modules-{m.variant}"
         payload.append(Payload(rel, m.output("ramdisk"), f"{m.stage}/{m.variant}"))
         modules.append(domains.ModulesInput(m.variant, rel, int(m.fact("bits")), str(m.fact("libc_version"))))
-    pg = _built(artifacts, "pvgrub2", spec.pvgrub2, "image.gz")
+    standin_ramdisks = frozenset(standins)
+    pg, left = _without_standins(_built(artifacts, "pvgrub2", spec.pvgrub2, "image.gz"), spec.pvgrub2, standin_ramdisks)
+    standins += left
     pvgrubs: list[domains.PvGrubInput] = []
     for m in pg:
         f = m.output("image.gz")
@@ -152,6 +185,7 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
         tuple(pvgrubs),
         tuple(extra),
         tuple(disks),
+        tuple(standins),
     )
 
 

@@ -304,6 +304,14 @@ def make_readme(
         f"| {PROVENANCE} | in-toto / SLSA v1 provenance |",
         f"| {SUMS} | sha256 of every file |",
         "",
+    ]
+    if g.standins:
+        lines += [
+            f"Left out: {', '.join(g.standins)}: gcc-built stand-in boot modules (hurdxen/data/standins/), not the "
+            "Hurd. They prove kernel paths in the boot check's stand-in cases; a release ships the real modules only.",
+            "",
+        ]
+    lines += [
         "## Verify",
         "",
         "```sh",
