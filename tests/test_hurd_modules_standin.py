@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from elfstandins import TERMINATE32_SRC, TRAPS64_OK, TRAPS64_SRC
+from elfstandins import TERMINATE32_SRC, TRAPS64_OK, TRAPS64_SRC, ElfFactory, elves
 from project import CODE as REPO
 from project import SHARED_CACHE, copy_project, docker_answers, to_toml
 
@@ -25,6 +25,8 @@ from hurdxen.stages.hurd_modules.elf import STANDIN_LIBC, ldso_version
 from hurdxen.stages.hurd_modules.format import parse_ramdisk
 from hurdxen.stages.pvgrub2 import stage as pvgrub
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec
+
+__all__ = ["elves"]  # the fixture, imported for pytest
 
 RECIPES = ("base", "images", "hurd-modules")
 TRAPS = "standin-amd64-traps"
@@ -208,3 +210,16 @@ def test_the_standin_step_runs_in_the_builder_image(
     assert m.inputs["standin"]["step"]["executor"] == "docker"
     stage.build(spec_of(r, TERMINATE), ctx)
     shutil.rmtree(ctx.artifacts)
+
+
+def test_the_standin_ldso_claims_no_glibc(elves: ElfFactory) -> None:
+    """The stand-in ld.so's banner gives libc version `stand-in`: a variant pinned to a real glibc refuses it, and
+    the Debian-banner build the tests use elsewhere still reads as that glibc."""
+    from hurdxen.stages.hurd_modules.elf import check_module, variant_for
+
+    standin = elves.ldso_standin(64)
+    assert ldso_version(standin) == STANDIN_LIBC
+    assert check_module("ld-x86-64.so.1", "ld.so", standin, variant_for(64), STANDIN_LIBC).ldso_version == "stand-in"
+    with pytest.raises(HurdxenError, match=r"is from glibc stand-in, but the pinned libc0\.3 version is 2\.41-6"):
+        check_module("ld-x86-64.so.1", "ld.so", standin, variant_for(64), "2.41-6")
+    assert ldso_version(elves.ldso(64, "2.41-6")) == "2.41-6"
