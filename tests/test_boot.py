@@ -355,7 +355,7 @@ def test_recipe_and_stage_inputs() -> None:
     assert traps.ramdisk == "standin-amd64-traps" and TRAPS64_OK in traps.expect and not traps.opt_in
     assert boot.case_inputs(ctx, traps)["ramdisk"].parent.name == "standin-amd64-traps"
     via_grub = byname["pvgrub-x86_64-standin-traps"]
-    assert via_grub.pvgrub == "x86_64-xen-standin-traps" and TRAPS64_OK in via_grub.expect
+    assert via_grub.pvgrub == "x86_64-xen-standin" and TRAPS64_OK in via_grub.expect
     with pytest.raises(HurdxenError, match="is missing"):
         boot.resolve_case(make_context(r), boot.CaseSpec(
             "x", "guest", "no-such-variant", None, None, (), None, None, "", 128, 10.0))  # fmt: skip

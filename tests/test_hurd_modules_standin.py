@@ -97,7 +97,7 @@ def test_standin_variants_compile_their_sources(root: Path, tmp_path: Path, rest
         False,
         False,
     )
-    assert "gcc-built stand-ins (not the Hurd)" in traps.doc
+    assert traps.doc == "stand-ins, 64-bit, for xen-amd64: gcc-built, not the Hurd (no glibc)"
     assert sources.STANDIN_DIR / "traps64.c" in traps.deps(ctx).files
     stage.build(traps, ctx)
     m = check_traps_ramdisk(ctx, traps)

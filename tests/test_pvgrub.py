@@ -58,7 +58,7 @@ def image(name: str, **changes: Any) -> pvgrub_config.PvGrubImageSpec:
 def test_recipe_resolves_defaults() -> None:
     r = pvgrub.spec_from_recipe(recipe_data(), PRODUCERS)
     assert r.grub.package == "grub-xen-bin" and r.grub.version == "2.06-13+deb12u2" and r.grub.arch == "amd64"
-    assert len(r.images) == 7  # and the stand-in image, x86_64-xen-standin-traps (a standalone one)
+    assert len(r.images) == 7  # and the stand-in image, x86_64-xen-standin (a standalone one)
     assert {(i.platform, i.flavour) for i in r.images} == {
         (p, f) for p in ("i386-xen", "x86_64-xen") for f in ("disk", "hurd", "standalone")
     }
@@ -79,7 +79,7 @@ def test_an_image_names_its_ramdisk_to_embed_a_standin() -> None:
     assert held == {
         "i386-xen-standalone": "hurd-i386",
         "x86_64-xen-standalone": "hurd-amd64",
-        "x86_64-xen-standin-traps": "standin-amd64-traps",
+        "x86_64-xen-standin": "standin-amd64-traps",
     }
     for changes, message in (
         ({"flavour": "hurd"}, r"ramdisk: only a standalone image embeds one"),
@@ -87,7 +87,7 @@ def test_an_image_names_its_ramdisk_to_embed_a_standin() -> None:
         ({"ramdisk": "standin-i386-terminate"}, r"ramdisk: standin-i386-terminate is not made for kernel 'xen-amd64'"),
     ):
         with pytest.raises(HurdxenError, match=message):
-            image("x86_64-xen-standin-traps", **changes)
+            image("x86_64-xen-standin", **changes)
 
 
 @pytest.mark.parametrize(

@@ -74,12 +74,13 @@ class HurdModulesSpec:
 
     @property
     def doc(self) -> str:
+        if self.source == "standin":
+            return f"stand-ins, {self.bits}-bit, for {', '.join(self.kernels)}: gcc-built, not the Hurd (no glibc)"
         libc = f"libc {self.libc_version}" if self.libc_version else "the disk's libc"
         origin = {
             "build": "the Hurd built here",
             "debian": "Debian's packages",
             "disk": "a disk image",
-            "standin": "gcc-built stand-ins (not the Hurd)",
             "files": "local files",
         }
         return f"{libc}, {self.bits}-bit, for {', '.join(self.kernels)}, from {origin[self.source]}"
