@@ -33,8 +33,10 @@ def act_boot_dom0(recipe: boot.BootRecipe, ctx: Context) -> TaskFailed | None:
     return guarded(boot.stage_dom0, recipe, ctx)
 
 
-def act_boot_check(recipe: boot.BootRecipe, ctx: Context, selected: tuple[str, ...]) -> TaskFailed | None:
-    return guarded(boot.stage_check, recipe, ctx, selected)
+def act_boot_check(
+    recipe: boot.BootRecipe, ctx: Context, selected: tuple[str, ...], not_booted: tuple[tuple[str, str], ...]
+) -> TaskFailed | None:
+    return guarded(boot.stage_check, recipe, ctx, selected, not_booted)
 
 
 def task_boot() -> Iterator[TaskDict]:
@@ -81,11 +83,12 @@ def task_boot() -> Iterator[TaskDict]:
                 )
     only = tuple(n for n in os.environ.get("HURDXEN_BOOT_CASES", "").split(",") if n)
     selected = boot.select_cases(recipe, the_plan().opt_in(), only)
+    not_booted = boot.left_out(recipe, the_plan().opt_in(), only)
     deps = [t for c in selected for t in boot.case_inputs_tasks(c).values()]
     yield {
         "name": "check",
         "doc": "boot the cases of recipes/boot.toml but the opt-in ones (HURDXEN_BOOT_CASES=a,b for some)",
-        "actions": [(act_boot_check, [recipe, ctx, tuple(c.name for c in selected)])],
+        "actions": [(act_boot_check, [recipe, ctx, tuple(c.name for c in selected), not_booted])],
         "task_dep": ["boot:hypervisor", "boot:dom0", *dict.fromkeys(deps)],
         # Booted again only when what it boots (the files), how (cases, hypervisor, dom0, the harness) or the
         # selection changed; `doit forget boot:check` forces a new run.

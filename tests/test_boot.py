@@ -308,6 +308,9 @@ def test_opt_in_cases_are_left_out_unless_named() -> None:
         if set(boot.case_inputs_tasks(c).values()) & plan.opt_in():
             assert c.name not in default
     assert not {c.name for c in rec.cases if c.opt_in} & default
+    assert {n for n, _ in boot.left_out(rec, plan.opt_in(), ())} == {c.name for c in rec.cases} - default
+    assert all(why.startswith("opt-in") for _, why in boot.left_out(rec, plan.opt_in(), ()))
+    assert dict(boot.left_out(rec, plan.opt_in(), ("xen-pae",)))["hurd-i386-disk"] == "not named in HURDXEN_BOOT_CASES"
     named = boot.select_cases(rec, plan.opt_in(), ("xen-amd64", "xen-pae"))
     assert [c.name for c in named] == ["xen-pae", "xen-amd64"]  # recipe order
     assert boot.case_inputs_tasks(next(c for c in rec.cases if c.name == "pvgrub-i386-disk")) == {

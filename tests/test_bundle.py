@@ -527,6 +527,17 @@ def test_boot_gate(tmp_path: Path, pae_kernel: Path) -> None:
     }
     assert "did not pass" in (b.directory / "README.md").read_text()
     assert any("allow_unbooted" in w for w in b.warnings)
+    # A case the check did not boot (opt-in, or not named) is not a verdict: the manifest and README say so.
+    report = json.loads(report_path(art).read_text())
+    report["cases"] = [c for c in report["cases"] if c["case"] != "pae-direct"]
+    report["not_booted"] = [{"case": "pae-direct", "reason": "opt-in: HURDXEN_BOOT_CASES=<name> boots it"}]
+    report_path(art).write_text(json.dumps(report))
+    b = do_bundle(root, art, {"release.allow_unbooted": "true"})
+    assert json.loads(b.manifest.read_text())["boot"]["not_booted"] == report["not_booted"]
+    assert (
+        "- pae-direct: not booted (opt-in: HURDXEN_BOOT_CASES=<name> boots it)"
+        in (b.directory / "README.md").read_text()
+    )
     report_path(art).unlink()
     with pytest.raises(HurdxenError, match="no boot check"):
         do_bundle(root, art)

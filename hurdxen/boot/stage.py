@@ -226,6 +226,13 @@ def select_cases(recipe: BootRecipe, opt_in_tasks: frozenset[str], only: Sequenc
     return tuple(c for c in recipe.cases if not c.opt_in and not set(case_inputs_tasks(c).values()) & opt_in_tasks)
 
 
+def left_out(recipe: BootRecipe, opt_in_tasks: frozenset[str], only: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The cases a run does not boot, each with why (for the report and the bundle's README)."""
+    chosen = {c.name for c in select_cases(recipe, opt_in_tasks, only)}
+    why = "not named in HURDXEN_BOOT_CASES" if only else "opt-in: HURDXEN_BOOT_CASES=<name> boots it"
+    return tuple((c.name, why) for c in recipe.cases if c.name not in chosen)
+
+
 def check_identity(recipe: BootRecipe, hv_tag: str, dom0_tag: str, only: str) -> str:
     """boot:check's one `config_changed`: what it boots (the cases), under what (hypervisor, dom0), which cases, and
     how it judges (the harness, verdict and diagnostics code). Its inputs' bytes are its file_dep."""
@@ -240,7 +247,9 @@ def check_identity(recipe: BootRecipe, hv_tag: str, dom0_tag: str, only: str) ->
     )  # fmt: skip
 
 
-def stage_check(recipe: BootRecipe, ctx: Any, selected: Sequence[str]) -> BootReport:
+def stage_check(
+    recipe: BootRecipe, ctx: Any, selected: Sequence[str], not_booted: Sequence[tuple[str, str]] = ()
+) -> BootReport:
     """Entry point of `doit boot`: hypervisor and dom0 (cached), the selected cases, verdict table, manifest.
 
     Raises HurdxenError when a case fails or passes further than its recorded known failure (a known failure or an
@@ -261,10 +270,9 @@ def stage_check(recipe: BootRecipe, ctx: Any, selected: Sequence[str]) -> BootRe
         recipe.sessions,
     )
     print_report(report, monitor)
-    left_out = [c.name for c in recipe.cases if c.name not in selected]
-    if left_out:
-        monitor.note(f"not booted (opt-in; HURDXEN_BOOT_CASES=<name> boots one): {', '.join(left_out)}")
-    summary = {**report.summary(), "not_booted": left_out}
+    for name, why in not_booted:
+        monitor.note(f"not booted: {name} ({why})")
+    summary = {**report.summary(), "not_booted": [{"case": n, "reason": why} for n, why in not_booted]}
     for c, r in zip(cases, summary["cases"], strict=True):
         r["inputs"] = {role: {"path": str(p), "sha256": fsutil.sha256_file(p)} for role, p in c.files().items()}
     fsutil.write_json_atomic(out, summary)  # read by the bundle's boot gate

@@ -224,7 +224,7 @@ class BootGate:
     passed: bool
     allow_unbooted: bool
     cases: tuple[tuple[str, str, str], ...]  # (case, verdict, reason)
-    not_booted: tuple[str, ...] = ()  # the recipe's opt-in cases this check left out
+    not_booted: tuple[tuple[str, str], ...] = ()  # (case, why): the recipe's cases this check did not boot
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -232,7 +232,7 @@ class BootGate:
             "passed": self.passed,
             "allow_unbooted": self.allow_unbooted,
             "cases": [{"case": c, "verdict": v, "reason": r} for c, v, r in self.cases],
-            **({"not_booted": list(self.not_booted)} if self.not_booted else {}),
+            **({"not_booted": [{"case": c, "reason": r} for c, r in self.not_booted]} if self.not_booted else {}),
         }
 
 
@@ -260,5 +260,9 @@ def boot_gate(artifacts: Path, spec: BundleSpec) -> BootGate:
         more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
         raise HurdxenError(f"bundle: the boot check did not pass: {first}{more}", hint=hint)
     left = data.get("not_booted", []) if isinstance(data, Mapping) else []
-    not_booted = tuple(sorted(str(n) for n in left)) if isinstance(left, list) else ()
+    not_booted = tuple(
+        sorted((str(n.get("case", "?")), str(n.get("reason", ""))) for n in left if isinstance(n, Mapping))
+        if isinstance(left, list)
+        else ()
+    )
     return BootGate(True, passed, spec.allow_unbooted, tuple(sorted(cases)), not_booted)

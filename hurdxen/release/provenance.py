@@ -345,8 +345,8 @@ def make_readme(
         lines.append("**The boot check did not pass**; bundled anyway with allow_unbooted:")
     for case, verdict, why in gate.cases:
         lines.append(f"- {case}: {verdict}" + (f" ({why})" if why else ""))
-    for case in gate.not_booted:
-        lines.append(f"- {case}: not booted (an opt-in case)")
+    for case, why in gate.not_booted:
+        lines.append(f"- {case}: not booted ({why})")
     lines += [
         "",
         "## Boot",
