@@ -179,6 +179,31 @@ def lock_entry(pin: DebPin, res: Resolution) -> dict[str, Any]:
     }
 
 
+def manifest_record(pin: DebPin, deb: Path, cache: Cache) -> dict[str, Any]:
+    """What a stage manifest records of a Debian package it used — the one record, whatever the stage: the package,
+    version, architecture and suite the recipe pins and the sha256 of the bytes used. Where they came from is a local
+    fact, kept apart as `archive` (the recipe's archive) and `fetched_from` (the URL that served the .deb, and the
+    snapshot when one did, as the lock recorded it); bundles and stage-cache entries leave both out."""
+    record: dict[str, Any] = {
+        "package": pin.package,
+        "version": pin.version,
+        "arch": pin.arch,
+        "suite": pin.suite,
+        "sha256": fsutil.sha256_file(deb),
+        "archive": pin.archive,
+    }
+    from hurdxen.sources import pinlock
+
+    locked = pinlock.lookup(cache.lock, pin) if cache.lock else None
+    known = locked or _read_record(_deb_record(cache, pin)) or {}
+    if isinstance(known.get("url"), str) and known.get("sha256") == record["sha256"]:
+        served = {"url": known["url"]}
+        if isinstance(known.get("snapshot"), str):
+            served["snapshot"] = known["snapshot"]
+        record["fetched_from"] = served
+    return record
+
+
 def resolve_deb(pin: DebPin, cache: Cache, *, strict: bool = True, newest: bool = False) -> Resolution:
     """Find `pin` (or, with `newest`, the package's highest version) in the archive's signed index, else in the
     snapshot service. `strict`: refuse an expired live index (apt's Valid-Until check)."""

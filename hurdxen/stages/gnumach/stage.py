@@ -19,7 +19,7 @@ from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step, StepResult
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.pipeline.stage import Build
-from hurdxen.sources.deb import extract_deb, fetch_deb
+from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
 from hurdxen.sources.fetch import DebPin
 from hurdxen.stages.gnumach import STAGE
 from hurdxen.stages.gnumach.source import SourceSpec, prepare, source_dir, source_spec
@@ -343,16 +343,7 @@ def fetch_prebuilt(spec: PrebuiltSpec, ctx: Context) -> KernelResult:
             out,
             spec,
             ctx,
-            inputs={
-                "debian": {
-                    "package": spec.deb.package,
-                    "version": spec.deb.version,
-                    "arch": spec.deb.arch,
-                    "suite": spec.deb.suite,
-                    "sha256": fsutil.sha256_file(deb),
-                    "path": spec.path,
-                }
-            },
+            inputs={"debian": {**manifest_record(spec.deb, deb, ctx.cache), "path": spec.path}},
             step=manifest.in_process("hurdxen.gnumach.fetch_prebuilt"),
             extra={
                 "bits": spec.bits,

@@ -16,7 +16,7 @@ from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
 from hurdxen.pipeline.recipes import Recipes
-from hurdxen.sources.deb import extract_deb, fetch_deb
+from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
 from hurdxen.sources.fetch import DebPin, TarballPin, fetch_tarball
 
 STAGE = "mig"
@@ -160,12 +160,7 @@ def build(spec: MigSpec, ctx: Context) -> MigResult:
             inputs={
                 "source": {"url": spec.source.url, "sha256": spec.source.sha256},
                 "patches": {"url": spec.patches.url, "sha256": spec.patches.sha256},
-                "headers": {
-                    "package": spec.headers.package,
-                    "version": spec.headers.version,
-                    "arch": spec.headers.arch,
-                    "sha256": fsutil.sha256_file(fetch_deb(spec.headers, ctx.cache)),
-                },
+                "headers": manifest_record(spec.headers, fetch_deb(spec.headers, ctx.cache), ctx.cache),
                 "configure": f"--target={spec.target} TARGET_CC={shell_word(spec.compiler)}",
             },
             step=result,

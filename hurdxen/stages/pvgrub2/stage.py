@@ -255,9 +255,7 @@ def read_inputs(spec: PvGrubSpec, ctx: Context) -> tuple[Inputs, dict[str, Any]]
     their record for the manifest."""
     pin = spec.grub
     deb = sources_deb.fetch_deb(pin, ctx.cache)
-    record: dict[str, Any] = {
-        "grub": {"package": pin.package, "version": pin.version, "arch": pin.arch, "sha256": fsutil.sha256_file(deb)}
-    }
+    record: dict[str, Any] = {"grub": sources_deb.manifest_record(pin, deb, ctx.cache)}
     kernel: Path | None = None
     modules: dict[str, Path] = {}
     if spec.kernel is not None:

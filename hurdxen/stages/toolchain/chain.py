@@ -23,7 +23,7 @@ from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
-from hurdxen.sources.deb import extract_deb, fetch_deb
+from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
 from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball
 from hurdxen.sources.git import export_git
 
@@ -166,13 +166,7 @@ def fetch_inputs(spec: TreeSpec, ctx: Context) -> tuple[list[Mount], dict[str, A
     for env, deb in spec.debs:
         blob = fetch_deb(deb, ctx.cache)
         mounts.append(Mount(extract_deb(blob, ctx.cache), env, _mount_name(env)))
-        described[env.lower()] = {
-            "package": deb.package,
-            "version": deb.version,
-            "arch": deb.arch,
-            "suite": deb.suite,
-            "sha256": fsutil.sha256_file(blob),
-        }
+        described[env.lower()] = manifest_record(deb, blob, ctx.cache)
     return mounts, described
 
 
