@@ -65,7 +65,7 @@ def _read_record(rec: Path) -> dict[str, Any] | None:
     return known if ok else None
 
 
-def _known_sha256(pin: DebPin, cache: Cache) -> str | None:
+def known_sha256(pin: DebPin, cache: Cache) -> str | None:
     from hurdxen.sources import pinlock
 
     if pin.sha256:
@@ -79,7 +79,7 @@ def _known_sha256(pin: DebPin, cache: Cache) -> str | None:
 
 def is_cached_deb(pin: DebPin, cache: Cache) -> bool:
     """The pin's .deb is in the cache and is that package (else the task runs, and fetch_deb says what is wrong)."""
-    sha = _known_sha256(pin, cache)
+    sha = known_sha256(pin, cache)
     if sha is None or not cache.has(sha):
         return False
     try:
@@ -110,7 +110,7 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
     from hurdxen.sources import pinlock
 
     rec = _deb_record(cache, pin)
-    sha = _known_sha256(pin, cache)
+    sha = known_sha256(pin, cache)
     if sha and cache.verified(sha):  # re-hashed: an edited cached blob is refetched
         check_identity(cache.blob(sha), pin, "the cached")
         if cache.lock and pinlock.lookup(cache.lock, pin) is None and pinlock.committed(cache.lock, pin):

@@ -20,7 +20,7 @@ from hurdxen.pipeline.executors import Mount, Step, StepResult
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.pipeline.stage import Build
 from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
-from hurdxen.sources.fetch import DebPin
+from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages.gnumach import STAGE
 from hurdxen.stages.gnumach.source import SourceSpec, prepare, source_dir, source_spec
 from hurdxen.stages.mig import stage as mig
@@ -110,6 +110,9 @@ class VariantSpec:
             "verify.txt": d / "verify.txt",
         }
 
+    def pins(self) -> tuple[Pin, ...]:
+        return ()  # it reads its producers (the prepared source tree, MIG), which fetch their own
+
     def deps(self, ctx: Context) -> stage.Deps:
         return stage.Deps((*stage.image_deps(ctx, self.image), self.source.task, self.mig.task))
 
@@ -141,8 +144,11 @@ class PrebuiltSpec:
             "verify.txt": d / "verify.txt",
         }
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (self.deb,)
+
     def deps(self, ctx: Context) -> stage.Deps:
-        return stage.Deps((stage.pin_task(self.deb),))
+        return stage.Deps(stage.pin_tasks(self.pins()))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
-from hurdxen.sources.fetch import DebPin, TarballPin, fetch_tarball
+from hurdxen.sources.fetch import DebPin, Pin, TarballPin, fetch_tarball
 
 STAGE = "mig"
 
@@ -77,9 +77,11 @@ class MigSpec:
             "gcc": d / "bin" / f"{self.target}-gcc",  # the compiler wrapper mig runs as its cpp
         }
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (self.source, self.patches, self.headers)
+
     def deps(self, ctx: Context) -> stage.Deps:
-        pins = (self.source, self.patches, self.headers)
-        return stage.Deps((*stage.image_deps(ctx, self.image), *(stage.pin_task(p) for p in pins)))
+        return stage.Deps((*stage.image_deps(ctx, self.image), *stage.pin_tasks(self.pins())))
 
 
 @dataclass(frozen=True)

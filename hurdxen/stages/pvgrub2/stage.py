@@ -23,7 +23,7 @@ from hurdxen.pipeline.executors import Step, StepResult
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources import deb as sources_deb
 from hurdxen.sources import fetch as sources
-from hurdxen.sources.fetch import DebPin
+from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages.gnumach import stage as gnumach
 from hurdxen.stages.hurd_modules import ramdisk
 from hurdxen.stages.hurd_modules import stage as hurdmodules
@@ -219,8 +219,11 @@ class PvGrubSpec:
         d = stage.out_dir(ctx, self.task)
         return {name: d / f for name, f in output_files(self.image.name).items()}
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (self.grub,)
+
     def deps(self, ctx: Context) -> stage.Deps:
-        tasks = [*stage.image_deps(ctx, self.builder), stage.pin_task(self.grub)]
+        tasks = [*stage.image_deps(ctx, self.builder), *stage.pin_tasks(self.pins())]
         files: list[Path] = []
         if self.kernel is not None:
             tasks.append(self.kernel.task)

@@ -24,7 +24,7 @@ from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
 from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
-from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball
+from hurdxen.sources.fetch import DebPin, GitPin, Pin, TarballPin, fetch_tarball
 from hurdxen.sources.git import export_git
 
 TREE = "tree"  # the output every tree stage has: its installed files as one tarball
@@ -123,11 +123,13 @@ class TreeSpec:
         d = stage.out_dir(ctx, self.task)
         return {TREE: d / TREE_FILE, **{n: d / rel for n, rel in self.files}}
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (*(p for _, p in self.tarballs), *(p for _, p in self.debs), *(p for _, p, _ in self.git))
+
     def deps(self, ctx: Context) -> stage.Deps:
-        pins = [p for _, p in self.tarballs] + [p for _, p in self.debs] + [p for _, p, _ in self.git]
         tasks = [la.producer.task for la in self.layers] + [u.producer.task for u in self.upstream]
         tasks += [f.producer.task for f in self.upstream_files]
-        return stage.Deps((*stage.image_deps(ctx, self.image), *(stage.pin_task(p) for p in pins), *tasks))
+        return stage.Deps((*stage.image_deps(ctx, self.image), *stage.pin_tasks(self.pins()), *tasks))
 
 
 @dataclass(frozen=True)
