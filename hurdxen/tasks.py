@@ -191,18 +191,19 @@ def act_stage(
 
 
 def ensure_image(ctx: Context, name: str) -> None:
-    """What `base` and `image:<name>` do, for a stage whose cache entry was refused (those tasks were not run)."""
+    """What `base` and `image:<name>` make, for a stage whose cache entry was refused (those tasks were not run).
+    Their manifests are left to their own tasks: two stages may do this at once under `doit -n 2`."""
     spec = ctx.image(name)
     if not containers.present(spec.base, ctx):
-        containers.build_base(spec.base, ctx)
+        containers.ensure_base(spec.base, ctx.cache.root, ctx.log(spec.base.task), ctx.monitor(), ctx.cache.network)
     if not containers.present(spec, ctx):
-        containers.build_image(spec, ctx)
+        containers.ensure_image(spec, ctx.log(spec.task), ctx.monitor(), ctx.cache.network)
 
 
 def ensure_source(spec: sources.PinSpec, ctx: Context) -> None:
-    """What `sources:<pin>` does, likewise."""
+    """What `sources:<pin>` fetches, likewise."""
     if not sources.present(spec, ctx):
-        sources.build(spec, ctx)
+        sources.fetch(spec.pin, ctx)
 
 
 def split_for_cache(

@@ -306,7 +306,7 @@ def build_base(spec: BaseSpec, ctx: Context) -> ImageResult:
     artifacts/base/<suite>/: the recipe, the image's tag and id, and where the rootfs tarball is kept."""
     from hurdxen.pipeline import manifest, stage
 
-    made = ensure_base(spec, ctx.cache.root, ctx.log(BASE_STAGE), ctx.monitor(), ctx.cache.network)
+    made = ensure_base(spec, ctx.cache.root, ctx.log(spec.task), ctx.monitor(), ctx.cache.network)
     tarball = rootfs_tarball(spec, ctx.cache.root)
     facts = _image_fact(made)
     if tarball.is_file():  # kept to import again; gone when the cache was cleaned (the image is what counts)
