@@ -1,25 +1,44 @@
 """Every stage's specs, made from the recipes once, before any task is generated: the cross-recipe checks (a
 variant's MIG target, a pv-grub2 image's kernel and boot modules, a boot case's names) all fail here, as one line.
+
+The sources stage is derived here too: one `PinSpec` per pin that the other specs list (`pins()`), so no stage's pins
+are listed by hand anywhere else (`pins update` and the canary read the Debian ones from the plan as well).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, cast
 
+from hurdxen.boot import stage as boot
+from hurdxen.pipeline import containers
+from hurdxen.pipeline.containers import BaseSpec, ImageSpec
 from hurdxen.pipeline.recipes import Recipes
+from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages import rootdisk, toolchain
 from hurdxen.stages.gnumach import source as gnumach_source
 from hurdxen.stages.gnumach import stage as gnumach
 from hurdxen.stages.hurd_modules import stage as hurdmodules
 from hurdxen.stages.mig import stage as mig
 from hurdxen.stages.pvgrub2 import stage as pvgrub
+from hurdxen.stages.sources import stage as sources
 from hurdxen.stages.toolchain.chain import TreeSpec
 
 Kernel = gnumach.VariantSpec | gnumach.PrebuiltSpec
 
 
+class Pinned(Protocol):
+    """What the plan holds: every spec (and the boot recipe) lists the pinned inputs it fetches itself."""
+
+    def pins(self) -> tuple[Pin, ...]: ...
+
+
 @dataclass(frozen=True)
 class Plan:
+    base: BaseSpec
+    images: tuple[ImageSpec, ...]  # the builder images, by name
     mig: tuple[mig.MigSpec, ...]
     gnumach_source: gnumach_source.SourceSpec | None
     kernels: tuple[Kernel, ...]  # compiled variants, then prebuilt kernels
@@ -27,6 +46,8 @@ class Plan:
     pvgrub2: tuple[pvgrub.PvGrubSpec, ...]
     system: tuple[TreeSpec, ...] = ()  # the from-source toolchain and Hurd, in build order
     rootdisks: tuple[TreeSpec, ...] = ()  # the Hurd's root disk images
+    boot: boot.BootRecipe | None = None  # recipes/boot.toml (its tasks are in tasks_boot)
+    sources: tuple[sources.PinSpec, ...] = ()  # one per pin of every other spec, made by make_plan
 
     def kernel(self, name: str) -> Kernel | None:
         return next((k for k in self.kernels if k.name == name), None)
@@ -42,6 +63,27 @@ class Plan:
         images = {s.task for s in self.pvgrub2 if s.ramdisk is not None and s.ramdisk.task in ramdisks}
         return frozenset(ramdisks | images)
 
+    def specs(self) -> Iterator[Pinned]:
+        """Every spec of the plan (and the boot recipe), in build order."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            yield from (cast(Pinned, s) for s in (value if isinstance(value, tuple) else (value,)) if s is not None)
+
+    def pins(self) -> list[Pin]:
+        """Every pinned input the plan's specs fetch: each spec's own `pins()`, in build order."""
+        return [p for s in self.specs() for p in s.pins()]
+
+    def debian_pins(self) -> list[tuple[str, DebPin]]:
+        """Every Debian pin of the plan with the recipe it is pinned in, keyring pins included, each once: what
+        `hurdxen pins update` moves and the canary floats."""
+        out: dict[str, tuple[str, DebPin]] = {}
+        for p in self.pins():
+            if isinstance(p, DebPin):
+                for q in (p.keyring_pin, p):
+                    if q is not None:
+                        out.setdefault(q.version_key, (q.key.split(".", 1)[0], q))
+        return sorted(out.values(), key=lambda sp: sp[1].version_key)
+
 
 def make_plan(recipes: Recipes) -> Plan:
     kernels: list[Kernel] = []
@@ -55,7 +97,10 @@ def make_plan(recipes: Recipes) -> Plan:
     sde = int(recipes["base"]["base"]["source_date_epoch"])
     pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
     disks = tuple(rootdisk.specs(recipes, system, kernels, lambda kernel: hurdmodules.ramdisk_for(hms, kernel)))
-    return Plan(
+    base = containers.base_spec(recipes)
+    plan = Plan(
+        base=base,
+        images=containers.image_specs(recipes, base),
         mig=migs,
         gnumach_source=source,
         kernels=tuple(kernels),
@@ -63,4 +108,6 @@ def make_plan(recipes: Recipes) -> Plan:
         pvgrub2=tuple(pvgrubs),
         system=system,
         rootdisks=disks,
+        boot=boot.recipe_from(recipes["boot"], sde, recipes.files["boot"]) if "boot" in recipes else None,
     )
+    return dataclasses.replace(plan, sources=tuple(sources.specs(plan.pins())))

@@ -26,14 +26,12 @@ from hurdxen.pipeline.manifest import MANIFEST
 from hurdxen.pipeline.report import Reporter
 from hurdxen.plan import Plan, make_plan
 from hurdxen.sources import pinlock
-from hurdxen.sources.deb import fetch_deb, is_cached_deb
-from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball, is_cached_tarball
-from hurdxen.sources.git import fetch_git, is_cached_git
 from hurdxen.stages import rootdisk
 from hurdxen.stages.gnumach import stage as gnumach
 from hurdxen.stages.hurd_modules import stage as hurdmodules
 from hurdxen.stages.mig import stage as mig
 from hurdxen.stages.pvgrub2 import stage as pvgrub
+from hurdxen.stages.sources import stage as sources
 from hurdxen.stages.toolchain import chain
 
 # The project directory (recipes/, containers/, artifacts/): the directory of the dodo.py doit runs, set by
@@ -135,42 +133,6 @@ def the_plan() -> Plan:
 # ------------------------------------------------------------------ actions (module level: picklable)
 
 
-def act_base(ctx: Context) -> TaskFailed | None:
-    return guarded(lambda: containers.ensure_base(ctx.base, ctx.cache.root, ctx.log("base"), ctx.monitor()))
-
-
-def act_image(ctx: Context, name: str) -> TaskFailed | None:
-    return guarded(lambda: containers.ensure_image(ctx.image(name), ctx.log(f"image:{name}"), ctx.monitor()))
-
-
-def fetch_pin(pin: TarballPin | GitPin | DebPin, ctx: Context) -> None:
-    if isinstance(pin, TarballPin):
-        fetch_tarball(pin, ctx.cache)
-    elif isinstance(pin, GitPin):
-        fetch_git(pin, ctx.cache)
-    else:
-        fetch_deb(pin, ctx.cache)
-
-
-def act_fetch(pin: TarballPin | GitPin | DebPin, ctx: Context) -> TaskFailed | None:
-    return guarded(fetch_pin, pin, ctx)
-
-
-def is_fetched(pin: TarballPin | GitPin | DebPin, ctx: Context) -> bool:
-    if isinstance(pin, TarballPin):
-        return is_cached_tarball(pin, ctx.cache)
-    if isinstance(pin, GitPin):
-        return is_cached_git(pin, ctx.cache)
-    return is_cached_deb(pin, ctx.cache)
-
-
-def image_present(tag: str) -> bool:
-    try:
-        return containers.image_exists(tag)
-    except HurdxenError:
-        return False  # no engine: let the task run and fail with its own clear line
-
-
 def remove_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -183,57 +145,6 @@ pin_task_name = stage.pin_task
 
 def image_deps(ctx: Context, image: str) -> list[str]:
     return list(stage.image_deps(ctx, image))
-
-
-def task_base() -> TaskDict:
-    """containers: the Debian base rootfs (mmdebstrap, docker import), tagged by recipe hash"""
-    _, ctx = load()
-    if ctx.executor_kind != "docker":
-        return {"actions": None, "doc": "containers: (host executor: no base image)"}
-    return {
-        "actions": [(act_base, [ctx])],
-        "uptodate": [(image_present, [ctx.base.tag])],
-        "verbosity": 2,
-    }
-
-
-def task_image() -> Iterator[TaskDict]:
-    """containers: builder images from containers/<name>/Dockerfile, tagged by content hash"""
-    _, ctx = load()
-    yield {"basename": "image", "name": None, "doc": task_image.__doc__}
-    if ctx.executor_kind != "docker":
-        return
-    for name, spec in ctx.images:
-        yield {
-            "name": name,
-            "doc": f"builder image {spec.tag}",
-            "actions": [(act_image, [ctx, name])],
-            "task_dep": ["base"],
-            "uptodate": [(image_present, [spec.tag])],
-        }
-
-
-def all_pins() -> list[TarballPin | GitPin | DebPin]:
-    r, _ = load()
-    p = the_plan()
-    pins: list[TarballPin | GitPin | DebPin] = []
-    for s in p.mig:
-        pins += [s.source, s.patches, s.headers]
-    if p.gnumach_source:
-        pins += [x for x in (p.gnumach_source.git, p.gnumach_source.tarball) if x is not None]
-    pins += [k.deb for k in p.kernels if isinstance(k, gnumach.PrebuiltSpec)]
-    for hm in p.hurd_modules:
-        pins += list(hm.debs)
-    pins += [s.grub for s in p.pvgrub2[:1]]
-    for t in p.system:
-        pins += [x for _, x in t.tarballs] + [x for _, x in t.debs] + [x for _, x, _ in t.git]
-    if "boot" in r:
-        hv = boot_recipe(r).hypervisor
-        pins.append(TarballPin("xen orig tarball", hv.url, hv.sha256, "boot.xen.url"))
-    unique: dict[str, TarballPin | GitPin | DebPin] = {}
-    for pin in pins:
-        unique.setdefault(pin_task_name(pin), pin)
-    return list(unique.values())
 
 
 def act_pins(root: Path, only: str, date: str) -> TaskFailed | None:
@@ -269,19 +180,6 @@ def task_canary() -> TaskDict:
     return {"actions": [(act_canary, [ctx.root])], "uptodate": [False], "verbosity": 2}
 
 
-def task_sources() -> Iterator[TaskDict]:
-    """sources: fetch and verify every pinned input into the cache (then builds run offline)"""
-    _, ctx = load()
-    yield {"basename": "sources", "name": None, "doc": task_sources.__doc__}
-    for pin in all_pins():
-        yield {
-            "name": pin_task_name(pin).split(":", 1)[1],
-            "doc": f"{pin.name}",
-            "actions": [(act_fetch, [pin, ctx])],
-            "uptodate": [(is_fetched, [pin, ctx])],
-        }
-
-
 def act_stage(
     build: Callable[[Any, Context], object],
     spec: Any,
@@ -293,18 +191,19 @@ def act_stage(
 
 
 def ensure_image(ctx: Context, name: str) -> None:
-    """What `base` and `image:<name>` do, for a stage whose cache entry was refused (those tasks were not run)."""
-    if not image_present(ctx.base.tag):
-        containers.ensure_base(ctx.base, ctx.cache.root, ctx.log("base"), ctx.monitor())
+    """What `base` and `image:<name>` make, for a stage whose cache entry was refused (those tasks were not run).
+    Their manifests are left to their own tasks: two stages may do this at once under `doit -n 2`."""
     spec = ctx.image(name)
-    if not image_present(spec.tag):
-        containers.ensure_image(spec, ctx.log(f"image:{name}"), ctx.monitor())
+    if not containers.present(spec.base, ctx):
+        containers.ensure_base(spec.base, ctx.cache.root, ctx.log(spec.base.task), ctx.monitor(), ctx.cache.network)
+    if not containers.present(spec, ctx):
+        containers.ensure_image(spec, ctx.log(spec.task), ctx.monitor(), ctx.cache.network)
 
 
-def ensure_pin(pin: TarballPin | GitPin | DebPin, ctx: Context) -> None:
-    """What `sources:<pin>` does, likewise."""
-    if not is_fetched(pin, ctx):
-        fetch_pin(pin, ctx)
+def ensure_source(spec: sources.PinSpec, ctx: Context) -> None:
+    """What `sources:<pin>` fetches, likewise."""
+    if not sources.present(spec, ctx):
+        sources.fetch(spec.pin, ctx)
 
 
 def split_for_cache(
@@ -314,35 +213,48 @@ def split_for_cache(
     dependencies become actions run only when it has to be built here after all. Upstream stages stay."""
     if not defer:
         return list(deps.tasks), ()
-    pins = {pin_task_name(p): p for p in all_pins()}
+    pins = {s.task: s for s in the_plan().sources}
     keep: list[str] = []
     deferred: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
     for t in deps.tasks:
         if t.startswith("image:"):
             deferred.append((ensure_image, (ctx, t.split(":", 1)[1])))
         elif t in pins:
-            deferred.append((ensure_pin, (pins[t], ctx)))
+            deferred.append((ensure_source, (pins[t], ctx)))
         else:
             keep.append(t)
     return keep, tuple(deferred)
 
 
+def act_build(build: Callable[[Any, Context], object], spec: Any, ctx: Context) -> TaskFailed | None:
+    return guarded(build, spec, ctx)
+
+
 def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> Iterator[TaskDict]:
     """The doit tasks of one stage, from its specs: the same shape for every stage."""
+    if st.docker_only and ctx.executor_kind != "docker":
+        yield {"basename": st.name, "name": None, "doc": f"{st.doc} (host executor: none)"}
+        return
     yield {"basename": st.name, "name": None, "doc": st.doc}
     for spec in specs:
         deps = spec.deps(ctx)
-        hit, defer = cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
-        task_dep, deferred = split_for_cache(deps, ctx, defer)
+        action: tuple[Callable[..., TaskFailed | None], list[Any]]
+        if st.cacheable:
+            hit, defer = cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
+            task_dep, deferred = split_for_cache(deps, ctx, defer)
+            action = (act_stage, [st.entry(spec), spec, ctx, hit, deferred])
+        else:
+            task_dep, action = list(deps.tasks), (act_build, [st.entry(spec), spec, ctx])
+        present = [(st.present, [spec, ctx])] if st.present else []
         yield {
             "basename": st.name,
             "name": spec.task.split(":", 1)[1],
             "doc": spec.doc,
-            "actions": [(act_stage, [st.entry(spec), spec, ctx, hit, deferred])],
+            "actions": [action],
             "task_dep": task_dep,
             "file_dep": [str(p) for p in deps.files],
             "targets": [*(str(p) for p in spec.outputs(ctx).values()), str(stage.out_dir(ctx, spec.task) / MANIFEST)],
-            "uptodate": [config_changed(spec.identity(ctx))],
+            "uptodate": [config_changed(spec.identity(ctx)), *present],
             "clean": [(remove_dir, [str(stage.out_dir(ctx, spec.task))])],
         }
 
@@ -358,7 +270,40 @@ def stage_task(st: stage.Stage, specs_of: Callable[[Plan], Iterable[stage.Spec]]
     return task
 
 
-# Every stage that follows the contract, in build order: its doit basename, doc line, entry point and specs.
+# Every stage, in build order: its doit basename, doc line, entry point and specs (the boot check's and the
+# release's tasks are in tasks_boot and tasks_release).
+task_sources = stage_task(
+    stage.Stage(
+        "sources",
+        "sources: fetch and verify every pinned input into the cache (then builds run offline)",
+        sources.build,
+        present=sources.present,
+        cacheable=False,
+    ),
+    lambda p: p.sources,
+)
+task_base = stage_task(
+    stage.Stage(
+        containers.BASE_STAGE,
+        "containers: the Debian base rootfs (mmdebstrap, docker import), tagged by recipe hash",
+        containers.build_base,
+        present=containers.present,
+        cacheable=False,
+        docker_only=True,
+    ),
+    lambda p: [p.base],
+)
+task_image = stage_task(
+    stage.Stage(
+        containers.IMAGE_STAGE,
+        "containers: builder images from containers/<name>/Dockerfile, tagged by content hash",
+        containers.build_image,
+        present=containers.present,
+        cacheable=False,
+        docker_only=True,
+    ),
+    lambda p: p.images,
+)
 task_mig = stage_task(
     stage.Stage("mig", "mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)", mig.build),
     lambda p: p.mig,
@@ -408,8 +353,11 @@ task_rootdisk = stage_task(
 
 
 def boot_recipe(r: recipes.Recipes) -> boot.BootRecipe:
-    b = r["base"]["base"]
-    return boot.recipe_from(r["boot"], int(b["source_date_epoch"]), r.files["boot"])
+    """recipes/boot.toml as the plan made it (only asked for when there is one)."""
+    recipe = the_plan().boot
+    if recipe is None:
+        raise HurdxenError(f"{r.files.get('boot', 'recipes/boot.toml')}: no boot recipe", hint="add recipes/boot.toml")
+    return recipe
 
 
 def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:

@@ -25,6 +25,7 @@ from hurdxen.boot.images import (
 from hurdxen.boot.run import print_report, run_boot_checks
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
+from hurdxen.sources.fetch import TarballPin
 
 STAGE = "boot"
 
@@ -59,6 +60,10 @@ class BootRecipe:
     jobs: int
     sessions: int
     cases: tuple[CaseSpec, ...]
+
+    def pins(self) -> tuple[TarballPin, ...]:
+        """The boot stage's own pinned input: Xen's orig tarball (the dom0 comes from its image)."""
+        return (TarballPin("xen orig tarball", self.hypervisor.url, self.hypervisor.sha256, "boot.xen.url"),)
 
 
 def recipe_from(data: Any, source_date_epoch: int, shown: str = "recipes/boot.toml") -> BootRecipe:
@@ -183,11 +188,10 @@ def resolve_case(ctx: Any, case: CaseSpec) -> BootCase:
 
 
 def stage_hypervisor(recipe: BootRecipe, ctx: Any) -> HypervisorResult:
-    from hurdxen.sources.fetch import TarballPin, fetch_tarball
+    from hurdxen.sources.fetch import fetch_tarball
 
     tag = ctx.image_tag(recipe.image)
-    pin = TarballPin("xen orig tarball", recipe.hypervisor.url, recipe.hypervisor.sha256, "boot.xen.url")
-    tarball = fetch_tarball(pin, ctx.cache)
+    tarball = fetch_tarball(recipe.pins()[0], ctx.cache)
     return build_hypervisor(
         recipe.hypervisor, tarball, hypervisor_dir(ctx, recipe.hypervisor, tag), ctx.executor(), tag,
         Path(ctx.artifacts) / "logs" / STAGE, ctx.monitor(),

@@ -18,6 +18,8 @@ from hurdxen.release.spec import KNOWN_FAILURE, OK_VERDICTS, VOLATILE_KEYS, Bund
 # Keys of stage manifests that describe this machine, not the release: where bytes were fetched from, and the stage
 # cache entry a stage was pulled from (a bundle is the same byte for byte whether its stages were built or pulled).
 LOCAL_KEYS = frozenset({"fetched_from", "archive", "cached_from"})
+# Stages whose manifests describe this machine's cache and engine rather than what a release was built from.
+NOT_RECORDED = frozenset({"sources", "base", "image"})
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,9 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
     disks = [_disk(m) for m in rd]
     payload += [Payload(d.path, m.output("image.gz"), f"{m.stage}/{m.variant}") for d, m in zip(disks, rd, strict=True)]
     # Tools (mig, …): every other stage with a manifest, so the release records what built the kernels (and the
-    # from-source stages the disks were made from).
-    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "release", "logs", "work"} | (
+    # from-source stages the disks were made from). Not the sources, base and image stages: every stage manifest
+    # already names its pins (with the hashes of the bytes used) and its step's image tag and id.
+    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "release", "logs", "work", *NOT_RECORDED} | (
         {"rootdisk"} if rd else set()
     )
     extra: list[StageOutput] = []

@@ -18,7 +18,7 @@ from hurdxen.core.quoting import shell_word
 from hurdxen.pipeline import manifest
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
-from hurdxen.sources.deb import extract_deb, fetch_deb
+from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
 from hurdxen.sources.fetch import DebPin
 from hurdxen.stages.hurd_modules import diskread, ramdisk
 from hurdxen.stages.hurd_modules.elf import ldso_version, libc_version
@@ -110,16 +110,7 @@ def debian_inputs(debs: tuple[DebPin, ...], ctx: Context) -> tuple[ramdisk.Input
     for pin in debs:
         deb = fetch_deb(pin, ctx.cache)
         trees.append(extract_deb(deb, ctx.cache))
-        info.append(
-            {
-                "package": pin.package,
-                "version": pin.version,
-                "arch": pin.arch,
-                "suite": pin.suite,
-                "archive": pin.archive,
-                "sha256": fsutil.sha256_file(deb),
-            }
-        )
+        info.append(manifest_record(pin, deb, ctx.cache))
     return trees, {"debian": info}
 
 

@@ -21,7 +21,7 @@ from hurdxen.core.errors import HurdxenError, labelled
 from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.recipes import Recipes
-from hurdxen.sources.fetch import DebPin
+from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages.hurd_modules import ramdisk, sources
 from hurdxen.stages.hurd_modules.elf import STANDIN_LIBC
 from hurdxen.stages.toolchain.chain import TreeSpec, UpstreamFile
@@ -105,8 +105,11 @@ class HurdModulesSpec:
         d = out_dir(ctx, self.name)
         return {"ramdisk": d / ramdisk.RAMDISK_NAME, **{module_output(m): d / module_file(m) for m in self.modules}}
 
+    def pins(self) -> tuple[Pin, ...]:
+        return self.debs
+
     def deps(self, ctx: Context) -> stage.Deps:
-        tasks = [*(stage.pin_task(p) for p in self.debs), *dict.fromkeys(u.producer.task for u in self.upstream)]
+        tasks = [*stage.pin_tasks(self.pins()), *dict.fromkeys(u.producer.task for u in self.upstream)]
         files = [Path(p) for _, p, _ in self.files]
         if self.disk is not None:
             tasks += stage.image_deps(ctx, self.disk.image)

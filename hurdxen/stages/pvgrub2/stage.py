@@ -23,7 +23,7 @@ from hurdxen.pipeline.executors import Step, StepResult
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources import deb as sources_deb
 from hurdxen.sources import fetch as sources
-from hurdxen.sources.fetch import DebPin
+from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages.gnumach import stage as gnumach
 from hurdxen.stages.hurd_modules import ramdisk
 from hurdxen.stages.hurd_modules import stage as hurdmodules
@@ -247,8 +247,11 @@ class PvGrubSpec:
         d = stage.out_dir(ctx, self.task)
         return {name: d / f for name, f in output_files(self.image.name).items()}
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (self.grub,)
+
     def deps(self, ctx: Context) -> stage.Deps:
-        tasks = [*stage.image_deps(ctx, self.builder), stage.pin_task(self.grub)]
+        tasks = [*stage.image_deps(ctx, self.builder), *stage.pin_tasks(self.pins())]
         files: list[Path] = []
         if self.kernel is not None:
             tasks.append(self.kernel.task)
@@ -285,9 +288,7 @@ def read_inputs(spec: PvGrubSpec, ctx: Context) -> tuple[Inputs, dict[str, Any]]
     their record for the manifest."""
     pin = spec.grub
     deb = sources_deb.fetch_deb(pin, ctx.cache)
-    record: dict[str, Any] = {
-        "grub": {"package": pin.package, "version": pin.version, "arch": pin.arch, "sha256": fsutil.sha256_file(deb)}
-    }
+    record: dict[str, Any] = {"grub": sources_deb.manifest_record(pin, deb, ctx.cache)}
     kernel: Path | None = None
     modules: dict[str, Path] = {}
     if spec.kernel is not None:
