@@ -10,6 +10,7 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     DOIT_CONFIG,
     configure,
     task_base,
+    task_boot,
     task_build,
     task_canary,
     task_gnumach,
@@ -23,7 +24,6 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     task_sources,
     task_toolchain,
 )
-from hurdxen.tasks_boot import task_boot  # noqa: F401
 from hurdxen.tasks_release import task_bundle, task_publish, task_reproduce, task_verify  # noqa: F401
 
 configure(Path(__file__).resolve().parent)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hurdxen.boot import stage as boot_stage
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.stages import rootdisk, toolchain
 from hurdxen.stages.gnumach import source as gnumach_source
@@ -27,6 +28,7 @@ class Plan:
     pvgrub2: tuple[pvgrub.PvGrubSpec, ...]
     system: tuple[TreeSpec, ...] = ()  # the from-source toolchain and Hurd, in build order
     rootdisks: tuple[TreeSpec, ...] = ()  # the Hurd's root disk images
+    boot: tuple[boot_stage.BootSpec, ...] = ()  # the hypervisor, the dom0 and the check of every case
 
     def kernel(self, name: str) -> Kernel | None:
         return next((k for k in self.kernels if k.name == name), None)
@@ -49,6 +51,7 @@ def make_plan(recipes: Recipes) -> Plan:
     pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
     hms_for = {k: h for h in hms for k in h.kernels}
     disks = tuple(rootdisk.specs(recipes, system, kernels, hms_for.get))
+    boots = tuple(boot_stage.specs(recipes, kernels, hms, pvgrubs, disks, boot_stage.only_from_env()))
     return Plan(
         mig=migs,
         gnumach_source=source,
@@ -57,4 +60,5 @@ def make_plan(recipes: Recipes) -> Plan:
         pvgrub2=tuple(pvgrubs),
         system=system,
         rootdisks=disks,
+        boot=boots,
     )

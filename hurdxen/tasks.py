@@ -214,7 +214,6 @@ def task_image() -> Iterator[TaskDict]:
 
 
 def all_pins() -> list[TarballPin | GitPin | DebPin]:
-    r, _ = load()
     p = the_plan()
     pins: list[TarballPin | GitPin | DebPin] = []
     for s in p.mig:
@@ -227,9 +226,7 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     pins += [s.grub for s in p.pvgrub2[:1]]
     for t in p.system:
         pins += [x for _, x in t.tarballs] + [x for _, x in t.debs] + [x for _, x, _ in t.git]
-    if "boot" in r:
-        hv = boot_recipe(r).hypervisor
-        pins.append(TarballPin("xen orig tarball", hv.url, hv.sha256, "boot.xen.url"))
+    pins += [s.pin for s in p.boot if isinstance(s, boot.HypervisorStageSpec)]
     unique: dict[str, TarballPin | GitPin | DebPin] = {}
     for pin in pins:
         unique.setdefault(pin_task_name(pin), pin)
@@ -405,16 +402,14 @@ task_rootdisk = stage_task(
     ),
     lambda p: p.rootdisks,
 )
-
-
-def boot_recipe(r: recipes.Recipes) -> boot.BootRecipe:
-    b = r["base"]["base"]
-    return boot.recipe_from(r["boot"], int(b["source_date_epoch"]), r.files["boot"])
-
-
-def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:
-    sys.stderr.write(HurdxenError(f"{r.files.get(name, name)}: {what}", hint=hint).render() + "\n")
-    raise SystemExit(2)
+task_boot = stage_task(
+    stage.Stage(
+        "boot",
+        "boot: a PV32 Xen in QEMU (TCG) with a Linux dom0 boots every kernel, ramdisk and pv-grub2 image",
+        boot.BUILDS,
+    ),
+    lambda p: p.boot,
+)
 
 
 def task_build() -> TaskDict:

@@ -335,6 +335,44 @@ def test_recipe_and_stage_inputs() -> None:
             boot.recipe_from({**r["boot"], "cases": [case]}, 1)
 
 
+def test_boot_stages_are_contract_specs_from_the_plan() -> None:
+    """The boot stage's three tasks come from the plan like every stage's: task, doc, identity, outputs, deps; the
+    hypervisor's and the dom0's identities are their builds' (the cache under cache/boot/ keeps its keys); a case
+    naming an output no stage makes fails at plan time as one HurdxenError naming the file and key."""
+    from hurdxen.pipeline import recipes
+    from hurdxen.pipeline.context import make_context
+    from hurdxen.plan import make_plan
+
+    r = recipes.load(REPO)
+    ctx = make_context(r)
+    plan = make_plan(r)
+    hv, dom0, check = plan.boot
+    assert isinstance(hv, boot.HypervisorStageSpec) and isinstance(dom0, boot.Dom0StageSpec)
+    assert isinstance(check, boot.CheckSpec)
+    assert [s.task for s in plan.boot] == ["boot:hypervisor", "boot:dom0", bootcases.CHECK_TASK]
+    assert set(boot.BUILDS) == {type(s) for s in plan.boot}
+    rec = boot.recipe_from(r["boot"], ctx.source_date_epoch)
+    assert hv.identity(ctx) == rec.hypervisor.identity(ctx.image_tag(rec.image))
+    assert dom0.identity(ctx) == rec.dom0.identity(ctx.image_tag(rec.dom0_image))
+    assert boot.hypervisor_dir(ctx, hv.hypervisor, ctx.image_tag(hv.image)).name == f"xen-{hv.identity(ctx)}"
+    assert check.outputs(ctx) == {bootcases.REPORT: ctx.artifacts / "boot" / "check" / bootcases.REPORT_FILE}
+    assert set(hv.outputs(ctx)) == {"xen", "config"} and set(dom0.outputs(ctx)) == {"kernel", "initrd"}
+    deps = check.deps(ctx)
+    assert deps.tasks[:2] == ("boot:hypervisor", "boot:dom0") and "gnumach:xen-pae" in deps.tasks
+    assert ctx.artifacts / "gnumach" / "xen-pae" / "gnumach-xen-pae.gz" in deps.files
+    assert hv.deps(ctx).tasks[-1] == "sources:xen-orig-tarball"
+    # Stable: the same recipes make the same identities; what a case boots, or which cases, changes the check's.
+    assert make_plan(r).boot[2].identity(ctx) == check.identity(ctx)
+    fewer = boot.specs(r, plan.kernels, plan.hurd_modules, plan.pvgrub2, plan.rootdisks, only=("xen-pae",))
+    assert fewer[2].identity(ctx) != check.identity(ctx) and [c.name for c in fewer[2].selected()] == ["xen-pae"]
+    assert fewer[0] == hv and fewer[1] == dom0
+    bad = recipes.load(REPO, overrides={"boot.cases": '[{name = "x", kernel = "no-such-variant"}]'})
+    with pytest.raises(HurdxenError, match=r"recipes/boot.toml: cases\[0\].kernel: no gnumach output named "
+                       r"'no-such-variant'") as e:  # fmt: skip
+        make_plan(bad)
+    assert "xen-pae" in (e.value.hint or "")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The real thing: hypervisor build, dom0 initramfs, QEMU
 

@@ -23,7 +23,7 @@ from debian_kernels import fetch_kernel
 from gpgkey import Key, drop_key, make_key
 from ociregistry import run_registry
 
-from hurdxen.boot.cases import report_path
+from hurdxen.boot.cases import CHECK_TASK, REPORT, REPORT_FILE
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest, recipes
@@ -141,16 +141,25 @@ def make_stages(artifacts: Path, kernel: Path, boot_verdicts: dict[str, str] | N
     (m / "bin" / "i686-gnu-mig").write_text("#!/bin/sh\n")
     url = "http://deb.debian.org/debian/pool/main/m/mig/mig_1.8+git20231217.orig.tar.xz"
     stage_manifest(m, "mig", "i686-gnu", {"source": {"url": url, "sha256": "6" * 64}}, {"mig": "bin/i686-gnu-mig"})
-    verdicts = boot_verdicts or {"pae-direct": "pass", "nopae-refused": "expected-refusal"}
-    (artifacts / "boot").mkdir()
+    write_boot_report(artifacts, boot_verdicts or {"pae-direct": "pass", "nopae-refused": "expected-refusal"})
+    (artifacts / "logs").mkdir()
+    (artifacts / "logs" / "x.log").write_text(str(time.time()))
+    return artifacts
+
+
+def write_boot_report(artifacts: Path, verdicts: dict[str, str]) -> Path:
+    """What `doit boot:check` publishes: its report (the verdicts) as its output `report`, named in its manifest."""
+    d = artifacts / "boot" / "check"
+    d.mkdir(parents=True, exist_ok=True)
     cases = [
         {"case": c, "kind": "guest", "verdict": v, "seconds": 11.5, "log": f"/tmp/{c}.log", "reason": ""}
         for c, v in verdicts.items()
     ]
-    report_path(artifacts).write_text(json.dumps({"ok": True, "cases": cases}))
-    (artifacts / "logs").mkdir()
-    (artifacts / "logs" / "x.log").write_text(str(time.time()))
-    return artifacts
+    (d / REPORT_FILE).write_text(json.dumps({"ok": True, "cases": cases}))
+    step = manifest.in_process("hurdxen.boot.run.run_boot_checks", seconds=time.monotonic() % 100)
+    identity = fsutil.identity(CHECK_TASK, verdicts)
+    manifest.write_raw(d, task=CHECK_TASK, identity=identity, inputs={}, step=step, outputs={REPORT: REPORT_FILE})
+    return d
 
 
 def context(root: Path, artifacts: Path) -> Context:
@@ -486,7 +495,7 @@ def test_boot_gate(tmp_path: Path, pae_kernel: Path) -> None:
     }
     assert "did not pass" in (b.directory / "README.md").read_text()
     assert any("allow_unbooted" in w for w in b.warnings)
-    report_path(art).unlink()
+    shutil.rmtree(art / "boot" / "check")
     with pytest.raises(HurdxenError, match="no boot check"):
         do_bundle(root, art)
 
