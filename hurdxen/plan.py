@@ -4,10 +4,12 @@ variant's MIG target, a pv-grub2 image's kernel and boot modules, a boot case's 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from hurdxen.boot import stage as boot_stage
 from hurdxen.pipeline.recipes import Recipes
+from hurdxen.release import stage as release_stage
 from hurdxen.stages import rootdisk, toolchain
 from hurdxen.stages.gnumach import source as gnumach_source
 from hurdxen.stages.gnumach import stage as gnumach
@@ -29,6 +31,7 @@ class Plan:
     system: tuple[TreeSpec, ...] = ()  # the from-source toolchain and Hurd, in build order
     rootdisks: tuple[TreeSpec, ...] = ()  # the Hurd's root disk images
     boot: tuple[boot_stage.BootSpec, ...] = ()  # the hypervisor, the dom0 and the check of every case
+    release: tuple[release_stage.BundleStageSpec, ...] = ()  # the bundle (one: recipes/release.toml)
 
     def kernel(self, name: str) -> Kernel | None:
         return next((k for k in self.kernels if k.name == name), None)
@@ -61,4 +64,5 @@ def make_plan(recipes: Recipes) -> Plan:
         system=system,
         rootdisks=disks,
         boot=boots,
+        release=tuple(release_stage.specs(recipes, sde, os.environ.get("HURDXEN_SIGNING_KEY"))),
     )

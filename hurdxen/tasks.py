@@ -1,5 +1,6 @@
-"""doit tasks, generated from the recipes: loading and checking them, sources, images and the stages; the boot check's
-tasks are in tasks_boot, the release's in tasks_release. `dodo.py` only re-exports them.
+"""doit tasks, generated from the recipes: loading and checking them, sources, images and the stages — the boot check
+and the release bundle among them — plus the release's actions (verify, publish, reproduce). `dodo.py` only
+re-exports them.
 
 Every action is a module-level function with picklable arguments (so `doit -n 2` works), and every stage task
 carries one `config_changed` on its identity: a hash of its inputs, options, step script and builder image.
@@ -25,6 +26,7 @@ from hurdxen.pipeline.context import DEP_FILE, Context, artifacts_dir, make_cont
 from hurdxen.pipeline.manifest import MANIFEST
 from hurdxen.pipeline.report import Reporter
 from hurdxen.plan import Plan, make_plan
+from hurdxen.release import stage as release
 from hurdxen.sources import pinlock
 from hurdxen.sources.deb import fetch_deb, is_cached_deb
 from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball, is_cached_tarball
@@ -324,28 +326,51 @@ def split_for_cache(
     return keep, tuple(deferred)
 
 
+def act_late(build: Callable[[Any, Context], object], spec: Any, ctx: Context) -> TaskFailed | None:
+    return guarded(build, spec, ctx)
+
+
 def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> Iterator[TaskDict]:
-    """The doit tasks of one stage, from its specs: the same shape for every stage."""
+    """The doit tasks of one stage, from its specs: the same shape for every stage. A `stage.Late` spec (the bundle)
+    is also asked, when its task is about to run, whether its output is current; its target is its manifest, and
+    the stage cache does not see it."""
     yield {"basename": st.name, "name": None, "doc": st.doc}
     for spec in specs:
         deps = spec.deps(ctx)
-        hit, defer = cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
+        current = spec.current if isinstance(spec, stage.Late) else None
+        late = current is not None
+        hit, defer = (False, False) if late else cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
         task_dep, deferred = split_for_cache(deps, ctx, defer)
+        manifest = str(stage.out_dir(ctx, spec.task) / MANIFEST)
         yield {
             "basename": st.name,
             "name": spec.task.split(":", 1)[1],
             "doc": spec.doc,
-            "actions": [(act_stage, [st.entry(spec), spec, ctx, hit, deferred])],
+            "actions": [(act_late, [st.entry(spec), spec, ctx])]
+            if late
+            else [(act_stage, [st.entry(spec), spec, ctx, hit, deferred])],
             "task_dep": task_dep,
             "file_dep": [str(p) for p in deps.files],
-            "targets": [*(str(p) for p in spec.outputs(ctx).values()), str(stage.out_dir(ctx, spec.task) / MANIFEST)],
-            "uptodate": [config_changed(spec.identity(ctx))],
+            "targets": [manifest] if late else [*(str(p) for p in spec.outputs(ctx).values()), manifest],
+            "uptodate": [config_changed(spec.identity(ctx)), *([(current, [ctx])] if current else [])],
             "clean": [(remove_dir, [str(stage.out_dir(ctx, spec.task))])],
         }
 
 
-def stage_task(st: stage.Stage, specs_of: Callable[[Plan], Iterable[stage.Spec]]) -> Callable[[], Iterator[TaskDict]]:
-    """A `task_<stage>` generator for doit: one task per spec of the plan."""
+# The stages `doit build` makes, in build order: basename, the specs of the plan, and which of them (stage_task's
+# `in_build`); task_build is made from it.
+BUILD: list[tuple[str, Callable[[Plan], Iterable[stage.Spec]], Callable[[Any], bool]]] = []
+
+
+def stage_task(
+    st: stage.Stage,
+    specs_of: Callable[[Plan], Iterable[stage.Spec]],
+    in_build: bool | Callable[[Any], bool] = False,
+) -> Callable[[], Iterator[TaskDict]]:
+    """A `task_<stage>` generator for doit: one task per spec of the plan. `in_build`: `doit build` makes its specs
+    (every one, or those the predicate picks)."""
+    if in_build:
+        BUILD.append((st.name, specs_of, in_build if callable(in_build) else lambda _: True))
 
     def task() -> Iterator[TaskDict]:
         _, ctx = load()
@@ -355,14 +380,40 @@ def stage_task(st: stage.Stage, specs_of: Callable[[Plan], Iterable[stage.Spec]]
     return task
 
 
+def act_action(run: Callable[..., object], spec: Any, ctx: Context, task: Any) -> TaskFailed | None:
+    return guarded(run, spec, ctx, dict(task.options or {}))
+
+
+def action_task(action: stage.Action, spec_of: Callable[[Plan], stage.Spec | None]) -> Callable[[], TaskDict]:
+    """A `task_<action>` generator: `action.run` on the output of the plan's spec, every time it is asked for (an
+    action makes nothing to be up to date with); its parameters on the command line."""
+
+    def task() -> TaskDict:
+        _, ctx = load()
+        spec = spec_of(the_plan())
+        if spec is None:
+            return {"actions": None, "doc": f"{action.name}: (no recipe for it)"}
+        return {
+            "actions": [(act_action, [action.run, spec, ctx])],
+            "params": [{"name": p.name, "long": p.long, "default": p.default, "help": p.help} for p in action.params],
+            "task_dep": list(action.needs),
+            "uptodate": [False],
+        }
+
+    task.__doc__ = action.doc
+    return task
+
+
 # Every stage that follows the contract, in build order: its doit basename, doc line, entry point and specs.
 task_mig = stage_task(
     stage.Stage("mig", "mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)", mig.build),
     lambda p: p.mig,
+    in_build=True,
 )
 task_gnumach = stage_task(
     stage.Stage("gnumach", "gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels", gnumach.BUILDS),
     lambda p: [*([p.gnumach_source] if p.gnumach_source else []), *p.kernels],
+    in_build=True,
 )
 task_hurd_modules = stage_task(
     stage.Stage(
@@ -371,6 +422,7 @@ task_hurd_modules = stage_task(
         hurdmodules.build,
     ),
     lambda p: p.hurd_modules,
+    in_build=lambda s: not s.opt_in,  # not the opt-in ramdisks
 )
 task_pvgrub2 = stage_task(
     stage.Stage(
@@ -379,6 +431,7 @@ task_pvgrub2 = stage_task(
         pvgrub.build,
     ),
     lambda p: p.pvgrub2,
+    in_build=lambda s: s.ramdisk is None or not s.ramdisk.opt_in,  # nor the images holding them
 )
 task_toolchain = stage_task(
     stage.Stage(
@@ -410,14 +463,28 @@ task_boot = stage_task(
     ),
     lambda p: p.boot,
 )
+task_bundle = stage_task(
+    stage.Stage(
+        release.STAGE,
+        "bundle: the release — kernels, hurd-modules, pv-grub2, domain configs, SHA256SUMS, signature, provenance",
+        release.build,
+    ),
+    lambda p: p.release,
+)
+task_verify = action_task(release.VERIFY, lambda p: next(iter(p.release), None))
+task_publish = action_task(release.PUBLISH, lambda p: next(iter(p.release), None))
+task_reproduce = action_task(release.REPRODUCE, lambda p: next(iter(p.release), None))
 
 
 def task_build() -> TaskDict:
-    """build: everything the default recipes describe, but for opt-in ramdisks (and the pv-grub2 images holding them)"""
+    """build: everything the default recipes describe, but for opt-in ramdisks (and the pv-grub2 images holding them)
+
+    Made from the stage table: the stages marked `in_build` (not the from-source toolchain and Hurd, the root
+    disks, the boot check or the release)."""
     p = the_plan()
-    opt_in = {h.task for h in p.hurd_modules if h.opt_in}
-    ramdisks = [h.task for h in p.hurd_modules if h.task not in opt_in]
-    images = [s.task for s in p.pvgrub2 if s.ramdisk is None or s.ramdisk.task not in opt_in]
-    if not opt_in:
-        ramdisks, images = ["hurd-modules"], ["pvgrub2"]
-    return {"actions": None, "task_dep": ["mig", "gnumach", *ramdisks, *images]}
+    deps: list[str] = []
+    for name, specs_of, wanted in BUILD:
+        specs = list(specs_of(p))
+        chosen = [s.task for s in specs if wanted(s)]
+        deps += [name] if len(chosen) == len(specs) else chosen
+    return {"actions": None, "task_dep": deps}

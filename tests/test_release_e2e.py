@@ -67,7 +67,7 @@ def released(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]
     git(proj.root, "tag", "v1.0.0")
     r = proj.doit("bundle")
     assert r.returncode == 0, r.stdout[-5000:]
-    bundle = proj.artifacts / "release" / RELEASE
+    bundle = proj.artifacts / "bundle" / "hurdxen" / RELEASE
     yield Released(proj, bundle, bundle.with_name(RELEASE + ".tar.gz"), r.stdout, fake.repo)
 
 

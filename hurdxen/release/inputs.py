@@ -133,7 +133,9 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
     payload += [Payload(d.path, m.output("image.gz"), f"{m.stage}/{m.variant}") for d, m in zip(disks, rd, strict=True)]
     # Tools (mig, …): every other stage with a manifest, so the release records what built the kernels (and the
     # from-source stages the disks were made from).
-    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "release", "logs", "work"} | (
+    # Not tools: the boot stage (its verdicts are the gate), the bundle stage itself (and "release", where bundles
+    # were published before they were a stage), logs and scratch.
+    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "bundle", "release", "logs", "work"} | (
         {"rootdisk"} if rd else set()
     )
     extra: list[StageOutput] = []
