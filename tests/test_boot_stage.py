@@ -32,14 +32,15 @@ archive = "http://deb.debian.org/debian" }
 
 
 def boot_cases(guest_expect: str = PAE_EXPECT) -> str:
-    return f"""
-[boot]
-cases = [
-  {{ name = "quick-sid", kind = "dom0", kernel = "debian-sid-486", cmdline = "console=hyp0", timeout = 90,
-     expect = ["GNU Mach", "Running on xen-3.0-x86_32p"] }},
-  {{ name = "guest-sid", kernel = "debian-sid-486", ramdisk = "hurd-i386", timeout = 120, expect = {guest_expect} }},
-]
-"""
+    quick = (
+        '{ name = "quick-sid", kind = "dom0", kernel = "debian-sid-486", cmdline = "console=hyp0", timeout = 90, '
+        'expect = ["GNU Mach", "Running on xen-3.0-x86_32p"] }'
+    )
+    guest = (
+        f'{{ name = "guest-sid", kernel = "debian-sid-486", ramdisk = "hurd-i386", timeout = 120, '
+        f"expect = {guest_expect} }}"
+    )
+    return f"\n[boot]\ncases = [\n  {quick},\n  {guest},\n]\n"
 
 
 def test_a_case_naming_no_output_is_one_line_at_plan_time(tmp_path: Path) -> None:

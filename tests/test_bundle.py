@@ -804,6 +804,14 @@ def test_bundle_stage_is_current_until_what_it_packs_changes(tmp_path: Path, pae
     (spec,) = S.specs(r, SDE, None)
     assert spec.task == "bundle:hurdxen" and isinstance(spec, pstage.Late)
     assert S.specs(r, SDE, None)[0].identity(ctx) == spec.identity(ctx)  # stable
+    # Where it is published does not change what it is; what it says (allow_unbooted) or its signing key does.
+    over = {"release.publish.dir": str(tmp_path / "pub")}
+    assert S.specs(recipes.load(root, overrides=over, overlay=root / "none.toml"), SDE, None)[0].identity(ctx) == (
+        spec.identity(ctx)
+    )
+    unbooted = recipes.load(root, overrides={"release.allow_unbooted": "true"}, overlay=root / "none.toml")
+    assert S.specs(unbooted, SDE, None)[0].identity(ctx) != spec.identity(ctx)
+    assert S.specs(r, SDE, "0123456789ABCDEF")[0].identity(ctx) != spec.identity(ctx)
     group, task = tasks.stage_tasks(pstage.Stage(S.STAGE, "bundle", S.build), [spec], ctx)
     assert group["name"] is None and task["name"] == "hurdxen"
     assert task["targets"] == [str(art / "bundle" / "hurdxen" / manifest.MANIFEST)]

@@ -266,7 +266,7 @@ class CheckSpec:
     dom0: Dom0StageSpec
     jobs: int
     sessions: int
-    producers: tuple[Any, ...]  # stage.Spec of each gnumach, hurd-modules, pvgrub2 and rootdisk output booted
+    producers: tuple[stage.Spec, ...]  # the gnumach, hurd-modules, pvgrub2 and rootdisk specs the cases boot
     only: tuple[str, ...] = ()
 
     @property
@@ -329,7 +329,7 @@ def specs(
         "pvgrub2": stage.by_name(pvgrubs),
         "rootdisk": {d.name: d for d in rootdisks},
     }
-    producers: list[Any] = []
+    producers: list[stage.Spec] = []
     for i, c in enumerate(recipe.cases):
         for stg, key, name in (
             ("gnumach", "kernel", c.kernel if c.kind != "pvgrub" else None),

@@ -81,8 +81,10 @@ class BundleStageSpec:
         )  # fmt: skip
 
     def identity(self, ctx: Context) -> str:
+        # Where it is published to is not the bundle's business (`doit publish release.publish.dir=…` bundles nothing).
+        release = {k: v for k, v in self.release.items() if k != "publish"}
         recipe = {
-            "name": self.name, "release": self.release, "domains": self.domains, "has_rootdisk": self.has_rootdisk,
+            "name": self.name, "release": release, "domains": self.domains, "has_rootdisk": self.has_rootdisk,
             "source_date_epoch": self.source_date_epoch, "signing_key": self.signing_key,
             "needs_boot": self.needs_boot,
         }  # fmt: skip
