@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from debian_kernels import KERNELS, fetch_kernel
 from project import Project, require_docker
 from standin_overlay import write_overlay
 
@@ -20,14 +21,16 @@ from hurdxen.boot import cases as bootcases
 from hurdxen.pipeline import manifest
 
 PAE_EXPECT = '["GNU Mach", "Running on xen-3.0-x86_32p", "2 multiboot modules", "task loaded: exec /hurd/exec"]'
-# sid's kernel: the first prebuilt 32-bit one that boots as a Xen 4.17 PV guest (tests/debian_kernels.py).
-KERNEL = """
+# sid's kernel: the first prebuilt 32-bit one that boots as a Xen 4.17 PV guest (tests/debian_kernels.py, whose
+# fetch puts it in the shared cache by its sha256; sid's index moves on, and expires).
+SID = KERNELS["i386-486-sid"]
+KERNEL = f"""
 [gnumach.prebuilt.debian-sid-486]
-path = "boot/gnumach-1.8-xen-486.gz"
+path = "{SID.kernel}"
 bits = 32
 pae = true
-package = { package = "gnumach-image-1.8-xen-486", version = "2:1.8+git20261028-1", arch = "i386", suite = "sid", \
-archive = "http://deb.debian.org/debian" }
+package = {{ package = "gnumach-image-1.8-xen-486", version = "2:1.8+git20261028-1", arch = "i386", suite = "sid", \
+archive = "http://deb.debian.org/debian", sha256 = "{SID.sha256}" }}
 """
 
 
@@ -62,6 +65,7 @@ def test_boot_stages_through_doit(tmp_path: Path) -> None:
     require_docker()
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
+    fetch_kernel(SID.key)  # into the shared cache, which the project copy's doit reads
     proj = Project.create(tmp_path / "proj", artifacts=tmp_path / "artifacts")
     standins = write_overlay(tmp_path / "standins")
     proj.overlay(standins + KERNEL + boot_cases())
@@ -91,8 +95,8 @@ def test_boot_stages_through_doit(tmp_path: Path) -> None:
     assert changed.returncode != 0
     assert "boot:check" in changed.executed and "boot:hypervisor" not in changed.executed, changed.executed
     assert "boot:dom0" not in changed.executed
-    errors = [ln for ln in changed.stdout.splitlines() if ln.startswith("error: ")]
-    assert errors and "1 of 2 cases failed; guest-sid" in errors[0], changed.stdout[-3000:]
+    errors = [ln for ln in changed.stdout.splitlines() if ln.startswith("boot:check: error: ")]
+    assert errors and "boot: 1 of 2 cases failed; guest-sid" in errors[0], changed.stdout[-3000:]
     report = bootcases.read_report(art)
     assert report is not None and report["ok"] is False
     assert manifest.read_task(art, "boot:hypervisor").identity == hv.identity
