@@ -228,7 +228,7 @@ def all_pins() -> list[TarballPin | GitPin | DebPin]:
     pins += [s.grub for s in p.pvgrub2[:1]]
     for t in p.system:
         pins += [x for _, x in t.tarballs] + [x for _, x in t.debs] + [x for _, x, _ in t.git]
-    pins += [s.pin for s in p.boot if isinstance(s, boot.HypervisorStageSpec)]
+    pins += [pin for s in p.boot for pin in s.pins()]
     unique: dict[str, TarballPin | GitPin | DebPin] = {}
     for pin in pins:
         unique.setdefault(pin_task_name(pin), pin)

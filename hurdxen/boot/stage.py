@@ -219,6 +219,10 @@ class HypervisorStageSpec:
     def pin(self) -> TarballPin:
         return TarballPin("xen orig tarball", self.hypervisor.url, self.hypervisor.sha256, "boot.xen.url")
 
+    def pins(self) -> tuple[TarballPin, ...]:
+        """The boot stage's one pinned input: Xen's orig tarball (the dom0 comes from its image)."""
+        return (self.pin,)
+
     def identity(self, ctx: Context) -> str:
         return self.hypervisor.identity(ctx.image_tag(self.image))
 
@@ -244,6 +248,9 @@ class Dom0StageSpec:
     @property
     def doc(self) -> str:
         return f"Linux {self.dom0.kernel_release} dom0 initramfs with the Xen toolstack"
+
+    def pins(self) -> tuple[TarballPin, ...]:
+        return ()
 
     def identity(self, ctx: Context) -> str:
         return self.dom0.identity(ctx.image_tag(self.image))
@@ -276,6 +283,9 @@ class CheckSpec:
     @property
     def doc(self) -> str:
         return "boot every case of recipes/boot.toml (HURDXEN_BOOT_CASES=a,b for some); verdicts in its report"
+
+    def pins(self) -> tuple[TarballPin, ...]:
+        return ()  # what it boots is its producers'
 
     def selected(self) -> tuple[CaseSpec, ...]:
         return tuple(c for c in self.cases if not self.only or c.name in self.only)

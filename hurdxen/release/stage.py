@@ -70,6 +70,9 @@ class BundleStageSpec:
     def doc(self) -> str:
         return "the release: kernels, hurd-modules, pv-grub2, domain configs, SHA256SUMS, signature, provenance"
 
+    def pins(self) -> tuple[()]:
+        return ()  # it packs stage outputs only
+
     @cached_property
     def bundle_spec(self) -> BundleSpec:
         """The release as it is now (version and revision from git): asked when the task is about to run."""
