@@ -8,14 +8,16 @@ are listed by hand anywhere else (`pins update` and the canary read the Debian o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from hurdxen.boot import stage as boot
+from hurdxen.boot import stage as boot_stage
 from hurdxen.pipeline import containers
 from hurdxen.pipeline.containers import BaseSpec, ImageSpec
 from hurdxen.pipeline.recipes import Recipes
+from hurdxen.release import stage as release_stage
 from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages import rootdisk, toolchain
 from hurdxen.stages.gnumach import source as gnumach_source
@@ -46,7 +48,8 @@ class Plan:
     pvgrub2: tuple[pvgrub.PvGrubSpec, ...]
     system: tuple[TreeSpec, ...] = ()  # the from-source toolchain and Hurd, in build order
     rootdisks: tuple[TreeSpec, ...] = ()  # the Hurd's root disk images
-    boot: boot.BootRecipe | None = None  # recipes/boot.toml (its tasks are in tasks_boot)
+    boot: tuple[boot_stage.BootSpec, ...] = ()  # the hypervisor, the dom0 and the check of every case
+    release: tuple[release_stage.BundleStageSpec, ...] = ()  # the bundle (one: recipes/release.toml)
     sources: tuple[sources.PinSpec, ...] = ()  # one per pin of every other spec, made by make_plan
 
     def kernel(self, name: str) -> Kernel | None:
@@ -59,9 +62,7 @@ class Plan:
     def opt_in(self) -> frozenset[str]:
         """The tasks `doit build` and `doit boot` leave out unless asked for by name: the opt-in ramdisks and the
         pv-grub2 images that hold one."""
-        ramdisks = {h.task for h in self.hurd_modules if h.opt_in}
-        images = {s.task for s in self.pvgrub2 if s.ramdisk is not None and s.ramdisk.task in ramdisks}
-        return frozenset(ramdisks | images)
+        return opt_in_tasks(self.hurd_modules, self.pvgrub2)
 
     def specs(self) -> Iterator[Pinned]:
         """Every spec of the plan (and the boot recipe), in build order."""
@@ -85,6 +86,15 @@ class Plan:
         return sorted(out.values(), key=lambda sp: sp[1].version_key)
 
 
+def opt_in_tasks(
+    hurd_modules: Sequence[hurdmodules.HurdModulesSpec], pvgrubs: Sequence[pvgrub.PvGrubSpec]
+) -> frozenset[str]:
+    """The opt-in ramdisks and the pv-grub2 images that hold one."""
+    ramdisks = {h.task for h in hurd_modules if h.opt_in}
+    images = {s.task for s in pvgrubs if s.ramdisk is not None and s.ramdisk.task in ramdisks}
+    return frozenset(ramdisks | images)
+
+
 def make_plan(recipes: Recipes) -> Plan:
     kernels: list[Kernel] = []
     source = None
@@ -97,6 +107,9 @@ def make_plan(recipes: Recipes) -> Plan:
     sde = int(recipes["base"]["base"]["source_date_epoch"])
     pvgrubs = pvgrub.specs(recipes, pvgrub.Producers(tuple(kernels), hms), sde) if "pvgrub2" in recipes else []
     disks = tuple(rootdisk.specs(recipes, system, kernels, lambda kernel: hurdmodules.ramdisk_for(hms, kernel)))
+    boots = tuple(
+        boot_stage.specs(recipes, kernels, hms, pvgrubs, disks, boot_stage.only_from_env(), opt_in_tasks(hms, pvgrubs))
+    )
     base = containers.base_spec(recipes)
     plan = Plan(
         base=base,
@@ -108,6 +121,7 @@ def make_plan(recipes: Recipes) -> Plan:
         pvgrub2=tuple(pvgrubs),
         system=system,
         rootdisks=disks,
-        boot=boot.recipe_from(recipes["boot"], sde, recipes.files["boot"]) if "boot" in recipes else None,
+        boot=boots,
+        release=tuple(release_stage.specs(recipes, sde, os.environ.get("HURDXEN_SIGNING_KEY"))),
     )
     return dataclasses.replace(plan, sources=tuple(sources.specs(plan.pins())))

@@ -1,5 +1,6 @@
-"""doit tasks, generated from the recipes: loading and checking them, sources, images and the stages; the boot check's
-tasks are in tasks_boot, the release's in tasks_release. `dodo.py` only re-exports them.
+"""doit tasks, generated from the recipes: loading and checking them, sources, images and the stages — the boot check
+and the release bundle among them — plus the release's actions (verify, publish, reproduce). `dodo.py` only
+re-exports them.
 
 Every action is a module-level function with picklable arguments (so `doit -n 2` works), and every stage task
 carries one `config_changed` on its identity: a hash of its inputs, options, step script and builder image.
@@ -25,6 +26,7 @@ from hurdxen.pipeline.context import DEP_FILE, Context, artifacts_dir, make_cont
 from hurdxen.pipeline.manifest import MANIFEST
 from hurdxen.pipeline.report import Reporter
 from hurdxen.plan import Plan, make_plan
+from hurdxen.release import stage as release
 from hurdxen.sources import pinlock
 from hurdxen.stages import rootdisk
 from hurdxen.stages.gnumach import stage as gnumach
@@ -231,21 +233,25 @@ def act_build(build: Callable[[Any, Context], object], spec: Any, ctx: Context) 
 
 
 def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> Iterator[TaskDict]:
-    """The doit tasks of one stage, from its specs: the same shape for every stage."""
+    """The doit tasks of one stage, from its specs: the same shape for every stage. A `stage.Late` spec (the bundle)
+    is also asked, when its task is about to run, whether its output is current; its target is its manifest. Only a
+    `cacheable` stage's specs go through the shared stage cache."""
     if st.docker_only and ctx.executor_kind != "docker":
         yield {"basename": st.name, "name": None, "doc": f"{st.doc} (host executor: none)"}
         return
     yield {"basename": st.name, "name": None, "doc": st.doc}
     for spec in specs:
         deps = spec.deps(ctx)
+        current = spec.current if isinstance(spec, stage.Late) else None
         action: tuple[Callable[..., TaskFailed | None], list[Any]]
-        if st.cacheable:
+        if st.cacheable and current is None:
             hit, defer = cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
             task_dep, deferred = split_for_cache(deps, ctx, defer)
             action = (act_stage, [st.entry(spec), spec, ctx, hit, deferred])
         else:
             task_dep, action = list(deps.tasks), (act_build, [st.entry(spec), spec, ctx])
         present = [(st.present, [spec, ctx])] if st.present else []
+        manifest = str(stage.out_dir(ctx, spec.task) / MANIFEST)
         yield {
             "basename": st.name,
             "name": spec.task.split(":", 1)[1],
@@ -253,14 +259,26 @@ def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> I
             "actions": [action],
             "task_dep": task_dep,
             "file_dep": [str(p) for p in deps.files],
-            "targets": [*(str(p) for p in spec.outputs(ctx).values()), str(stage.out_dir(ctx, spec.task) / MANIFEST)],
-            "uptodate": [config_changed(spec.identity(ctx)), *present],
+            "targets": [manifest] if current else [*(str(p) for p in spec.outputs(ctx).values()), manifest],
+            "uptodate": [config_changed(spec.identity(ctx)), *present, *([(current, [ctx])] if current else [])],
             "clean": [(remove_dir, [str(stage.out_dir(ctx, spec.task))])],
         }
 
 
-def stage_task(st: stage.Stage, specs_of: Callable[[Plan], Iterable[stage.Spec]]) -> Callable[[], Iterator[TaskDict]]:
-    """A `task_<stage>` generator for doit: one task per spec of the plan."""
+# The stages `doit build` makes, in build order: basename, the specs of the plan, and which of them (stage_task's
+# `in_build`); task_build is made from it.
+BUILD: list[tuple[str, Callable[[Plan], Iterable[stage.Spec]], Callable[[Any], bool]]] = []
+
+
+def stage_task(
+    st: stage.Stage,
+    specs_of: Callable[[Plan], Iterable[stage.Spec]],
+    in_build: bool | Callable[[Any], bool] = False,
+) -> Callable[[], Iterator[TaskDict]]:
+    """A `task_<stage>` generator for doit: one task per spec of the plan. `in_build`: `doit build` makes its specs
+    (every one, or those the predicate picks)."""
+    if in_build:
+        BUILD.append((st.name, specs_of, in_build if callable(in_build) else lambda _: True))
 
     def task() -> Iterator[TaskDict]:
         _, ctx = load()
@@ -270,8 +288,31 @@ def stage_task(st: stage.Stage, specs_of: Callable[[Plan], Iterable[stage.Spec]]
     return task
 
 
-# Every stage, in build order: its doit basename, doc line, entry point and specs (the boot check's and the
-# release's tasks are in tasks_boot and tasks_release).
+def act_action(run: Callable[..., object], spec: Any, ctx: Context, task: Any) -> TaskFailed | None:
+    return guarded(run, spec, ctx, dict(task.options or {}))
+
+
+def action_task(action: stage.Action, spec_of: Callable[[Plan], stage.Spec | None]) -> Callable[[], TaskDict]:
+    """A `task_<action>` generator: `action.run` on the output of the plan's spec, every time it is asked for (an
+    action makes nothing to be up to date with); its parameters on the command line."""
+
+    def task() -> TaskDict:
+        _, ctx = load()
+        spec = spec_of(the_plan())
+        if spec is None:
+            return {"actions": None, "doc": f"{action.name}: (no recipe for it)"}
+        return {
+            "actions": [(act_action, [action.run, spec, ctx])],
+            "params": [{"name": p.name, "long": p.long, "default": p.default, "help": p.help} for p in action.params],
+            "task_dep": list(action.needs),
+            "uptodate": [False],
+        }
+
+    task.__doc__ = action.doc
+    return task
+
+
+# Every stage, in build order: its doit basename, doc line, entry point and specs.
 task_sources = stage_task(
     stage.Stage(
         "sources",
@@ -307,10 +348,12 @@ task_image = stage_task(
 task_mig = stage_task(
     stage.Stage("mig", "mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)", mig.build),
     lambda p: p.mig,
+    in_build=True,
 )
 task_gnumach = stage_task(
     stage.Stage("gnumach", "gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels", gnumach.BUILDS),
     lambda p: [*([p.gnumach_source] if p.gnumach_source else []), *p.kernels],
+    in_build=True,
 )
 task_hurd_modules = stage_task(
     stage.Stage(
@@ -319,6 +362,7 @@ task_hurd_modules = stage_task(
         hurdmodules.build,
     ),
     lambda p: p.hurd_modules,
+    in_build=lambda s: not s.opt_in,  # not the opt-in ramdisks
 )
 task_pvgrub2 = stage_task(
     stage.Stage(
@@ -327,6 +371,7 @@ task_pvgrub2 = stage_task(
         pvgrub.build,
     ),
     lambda p: p.pvgrub2,
+    in_build=lambda s: s.ramdisk is None or not s.ramdisk.opt_in,  # nor the images holding them
 )
 task_toolchain = stage_task(
     stage.Stage(
@@ -350,27 +395,36 @@ task_rootdisk = stage_task(
     ),
     lambda p: p.rootdisks,
 )
-
-
-def boot_recipe(r: recipes.Recipes) -> boot.BootRecipe:
-    """recipes/boot.toml as the plan made it (only asked for when there is one)."""
-    recipe = the_plan().boot
-    if recipe is None:
-        raise HurdxenError(f"{r.files.get('boot', 'recipes/boot.toml')}: no boot recipe", hint="add recipes/boot.toml")
-    return recipe
-
-
-def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:
-    sys.stderr.write(HurdxenError(f"{r.files.get(name, name)}: {what}", hint=hint).render() + "\n")
-    raise SystemExit(2)
+task_boot = stage_task(
+    stage.Stage(
+        "boot",
+        "boot: a PV32 Xen in QEMU (TCG) with a Linux dom0 boots every kernel, ramdisk and pv-grub2 image",
+        boot.BUILDS,
+    ),
+    lambda p: p.boot,
+)
+task_bundle = stage_task(
+    stage.Stage(
+        release.STAGE,
+        "bundle: the release — kernels, hurd-modules, pv-grub2, domain configs, SHA256SUMS, signature, provenance",
+        release.build,
+    ),
+    lambda p: p.release,
+)
+task_verify = action_task(release.VERIFY, lambda p: next(iter(p.release), None))
+task_publish = action_task(release.PUBLISH, lambda p: next(iter(p.release), None))
+task_reproduce = action_task(release.REPRODUCE, lambda p: next(iter(p.release), None))
 
 
 def task_build() -> TaskDict:
-    """build: everything the default recipes describe, but for opt-in ramdisks (and the pv-grub2 images holding them)"""
+    """build: everything the default recipes describe, but for opt-in ramdisks (and the pv-grub2 images holding them)
+
+    Made from the stage table: the stages marked `in_build` (not the from-source toolchain and Hurd, the root
+    disks, the boot check or the release)."""
     p = the_plan()
-    opt_in = p.opt_in()
-    ramdisks = [h.task for h in p.hurd_modules if h.task not in opt_in]
-    images = [s.task for s in p.pvgrub2 if s.task not in opt_in]
-    if not opt_in:
-        ramdisks, images = ["hurd-modules"], ["pvgrub2"]
-    return {"actions": None, "task_dep": ["mig", "gnumach", *ramdisks, *images]}
+    deps: list[str] = []
+    for name, specs_of, wanted in BUILD:
+        specs = list(specs_of(p))
+        chosen = [s.task for s in specs if wanted(s)]
+        deps += [name] if len(chosen) == len(specs) else chosen
+    return {"actions": None, "task_dep": deps}

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hurdxen.core import fsutil
 
@@ -87,6 +87,39 @@ class Stage:
             return self.build[type(spec)]
         except KeyError:
             raise TypeError(f"stage {self.name} has no entry point for {type(spec).__name__}") from None
+
+
+@dataclass(frozen=True)
+class Param:
+    """A command-line parameter of an action (`doit verify --bundle PATH`)."""
+
+    name: str  # the key in the action's options
+    long: str  # --long
+    help: str
+    default: str = ""
+
+
+@dataclass(frozen=True)
+class Action:
+    """A task that makes nothing: it checks or ships what a stage made (the release's verify, publish, reproduce),
+    so it runs every time it is asked for. `run(spec, ctx, options)` acts on the output of one spec of its stage;
+    `options` holds its parameters' values. `tasks.action_task` makes the doit task, the same for every action."""
+
+    name: str  # the doit task
+    doc: str
+    run: Callable[[Any, Context, Mapping[str, Any]], object]
+    needs: tuple[str, ...] = ()  # tasks it waits for
+    params: tuple[Param, ...] = ()
+
+
+@runtime_checkable
+class Late(Protocol):
+    """A spec whose inputs and output names are known only when its task is about to run (the bundle: named by
+    `git describe`, packing whatever kernels are built). Besides its identity, `current(ctx)` — asked by doit then —
+    says whether its published manifest still records what it would read now; its task's target is that manifest.
+    It cannot be looked up by identity beforehand, so it is never pulled from or pushed to the stage cache."""
+
+    def current(self, ctx: Context) -> bool: ...
 
 
 def out_dir(ctx: Context, task: str) -> Path:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen.boot.cases import report_path
+from hurdxen.boot.cases import CHECK_TASK, read_report
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest
 from hurdxen.release import domains
@@ -167,9 +167,11 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
     disks = [_disk(m) for m in rd]
     payload += [Payload(d.path, m.output("image.gz"), f"{m.stage}/{m.variant}") for d, m in zip(disks, rd, strict=True)]
     # Tools (mig, …): every other stage with a manifest, so the release records what built the kernels (and the
-    # from-source stages the disks were made from). Not the sources, base and image stages: every stage manifest
-    # already names its pins (with the hashes of the bytes used) and its step's image tag and id.
-    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "release", "logs", "work", *NOT_RECORDED} | (
+    # from-source stages the disks were made from). Not tools: the boot stage (its verdicts are the gate), the bundle
+    # stage itself (and "release", where bundles were published before they were a stage), logs and scratch; nor the
+    # sources, base and image stages: every stage manifest already names its pins (with the hashes of the bytes
+    # used) and its step's image tag and id.
+    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "bundle", "release", "logs", "work", *NOT_RECORDED} | (
         {"rootdisk"} if rd else set()
     )
     extra: list[StageOutput] = []
@@ -241,13 +243,12 @@ class BootGate:
 
 def boot_gate(artifacts: Path, spec: BundleSpec) -> BootGate:
     """Only a booted release is bundled: every case pass / expected (known failures if the recipe accepts them)."""
-    path = report_path(artifacts)
     hint = "run `doit boot`, or bundle anyway with `doit bundle release.allow_unbooted=true` (the manifest says so)"
-    if not path.is_file():
+    data = read_report(artifacts)
+    if data is None:
         if spec.allow_unbooted:
             return BootGate(False, False, True, ())
-        raise HurdxenError(f"bundle: no boot check ({path} is missing)", hint=hint)
-    data = read_json(path, "boot")
+        raise HurdxenError(f"bundle: no boot check ({CHECK_TASK} has not run)", hint=hint)
     raw = data.get("cases", []) if isinstance(data, Mapping) else []
     items = raw.items() if isinstance(raw, Mapping) else ((None, c) for c in raw)
     cases: list[tuple[str, str, str]] = []
