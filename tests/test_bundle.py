@@ -869,7 +869,7 @@ def test_bundle_stage_is_current_until_what_it_packs_changes(tmp_path: Path, pae
     assert group["name"] is None and task["name"] == "hurdxen"
     assert task["targets"] == [str(art / "bundle" / "hurdxen" / manifest.MANIFEST)]
     assert task["task_dep"] == ["build"]  # no boot recipe in this project: the gate reads what is there
-    assert task["uptodate"][1][1] == [ctx] and task["actions"][0][0] is tasks.act_late
+    assert task["uptodate"][1][1] == [ctx] and task["actions"][0][0] is tasks.act_build
 
     def fresh() -> S.BundleStageSpec:  # what the next doit run plans (the version is read again)
         return S.specs(recipes.load(root, overlay=root / "none.toml"), SDE, None)[0]
