@@ -229,6 +229,31 @@ def test_direct_config_parses_back_with_comments() -> None:
     assert not cfg.warnings
 
 
+def test_modules_origin_says_where_the_modules_came_from() -> None:
+    """The bundle's README and manifest say where a ramdisk's modules came from, from what the hurd-modules stage
+    recorded for each source (the shapes its manifest writer uses), never just "the Hurd's"."""
+    from hurdxen.release.inputs import modules_origin
+
+    hurd = {"git": "https://git.savannah.gnu.org/git/hurd/hurd.git", "commit": "d6a94f56" * 5}
+    root = {"identity": "ab" * 32, "outputs": {}, "sources": {"hurd:system.hurd_src": hurd}}
+    built = {"source": "build", "build": {"hurd:root": root}}
+    assert modules_origin(built) == (
+        "built here from source: hurd:root (identity abababababababab…) from "
+        "https://git.savannah.gnu.org/git/hurd/hurd.git commit d6a94f56d6a9…"
+    )
+    debian = {"source": "debian", "debian": [{"package": "hurd", "version": "1:0.9", "arch": "hurd-i386"}]}
+    assert modules_origin(debian) == "Debian's packages hurd 1:0.9 (hurd-i386)"
+    disk = {"source": "disk", "disk": {"sha256": "c" * 64, "partition": 1, "libc": {"path": "/lib/libc.so.0.3"}}}
+    assert modules_origin(disk) == (
+        "read from a user's disk image (sha256 cccccccccccccccc…, partition 1; libc from its /lib/libc.so.0.3)"
+    )
+    files = {"source": "files", "files": [{"name": "ext2fs.static", "sha256": "d" * 64}]}
+    assert "override" in modules_origin(files) and "ext2fs.static sha256 dddddddddddddddd…" in modules_origin(files)
+    # A crafted or older manifest: no traceback, no claim.
+    assert modules_origin({}) == "" and modules_origin({"source": "build", "build": "x"}).startswith("built here")
+    assert modules_origin({"source": "debian", "debian": [1, None]}) == "Debian's packages "
+
+
 def test_nopae_and_memory_warnings() -> None:
     k = D.KernelInput("xen-nopae", "kernels/gnumach-xen-nopae.gz", 32, False)
     m = D.ModulesInput("l", "hurd-modules/hurd-modules-l", 32, None)

@@ -79,6 +79,7 @@ class ModulesInput:
     path: str  # in the bundle, e.g. hurd-modules/hurd-modules-<variant>
     bits: int | None
     libc_version: str | None
+    origin: str = ""  # where its modules came from, one line (release.inputs.modules_origin)
 
 
 @dataclass(frozen=True)

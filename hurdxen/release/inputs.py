@@ -151,7 +151,8 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
     for m in hm:
         rel = f"hurd-modules/hurd-modules-{m.variant}"
         payload.append(Payload(rel, m.output("ramdisk"), f"{m.stage}/{m.variant}"))
-        modules.append(domains.ModulesInput(m.variant, rel, int(m.fact("bits")), str(m.fact("libc_version"))))
+        origin = modules_origin(m.inputs)
+        modules.append(domains.ModulesInput(m.variant, rel, int(m.fact("bits")), str(m.fact("libc_version")), origin))
     standin_ramdisks = frozenset(standins)
     pg, left = _without_standins(_built(artifacts, "pvgrub2", spec.pvgrub2, "image.gz"), spec.pvgrub2, standin_ramdisks)
     standins += left
@@ -239,6 +240,47 @@ class BootGate:
             "cases": [{"case": c, "verdict": v, "reason": r} for c, v, r in self.cases],
             **({"not_booted": [{"case": c, "reason": r} for c, r in self.not_booted]} if self.not_booted else {}),
         }
+
+
+def _short(value: Any, n: int = 16) -> str:
+    text = str(value)
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _maps(value: Any) -> list[Mapping[str, Any]]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def modules_origin(inputs: Mapping[str, Any]) -> str:
+    """Where a ramdisk's modules came from, in one line, from its manifest's inputs (the hurd-modules stage's
+    `source` and what it recorded of it): never "the Hurd's" for a file nobody built or read here."""
+    source = inputs.get("source")
+    if source == "build":
+        parts = []
+        for task, b in _map(inputs.get("build")).items():
+            srcs = [_map(v) for v in _map(_map(b).get("sources")).values()]
+            commits = sorted({f"{v.get('git')} commit {_short(v.get('commit'), 12)}" for v in srcs if v})
+            made = f" from {', '.join(commits)}" if commits else ""
+            parts.append(f"{task} (identity {_short(_map(b).get('identity'))}){made}")
+        return "built here from source: " + ("; ".join(parts) or "(no producer recorded)")
+    if source == "debian":
+        debs = _maps(inputs.get("debian"))
+        return "Debian's packages " + ", ".join(
+            f"{d.get('package')} {d.get('version')} ({d.get('arch')})" for d in debs
+        )
+    if source == "disk":
+        d = _map(inputs.get("disk"))
+        part = f", partition {d.get('partition')}" if d.get("partition") is not None else ""
+        libc = _map(d.get("libc")).get("path")
+        return f"read from a user's disk image (sha256 {_short(d.get('sha256'))}{part}; libc from its {libc})"
+    if source == "files":
+        named = [f"{f.get('name')} sha256 {_short(f.get('sha256'))}" for f in _maps(inputs.get("files"))]
+        return "local files pinned by an override (hurdxen.local.toml or the command line): " + ", ".join(named)
+    return "" if source is None else f"source {source!r}"
 
 
 def boot_gate(artifacts: Path, spec: BundleSpec) -> BootGate:

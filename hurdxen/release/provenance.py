@@ -134,7 +134,8 @@ def make_manifest(
         "files": dict(sorted(files.items())),
         "kernels": dict(sorted(g.kernel_expect.items())),
         "hurd_modules": {
-            m.path: {"variant": m.variant, "bits": m.bits, "libc_version": m.libc_version} for m in g.modules
+            m.path: {"variant": m.variant, "bits": m.bits, "libc_version": m.libc_version, "origin": m.origin}
+            for m in g.modules
         },
         "pvgrub2": {p.path: {"image": p.name, "platform": p.platform, "flavour": p.flavour} for p in g.pvgrubs},
         "domains": {d.path: {"name": d.name, "boot": d.boot, "warnings": list(d.warnings)} for d in domain_cfgs},
@@ -291,8 +292,9 @@ def make_readme(
         arch = "64-bit" if k.bits == 64 else ("32-bit PAE" if k.pae else "32-bit non-PAE")
         lines.append(f"| {k.path} | GNU Mach {k.variant} ({arch}), gzipped |")
     for m in g.modules:
-        libc = f", libc0.3 {m.libc_version}" if m.libc_version else ""
-        lines.append(f"| {m.path} | the Hurd's boot modules (ext2fs + exec) as one ramdisk{libc} |")
+        libc = f" for libc {m.libc_version}" if m.libc_version else ""
+        origin = f"; {m.origin}" if m.origin else ""
+        lines.append(f"| {m.path} | boot modules (ext2fs.static, ld.so.1) as one ramdisk{libc}{origin} |")
     for p in g.pvgrubs:
         lines.append(f"| {p.path} | pv-grub2 {p.platform}, flavour {p.flavour} |")
     for d in g.disks:
