@@ -70,8 +70,13 @@ def task_boot() -> Iterator[TaskDict]:
         "pvgrub2": set(pvgrub.by_name(the_plan().pvgrub2)),
         "rootdisk": {d.name for d in the_plan().rootdisks},
     }
+    only = tuple(n for n in os.environ.get("HURDXEN_BOOT_CASES", "").split(",") if n)
+    # An opt-in case's artefacts are needed only when it is asked for by name.
+    wanted = [c for c in recipe.cases if not c.opt_in or c.selected(only)]
     deps: list[str] = []
     for i, c in enumerate(recipe.cases):
+        if c not in wanted:
+            continue
         for stg, key, name in (
             ("gnumach", "kernel", c.kernel if c.kind != "pvgrub" else None),
             ("hurd-modules", "ramdisk", c.ramdisk),
@@ -95,7 +100,7 @@ def task_boot() -> Iterator[TaskDict]:
         "task_dep": ["boot:hypervisor", "boot:dom0", *dict.fromkeys(deps)],
         # Booted again only when what it boots (the files), how (cases, hypervisor, dom0, the harness) or the
         # selection changed; `doit forget boot:check` forces a new run.
-        "file_dep": sorted({str(p) for c in recipe.cases for p in boot.case_inputs(ctx, c).values()}),
+        "file_dep": sorted({str(p) for c in wanted for p in boot.case_inputs(ctx, c).values()}),
         "targets": [str(report_path(ctx.artifacts))],
         "uptodate": [config_changed(
             boot.check_identity(recipe, hv_tag, dom0_tag, os.environ.get("HURDXEN_BOOT_CASES", "")))],

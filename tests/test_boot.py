@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,28 @@ def test_recipe_and_stage_inputs() -> None:
     for case in ({**alive, "timeout": 5}, {**alive, "expect": []}):
         with pytest.raises(HurdxenError, match=r"cases\[0\] \(a\)\.alive_after: 5 s needs `expect` and less than"):
             boot.recipe_from({**r["boot"], "cases": [case]}, 1)
+
+
+def test_an_opt_in_case_boots_and_is_needed_only_when_named(restore_env: Callable[..., None]) -> None:
+    """The 64-bit Hurd's disk case (an hour of toolchain to build): `doit boot` leaves it and its artefacts out;
+    HURDXEN_BOOT_CASES=hurd-amd64-disk boots it and needs rootdisk:hurd-amd64."""
+    from hurdxen import tasks_boot
+    from hurdxen.pipeline import recipes
+
+    rec = boot.recipe_from(recipes.load(REPO)["boot"], 1)
+    byname = {c.name: c for c in rec.cases}
+    hurd64 = byname["hurd-amd64-disk"]
+    assert hurd64.opt_in and (hurd64.kernel, hurd64.ramdisk, hurd64.disk) == ("xen-amd64", "hurd-amd64", "hurd-amd64")
+    assert "hurdxen-shell: six times seven is 42" in hurd64.expect
+    assert not hurd64.selected(()) and hurd64.selected(("hurd-amd64-disk",))
+    assert byname["xen-pae"].selected(()) and not byname["xen-pae"].selected(("hurd-amd64-disk",))
+    seen = {}
+    for only in ("", "hurd-amd64-disk"):
+        restore_env("HURDXEN_BOOT_CASES", only)
+        check = next(t for t in tasks_boot.task_boot() if t.get("name") == "check")
+        seen[only] = set(check["task_dep"])
+    assert "rootdisk:hurd-amd64" not in seen[""] and "rootdisk:hurd-i386" in seen[""]
+    assert seen["hurd-amd64-disk"] == seen[""] | {"rootdisk:hurd-amd64"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ class CaseSpec:
     alive_after: float = 0.0
     disk: str | None = None  # a rootdisk image the guest gets as its first Xen block device
     disk_vdev: str = "hda"
+    opt_in: bool = False  # booted only when HURDXEN_BOOT_CASES names it
+
+    def selected(self, only: Sequence[str]) -> bool:
+        """Whether a run asking for `only` (every case when empty) boots this case: an opt-in case only by name."""
+        return self.name in only if (only or self.opt_in) else True
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def recipe_from(data: Any, source_date_epoch: int, shown: str = "recipes/boot.to
                 c["name"], kind, c.get("kernel"), c.get("ramdisk"), c.get("pvgrub"), tuple(c.get("expect", ())),
                 c.get("expect_refusal"), kf,
                 c.get("cmdline", "console=hyp0 root=device:hd0s1"), int(c.get("memory", run.get("memory", 128))),
-                timeout, alive, c.get("disk"), c.get("disk_vdev", "hda"),
+                timeout, alive, c.get("disk"), c.get("disk_vdev", "hda"), bool(c.get("opt_in", False)),
             )
         )  # fmt: skip
     names = [c.name for c in cases]
@@ -215,7 +220,9 @@ def check_identity(recipe: BootRecipe, hv_tag: str, dom0_tag: str, only: str) ->
 
     code = [fsutil.sha256_file(Path(m.__file__)) for m in (bootrun, bootcases, bootdiag) if m.__file__]
     return fsutil.identity(
-        [c.__dict__ for c in recipe.cases], recipe.hypervisor.identity(hv_tag), recipe.dom0.identity(dom0_tag), only,
+        # opt_in only where set: the other cases' identities stay what they were
+        [{k: v for k, v in c.__dict__.items() if k != "opt_in" or v} for c in recipe.cases],
+        recipe.hypervisor.identity(hv_tag), recipe.dom0.identity(dom0_tag), only,
         code,
     )  # fmt: skip
 
@@ -225,7 +232,7 @@ def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootR
 
     Raises HurdxenError when a case fails or passes further than its recorded known failure (a known failure or an
     expected refusal is not a failure)."""
-    cases = [resolve_case(ctx, c) for c in recipe.cases if not only or c.name in only]
+    cases = [resolve_case(ctx, c) for c in recipe.cases if c.selected(only)]
     hv = stage_hypervisor(recipe, ctx)
     dom0 = stage_dom0(recipe, ctx) if any(c.kind != "dom0" for c in cases) else None
     out = report_path(ctx.artifacts)
@@ -243,10 +250,7 @@ def stage_check(recipe: BootRecipe, ctx: Any, only: Sequence[str] = ()) -> BootR
     print_report(report, monitor)
     summary = report.summary()
     for c, r in zip(cases, summary["cases"], strict=True):
-        r["inputs"] = {
-            role: {"path": str(p), "sha256": fsutil.sha256_file(p)}
-            for role, p in c.files().items()
-        }
+        r["inputs"] = {role: {"path": str(p), "sha256": fsutil.sha256_file(p)} for role, p in c.files().items()}
     fsutil.write_json_atomic(out, summary)  # read by the bundle's boot gate
     failed = [r for r in report.results if not r.ok]
     if failed:
