@@ -71,8 +71,8 @@ def task_boot() -> Iterator[TaskDict]:
         "rootdisk": {d.name for d in the_plan().rootdisks},
     }
     only = tuple(n for n in os.environ.get("HURDXEN_BOOT_CASES", "").split(",") if n)
-    # An opt-in case's artefacts are needed only when it is asked for by name.
-    wanted = [c for c in recipe.cases if not c.opt_in or c.selected(only)]
+    # What the run boots needs building: the cases HURDXEN_BOOT_CASES names, or every case but the opt-in ones.
+    wanted = [c for c in recipe.cases if c.selected(only)]
     deps: list[str] = []
     for i, c in enumerate(recipe.cases):
         if c not in wanted:
