@@ -209,6 +209,19 @@ def test_the_x86_64_target_is_data_its_scripts_the_same_templates(root: Path) ->
     assert make_targets[0] == make_targets[1]
 
 
+def test_the_64_bit_ramdisk_and_disk_are_made_from_the_x86_64_root(root: Path) -> None:
+    """hurd-modules:hurd-amd64 (opt-in: `doit build` stays as it was) takes its modules from hurd:root-amd64."""
+    full = copy_project(root.parent / "full", ("recipes", "containers"), None)
+    plan = make_plan(recipes.load(full, overrides={}))
+    hm = {h.name: h for h in plan.hurd_modules}["hurd-amd64"]
+    assert hm.source == "build" and hm.opt_in and hm.libc_version == "2.43"
+    assert [(u.producer.task, u.output) for u in hm.upstream] == [
+        ("hurd:root-amd64", "ext2fs.static"),
+        ("hurd:root-amd64", "ld-x86-64.so.1"),
+    ]
+    assert {h.name: h for h in plan.hurd_modules}["hurd-i386"].upstream[0].producer.task == "hurd:root"
+
+
 def test_the_gcc_edit_fragment_edits_the_line_it_names_or_fails(tmp_path: Path) -> None:
     import subprocess
 
