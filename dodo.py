@@ -1,5 +1,4 @@
-"""doit entry point: the tasks come from the recipes through hurdxen.tasks, tasks_boot and tasks_release
-(`doit list` shows them).
+"""doit entry point: the tasks come from the recipes through hurdxen.tasks (`doit list` shows them).
 
 The project directory is this file's directory, wherever the hurdxen package is installed.
 """
@@ -10,7 +9,9 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     DOIT_CONFIG,
     configure,
     task_base,
+    task_boot,
     task_build,
+    task_bundle,
     task_canary,
     task_gnumach,
     task_hurd,
@@ -18,12 +19,13 @@ from hurdxen.tasks import (  # noqa: F401 - doit collects task_* names from this
     task_image,
     task_mig,
     task_pins,
+    task_publish,
     task_pvgrub2,
+    task_reproduce,
     task_rootdisk,
     task_sources,
     task_toolchain,
+    task_verify,
 )
-from hurdxen.tasks_boot import task_boot  # noqa: F401
-from hurdxen.tasks_release import task_bundle, task_publish, task_reproduce, task_verify  # noqa: F401
 
 configure(Path(__file__).resolve().parent)

@@ -287,9 +287,11 @@ def boot_check(project: Project, warm: Path, log: Callable[[str], None]) -> dict
     run = run_doit(project, warm, "run", ["boot:check"])
     if "boot:check" not in run.executed:
         raise SystemExit(f"bench: `doit boot:check` did not run: {run.executed}")
-    from hurdxen.boot.cases import report_path
+    from hurdxen.boot.cases import read_report
 
-    report = json.loads(report_path(warm).read_text())
+    report = read_report(warm)
+    if report is None:
+        raise SystemExit(f"bench: `doit boot:check` left no report in {warm}")
     cases = {c["case"]: c["seconds"] for c in report["cases"]}
     session: dict[str, Any] = next((x for x in report.get("sessions", []) if x.get("dom0_ready_s")), {})
     res = {

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 if rc != 0:
                     raise SystemExit(f"bench: {name} run failed:\n{out[-4000:]}")
                 summary = next(ln for ln in out.splitlines() if ln.startswith("summary:"))
-                tarball = next((proj / "artifacts" / "release").glob("*.tar.gz"))
+                tarball = next((proj / "artifacts" / "bundle").glob("*/*.tar.gz"))
                 result[name] = {
                     "seconds": round(seconds, 1),
                     "summary": summary,

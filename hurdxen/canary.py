@@ -7,7 +7,6 @@ with its own artifacts directory, and writes artifacts/canary/report.json plus a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hurdxen import pins
-from hurdxen.boot.cases import report_path
+from hurdxen.boot.cases import read_report
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import recipes
@@ -113,12 +112,15 @@ def run(
         check=False,
     )
     (work / "build.log").write_text(proc.stdout + proc.stderr)
-    boot = report_path(work / "artifacts")
+    try:
+        boot = read_report(work / "artifacts")
+    except HurdxenError:
+        boot = None  # a report that does not match its manifest says nothing
     report = {
         "branch": branch,
         "drift": [asdict(d) | {"moved": d.moved} for d in moved],
         "build": {"tasks": list(tasks), "ok": proc.returncode == 0, "log": "build.log"},
-        "boot": json.loads(boot.read_text()).get("ok") if boot.is_file() else None,
+        "boot": boot.get("ok") if boot is not None else None,
     }
     fsutil.write_json_atomic(work / REPORT, report)
     return report

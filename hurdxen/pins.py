@@ -45,28 +45,10 @@ class Change:
 
 
 def collect(r: Recipes) -> list[tuple[str, DebPin]]:
-    """Every Debian pin of the recipes, with the stage (recipe) it belongs to; keyring pins included."""
-    from hurdxen.stages.gnumach import stage as gnumach
-    from hurdxen.stages.hurd_modules import stage as hurdmodules
-    from hurdxen.stages.mig import stage as mig
-    from hurdxen.stages.pvgrub2 import stage as pvgrub
+    """Every Debian pin of the recipes, with the stage (recipe) it belongs to; keyring pins included: the plan's."""
+    from hurdxen.plan import make_plan
 
-    pins: list[DebPin] = []
-    if "mig" in r:
-        pins += [s.headers for s in mig.specs(r)]
-    if "gnumach" in r:
-        pins += [p.deb for p in gnumach.prebuilt_specs(r)]
-    if "hurd-modules" in r:
-        for hm in hurdmodules.specs(r):
-            pins += list(hm.debs)
-    if "pvgrub2" in r:
-        pins.append(pvgrub.recipe(r).grub)
-    out: dict[str, tuple[str, DebPin]] = {}
-    for p in pins:
-        for q in (p.keyring_pin, p):
-            if q is not None:
-                out.setdefault(q.version_key, (q.key.split(".", 1)[0], q))
-    return sorted(out.values(), key=lambda sp: sp[1].version_key)
+    return make_plan(r).debian_pins()
 
 
 def resolve_newest(pin: DebPin, cache: Cache, date: str | None) -> tuple[Resolution, str]:

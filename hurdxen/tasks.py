@@ -1,5 +1,6 @@
-"""doit tasks, generated from the recipes: loading and checking them, sources, images and the stages; the boot check's
-tasks are in tasks_boot, the release's in tasks_release. `dodo.py` only re-exports them.
+"""doit tasks, generated from the recipes: loading and checking them, sources, images and the stages — the boot check
+and the release bundle among them — plus the release's actions (verify, publish, reproduce). `dodo.py` only
+re-exports them.
 
 Every action is a module-level function with picklable arguments (so `doit -n 2` works), and every stage task
 carries one `config_changed` on its identity: a hash of its inputs, options, step script and builder image.
@@ -25,15 +26,14 @@ from hurdxen.pipeline.context import DEP_FILE, Context, artifacts_dir, make_cont
 from hurdxen.pipeline.manifest import MANIFEST
 from hurdxen.pipeline.report import Reporter
 from hurdxen.plan import Plan, make_plan
+from hurdxen.release import stage as release
 from hurdxen.sources import pinlock
-from hurdxen.sources.deb import fetch_deb, is_cached_deb
-from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball, is_cached_tarball
-from hurdxen.sources.git import fetch_git, is_cached_git
 from hurdxen.stages import rootdisk
 from hurdxen.stages.gnumach import stage as gnumach
 from hurdxen.stages.hurd_modules import stage as hurdmodules
 from hurdxen.stages.mig import stage as mig
 from hurdxen.stages.pvgrub2 import stage as pvgrub
+from hurdxen.stages.sources import stage as sources
 from hurdxen.stages.toolchain import chain
 
 # The project directory (recipes/, containers/, artifacts/): the directory of the dodo.py doit runs, set by
@@ -135,42 +135,6 @@ def the_plan() -> Plan:
 # ------------------------------------------------------------------ actions (module level: picklable)
 
 
-def act_base(ctx: Context) -> TaskFailed | None:
-    return guarded(lambda: containers.ensure_base(ctx.base, ctx.cache.root, ctx.log("base"), ctx.monitor()))
-
-
-def act_image(ctx: Context, name: str) -> TaskFailed | None:
-    return guarded(lambda: containers.ensure_image(ctx.image(name), ctx.log(f"image:{name}"), ctx.monitor()))
-
-
-def fetch_pin(pin: TarballPin | GitPin | DebPin, ctx: Context) -> None:
-    if isinstance(pin, TarballPin):
-        fetch_tarball(pin, ctx.cache)
-    elif isinstance(pin, GitPin):
-        fetch_git(pin, ctx.cache)
-    else:
-        fetch_deb(pin, ctx.cache)
-
-
-def act_fetch(pin: TarballPin | GitPin | DebPin, ctx: Context) -> TaskFailed | None:
-    return guarded(fetch_pin, pin, ctx)
-
-
-def is_fetched(pin: TarballPin | GitPin | DebPin, ctx: Context) -> bool:
-    if isinstance(pin, TarballPin):
-        return is_cached_tarball(pin, ctx.cache)
-    if isinstance(pin, GitPin):
-        return is_cached_git(pin, ctx.cache)
-    return is_cached_deb(pin, ctx.cache)
-
-
-def image_present(tag: str) -> bool:
-    try:
-        return containers.image_exists(tag)
-    except HurdxenError:
-        return False  # no engine: let the task run and fail with its own clear line
-
-
 def remove_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -183,57 +147,6 @@ pin_task_name = stage.pin_task
 
 def image_deps(ctx: Context, image: str) -> list[str]:
     return list(stage.image_deps(ctx, image))
-
-
-def task_base() -> TaskDict:
-    """containers: the Debian base rootfs (mmdebstrap, docker import), tagged by recipe hash"""
-    _, ctx = load()
-    if ctx.executor_kind != "docker":
-        return {"actions": None, "doc": "containers: (host executor: no base image)"}
-    return {
-        "actions": [(act_base, [ctx])],
-        "uptodate": [(image_present, [ctx.base.tag])],
-        "verbosity": 2,
-    }
-
-
-def task_image() -> Iterator[TaskDict]:
-    """containers: builder images from containers/<name>/Dockerfile, tagged by content hash"""
-    _, ctx = load()
-    yield {"basename": "image", "name": None, "doc": task_image.__doc__}
-    if ctx.executor_kind != "docker":
-        return
-    for name, spec in ctx.images:
-        yield {
-            "name": name,
-            "doc": f"builder image {spec.tag}",
-            "actions": [(act_image, [ctx, name])],
-            "task_dep": ["base"],
-            "uptodate": [(image_present, [spec.tag])],
-        }
-
-
-def all_pins() -> list[TarballPin | GitPin | DebPin]:
-    r, _ = load()
-    p = the_plan()
-    pins: list[TarballPin | GitPin | DebPin] = []
-    for s in p.mig:
-        pins += [s.source, s.patches, s.headers]
-    if p.gnumach_source:
-        pins += [x for x in (p.gnumach_source.git, p.gnumach_source.tarball) if x is not None]
-    pins += [k.deb for k in p.kernels if isinstance(k, gnumach.PrebuiltSpec)]
-    for hm in p.hurd_modules:
-        pins += list(hm.debs)
-    pins += [s.grub for s in p.pvgrub2[:1]]
-    for t in p.system:
-        pins += [x for _, x in t.tarballs] + [x for _, x in t.debs] + [x for _, x, _ in t.git]
-    if "boot" in r:
-        hv = boot_recipe(r).hypervisor
-        pins.append(TarballPin("xen orig tarball", hv.url, hv.sha256, "boot.xen.url"))
-    unique: dict[str, TarballPin | GitPin | DebPin] = {}
-    for pin in pins:
-        unique.setdefault(pin_task_name(pin), pin)
-    return list(unique.values())
 
 
 def act_pins(root: Path, only: str, date: str) -> TaskFailed | None:
@@ -269,19 +182,6 @@ def task_canary() -> TaskDict:
     return {"actions": [(act_canary, [ctx.root])], "uptodate": [False], "verbosity": 2}
 
 
-def task_sources() -> Iterator[TaskDict]:
-    """sources: fetch and verify every pinned input into the cache (then builds run offline)"""
-    _, ctx = load()
-    yield {"basename": "sources", "name": None, "doc": task_sources.__doc__}
-    for pin in all_pins():
-        yield {
-            "name": pin_task_name(pin).split(":", 1)[1],
-            "doc": f"{pin.name}",
-            "actions": [(act_fetch, [pin, ctx])],
-            "uptodate": [(is_fetched, [pin, ctx])],
-        }
-
-
 def act_stage(
     build: Callable[[Any, Context], object],
     spec: Any,
@@ -293,18 +193,19 @@ def act_stage(
 
 
 def ensure_image(ctx: Context, name: str) -> None:
-    """What `base` and `image:<name>` do, for a stage whose cache entry was refused (those tasks were not run)."""
-    if not image_present(ctx.base.tag):
-        containers.ensure_base(ctx.base, ctx.cache.root, ctx.log("base"), ctx.monitor())
+    """What `base` and `image:<name>` make, for a stage whose cache entry was refused (those tasks were not run).
+    Their manifests are left to their own tasks: two stages may do this at once under `doit -n 2`."""
     spec = ctx.image(name)
-    if not image_present(spec.tag):
-        containers.ensure_image(spec, ctx.log(f"image:{name}"), ctx.monitor())
+    if not containers.present(spec.base, ctx):
+        containers.ensure_base(spec.base, ctx.cache.root, ctx.log(spec.base.task), ctx.monitor(), ctx.cache.network)
+    if not containers.present(spec, ctx):
+        containers.ensure_image(spec, ctx.log(spec.task), ctx.monitor(), ctx.cache.network)
 
 
-def ensure_pin(pin: TarballPin | GitPin | DebPin, ctx: Context) -> None:
-    """What `sources:<pin>` does, likewise."""
-    if not is_fetched(pin, ctx):
-        fetch_pin(pin, ctx)
+def ensure_source(spec: sources.PinSpec, ctx: Context) -> None:
+    """What `sources:<pin>` fetches, likewise."""
+    if not sources.present(spec, ctx):
+        sources.fetch(spec.pin, ctx)
 
 
 def split_for_cache(
@@ -314,41 +215,70 @@ def split_for_cache(
     dependencies become actions run only when it has to be built here after all. Upstream stages stay."""
     if not defer:
         return list(deps.tasks), ()
-    pins = {pin_task_name(p): p for p in all_pins()}
+    pins = {s.task: s for s in the_plan().sources}
     keep: list[str] = []
     deferred: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
     for t in deps.tasks:
         if t.startswith("image:"):
             deferred.append((ensure_image, (ctx, t.split(":", 1)[1])))
         elif t in pins:
-            deferred.append((ensure_pin, (pins[t], ctx)))
+            deferred.append((ensure_source, (pins[t], ctx)))
         else:
             keep.append(t)
     return keep, tuple(deferred)
 
 
+def act_build(build: Callable[[Any, Context], object], spec: Any, ctx: Context) -> TaskFailed | None:
+    return guarded(build, spec, ctx)
+
+
 def stage_tasks(st: stage.Stage, specs: Iterable[stage.Spec], ctx: Context) -> Iterator[TaskDict]:
-    """The doit tasks of one stage, from its specs: the same shape for every stage."""
+    """The doit tasks of one stage, from its specs: the same shape for every stage. A `stage.Late` spec (the bundle)
+    is also asked, when its task is about to run, whether its output is current; its target is its manifest. Only a
+    `cacheable` stage's specs go through the shared stage cache."""
+    if st.docker_only and ctx.executor_kind != "docker":
+        yield {"basename": st.name, "name": None, "doc": f"{st.doc} (host executor: none)"}
+        return
     yield {"basename": st.name, "name": None, "doc": st.doc}
     for spec in specs:
         deps = spec.deps(ctx)
-        hit, defer = cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
-        task_dep, deferred = split_for_cache(deps, ctx, defer)
+        current = spec.current if isinstance(spec, stage.Late) else None
+        action: tuple[Callable[..., TaskFailed | None], list[Any]]
+        if st.cacheable and current is None:
+            hit, defer = cache_hook.probe(ctx.stage_cache if _probe_cache else None, spec, ctx)
+            task_dep, deferred = split_for_cache(deps, ctx, defer)
+            action = (act_stage, [st.entry(spec), spec, ctx, hit, deferred])
+        else:
+            task_dep, action = list(deps.tasks), (act_build, [st.entry(spec), spec, ctx])
+        present = [(st.present, [spec, ctx])] if st.present else []
+        manifest = str(stage.out_dir(ctx, spec.task) / MANIFEST)
         yield {
             "basename": st.name,
             "name": spec.task.split(":", 1)[1],
             "doc": spec.doc,
-            "actions": [(act_stage, [st.entry(spec), spec, ctx, hit, deferred])],
+            "actions": [action],
             "task_dep": task_dep,
             "file_dep": [str(p) for p in deps.files],
-            "targets": [*(str(p) for p in spec.outputs(ctx).values()), str(stage.out_dir(ctx, spec.task) / MANIFEST)],
-            "uptodate": [config_changed(spec.identity(ctx))],
+            "targets": [manifest] if current else [*(str(p) for p in spec.outputs(ctx).values()), manifest],
+            "uptodate": [config_changed(spec.identity(ctx)), *present, *([(current, [ctx])] if current else [])],
             "clean": [(remove_dir, [str(stage.out_dir(ctx, spec.task))])],
         }
 
 
-def stage_task(st: stage.Stage, specs_of: Callable[[Plan], Iterable[stage.Spec]]) -> Callable[[], Iterator[TaskDict]]:
-    """A `task_<stage>` generator for doit: one task per spec of the plan."""
+# The stages `doit build` makes, in build order: basename, the specs of the plan, and which of them (stage_task's
+# `in_build`); task_build is made from it.
+BUILD: list[tuple[str, Callable[[Plan], Iterable[stage.Spec]], Callable[[Any], bool]]] = []
+
+
+def stage_task(
+    st: stage.Stage,
+    specs_of: Callable[[Plan], Iterable[stage.Spec]],
+    in_build: bool | Callable[[Any], bool] = False,
+) -> Callable[[], Iterator[TaskDict]]:
+    """A `task_<stage>` generator for doit: one task per spec of the plan. `in_build`: `doit build` makes its specs
+    (every one, or those the predicate picks)."""
+    if in_build:
+        BUILD.append((st.name, specs_of, in_build if callable(in_build) else lambda _: True))
 
     def task() -> Iterator[TaskDict]:
         _, ctx = load()
@@ -358,14 +288,72 @@ def stage_task(st: stage.Stage, specs_of: Callable[[Plan], Iterable[stage.Spec]]
     return task
 
 
-# Every stage that follows the contract, in build order: its doit basename, doc line, entry point and specs.
+def act_action(run: Callable[..., object], spec: Any, ctx: Context, task: Any) -> TaskFailed | None:
+    return guarded(run, spec, ctx, dict(task.options or {}))
+
+
+def action_task(action: stage.Action, spec_of: Callable[[Plan], stage.Spec | None]) -> Callable[[], TaskDict]:
+    """A `task_<action>` generator: `action.run` on the output of the plan's spec, every time it is asked for (an
+    action makes nothing to be up to date with); its parameters on the command line."""
+
+    def task() -> TaskDict:
+        _, ctx = load()
+        spec = spec_of(the_plan())
+        if spec is None:
+            return {"actions": None, "doc": f"{action.name}: (no recipe for it)"}
+        return {
+            "actions": [(act_action, [action.run, spec, ctx])],
+            "params": [{"name": p.name, "long": p.long, "default": p.default, "help": p.help} for p in action.params],
+            "task_dep": list(action.needs),
+            "uptodate": [False],
+        }
+
+    task.__doc__ = action.doc
+    return task
+
+
+# Every stage, in build order: its doit basename, doc line, entry point and specs.
+task_sources = stage_task(
+    stage.Stage(
+        "sources",
+        "sources: fetch and verify every pinned input into the cache (then builds run offline)",
+        sources.build,
+        present=sources.present,
+        cacheable=False,
+    ),
+    lambda p: p.sources,
+)
+task_base = stage_task(
+    stage.Stage(
+        containers.BASE_STAGE,
+        "containers: the Debian base rootfs (mmdebstrap, docker import), tagged by recipe hash",
+        containers.build_base,
+        present=containers.present,
+        cacheable=False,
+        docker_only=True,
+    ),
+    lambda p: [p.base],
+)
+task_image = stage_task(
+    stage.Stage(
+        containers.IMAGE_STAGE,
+        "containers: builder images from containers/<name>/Dockerfile, tagged by content hash",
+        containers.build_image,
+        present=containers.present,
+        cacheable=False,
+        docker_only=True,
+    ),
+    lambda p: p.images,
+)
 task_mig = stage_task(
     stage.Stage("mig", "mig: the Mach Interface Generator for each target (i686-gnu, x86_64-gnu)", mig.build),
     lambda p: p.mig,
+    in_build=True,
 )
 task_gnumach = stage_task(
     stage.Stage("gnumach", "gnumach: GNU Mach for Xen per variant, verified; plus prebuilt kernels", gnumach.BUILDS),
     lambda p: [*([p.gnumach_source] if p.gnumach_source else []), *p.kernels],
+    in_build=True,
 )
 task_hurd_modules = stage_task(
     stage.Stage(
@@ -374,6 +362,7 @@ task_hurd_modules = stage_task(
         hurdmodules.build,
     ),
     lambda p: p.hurd_modules,
+    in_build=lambda s: not s.opt_in,  # not the opt-in ramdisks
 )
 task_pvgrub2 = stage_task(
     stage.Stage(
@@ -382,6 +371,7 @@ task_pvgrub2 = stage_task(
         pvgrub.build,
     ),
     lambda p: p.pvgrub2,
+    in_build=lambda s: s.ramdisk is None or not s.ramdisk.opt_in,  # nor the images holding them
 )
 task_toolchain = stage_task(
     stage.Stage(
@@ -405,24 +395,36 @@ task_rootdisk = stage_task(
     ),
     lambda p: p.rootdisks,
 )
-
-
-def boot_recipe(r: recipes.Recipes) -> boot.BootRecipe:
-    b = r["base"]["base"]
-    return boot.recipe_from(r["boot"], int(b["source_date_epoch"]), r.files["boot"])
-
-
-def raise_recipe_error(r: recipes.Recipes, name: str, what: str, hint: str) -> None:
-    sys.stderr.write(HurdxenError(f"{r.files.get(name, name)}: {what}", hint=hint).render() + "\n")
-    raise SystemExit(2)
+task_boot = stage_task(
+    stage.Stage(
+        "boot",
+        "boot: a PV32 Xen in QEMU (TCG) with a Linux dom0 boots every kernel, ramdisk and pv-grub2 image",
+        boot.BUILDS,
+    ),
+    lambda p: p.boot,
+)
+task_bundle = stage_task(
+    stage.Stage(
+        release.STAGE,
+        "bundle: the release — kernels, hurd-modules, pv-grub2, domain configs, SHA256SUMS, signature, provenance",
+        release.build,
+    ),
+    lambda p: p.release,
+)
+task_verify = action_task(release.VERIFY, lambda p: next(iter(p.release), None))
+task_publish = action_task(release.PUBLISH, lambda p: next(iter(p.release), None))
+task_reproduce = action_task(release.REPRODUCE, lambda p: next(iter(p.release), None))
 
 
 def task_build() -> TaskDict:
-    """build: everything the default recipes describe, but for opt-in ramdisks (and the pv-grub2 images holding them)"""
+    """build: everything the default recipes describe, but for opt-in ramdisks (and the pv-grub2 images holding them)
+
+    Made from the stage table: the stages marked `in_build` (not the from-source toolchain and Hurd, the root
+    disks, the boot check or the release)."""
     p = the_plan()
-    opt_in = {h.task for h in p.hurd_modules if h.opt_in}
-    ramdisks = [h.task for h in p.hurd_modules if h.task not in opt_in]
-    images = [s.task for s in p.pvgrub2 if s.ramdisk is None or s.ramdisk.task not in opt_in]
-    if not opt_in:
-        ramdisks, images = ["hurd-modules"], ["pvgrub2"]
-    return {"actions": None, "task_dep": ["mig", "gnumach", *ramdisks, *images]}
+    deps: list[str] = []
+    for name, specs_of, wanted in BUILD:
+        specs = list(specs_of(p))
+        chosen = [s.task for s in specs if wanted(s)]
+        deps += [name] if len(chosen) == len(specs) else chosen
+    return {"actions": None, "task_dep": deps}

@@ -1,7 +1,8 @@
 """Small stand-in ELF files built with the host gcc: an ld.so with a Debian glibc banner, a static server, a PIE.
 
 Real Hurd binaries cannot be downloaded here; these carry exactly what the ramdisk checks look at
-(ELF class and machine, PT_INTERP, the `ld.so (Debian GLIBC …)` banner).
+(ELF class and machine, PT_INTERP, the `ld.so (Debian GLIBC …)` banner). The boot modules' C sources are the
+package's (hurdxen/data/standins/, which the hurd-modules stage's `standin` source compiles): one copy.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from pathlib import Path
 
 import pytest
 
-LDSO_SRC = """
-__attribute__((used)) const char banner[] = "ld.so (Debian GLIBC %s) stable release version %s.";
-int _dl_start(void) { return 0; }
-"""
-STATIC_SRC = "void _start(void) { for (;;) ; }\n"
+from hurdxen.stages.hurd_modules.sources import STANDIN_DIR
+
+# The stand-in ld.so; its banner is a macro, a Debian glibc's here (`ldso`), the stand-in's own in the stage.
+LDSO_SRC = (STANDIN_DIR / "ldso.c").read_text()
+LDSO_DEBIAN_BANNER = "ld.so (Debian GLIBC %s) stable release version %s."
+STATIC_SRC = (STANDIN_DIR / "spin.c").read_text()  # a static first server that spins in user mode
 DYNAMIC_SRC = "int main(void) { return 0; }\n"
 # The 32-bit boot module that makes tasks go away (a child, then itself) through hand-built mach_msg RPCs, as a
 # Hurd server that gives up at its start does (issue 24); it reports each step through mach_print. See its comment.
-TERMINATE32_SRC = (Path(__file__).resolve().parent / "standins" / "terminate32.c").read_text()
+TERMINATE32_SRC = (STANDIN_DIR / "terminate32.c").read_text()
 # The 64-bit boot module that makes Mach traps with `syscall` (mach_task_self, mach_reply_port, mach_msg RPCs to
 # the device master port, a receive that blocks and times out), reporting through mach_print (issue 20).
-TRAPS64_SRC = (Path(__file__).resolve().parent / "standins" / "traps64.c").read_text()
+TRAPS64_SRC = (STANDIN_DIR / "traps64.c").read_text()
 # Its line once every trap returned right; only a working Xen syscall path (recipes/patches/gnumach/0014) prints it.
 TRAPS64_OK = "hurdxen-syscalls: all traps returned right"
 # Its lines: the first child has a (pinned) page table once the first shows, its pmap is gone when the second shows;
@@ -169,8 +171,16 @@ class ElfFactory:
     def ldso(self, bits: int, version: str = "2.41-6") -> bytes:
         upstream = version.split("-")[0]
         soname = "ld.so.1" if bits == 32 else "ld-x86-64.so.1"
+        banner = LDSO_DEBIAN_BANNER % (version, upstream)
+        flags = ["-shared", "-fPIC", "-nostdlib", f"-Wl,-soname,{soname}", "-Wl,--build-id=none",
+                 f'-DLDSO_BANNER="{banner}"']  # fmt: skip
+        return self._gcc(("ldso", bits, version), LDSO_SRC, flags)
+
+    def ldso_standin(self, bits: int) -> bytes:
+        """The stand-in ld.so with its own banner (libc version `stand-in`, no glibc), as the stage builds it."""
+        soname = "ld.so.1" if bits == 32 else "ld-x86-64.so.1"
         flags = ["-shared", "-fPIC", "-nostdlib", f"-Wl,-soname,{soname}", "-Wl,--build-id=none"]
-        return self._gcc(("ldso", bits, version), LDSO_SRC % (version, upstream), flags)
+        return self._gcc(("ldso", bits, "standin"), LDSO_SRC, flags)
 
     def static(self, bits: int) -> bytes:
         flags = ["-static", "-nostdlib", "-ffreestanding", "-fno-pie", "-no-pie", "-Wl,--build-id=none"]

@@ -1,13 +1,14 @@
-"""Stand-in boot modules for `doit boot` on the default recipes where the Hurd's packages cannot be fetched.
+"""Stand-in boot modules in place of the real Hurd's, for the boot cases that boot hurd-i386 or hurd-amd64 (xen-pae,
+xen-amd64, the standalone pv-grub2 images) on a machine without the from-source Hurd or debian-ports (the benchmark).
 
     python tests/standin_overlay.py DIR >> hurdxen.local.toml
 
-builds them with the host gcc into DIR and prints the overlay tables that pin them as the hurd-modules files:
-hurd-i386's ext2fs.static is the module that terminates a child task and then itself (tests/standins/terminate32.c),
-whose lines recipes/boot.toml's `xen-pae-standin-task-terminate` case expects (the other 32-bit cases only need it
-to load); hurd-amd64's makes Mach traps with `syscall` (tests/standins/traps64.c), whose lines the
-`xen-amd64-standin-traps` case expects. Stand-ins prove the kernel's paths (boot, user mode, task teardown), not
-the Hurd's.
+builds them with the host gcc into DIR and prints the overlay tables that pin them as those variants' files:
+hurd-i386's ext2fs.static is hurdxen/data/standins/terminate32.c, hurd-amd64's traps64.c, each ld.so the stand-in
+ld.so (libc version `stand-in`, no glibc). The stand-in cases need no overlay: they boot the hurd-modules stage's
+own stand-in variants (source = "standin", recipes/hurd-modules.toml). Stand-ins prove the kernel's paths (boot,
+user mode, task teardown), not the Hurd's; a bundle made with this overlay ships them as hurd-i386's modules, so
+it is for measuring only.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from pathlib import Path
 
 from elfstandins import ElfFactory
 
-from hurdxen.stages.hurd_modules.elf import variant_for
+from hurdxen.stages.hurd_modules.elf import STANDIN_LIBC, variant_for
 
-LIBC = "2.41-6"  # the version in the stand-in ld.so's banner
+LIBC = STANDIN_LIBC  # the version in the stand-in ld.so's banner: no glibc's
 
 
 def standin_modules(elves: ElfFactory) -> dict[str, dict[str, bytes]]:
     """hurd-modules variant -> module name -> its bytes."""
     return {
-        "hurd-i386": {"ext2fs.static": elves.terminate32(), variant_for(32).ldso: elves.ldso(32, LIBC)},
-        "hurd-amd64": {"ext2fs.static": elves.traps64(), variant_for(64).ldso: elves.ldso(64, LIBC)},
+        "hurd-i386": {"ext2fs.static": elves.terminate32(), variant_for(32).ldso: elves.ldso_standin(32)},
+        "hurd-amd64": {"ext2fs.static": elves.traps64(), variant_for(64).ldso: elves.ldso_standin(64)},
     }
 
 

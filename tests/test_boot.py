@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from elfstandins import (
     TERMINATE32_SELF,
     TERMINATE32_SRC,
     TERMINATE32_WIRED,
+    TRAPS64_OK,
     ElfFactory,
     elves,
 )
@@ -289,6 +289,40 @@ def test_guest_config_and_bad_names(tmp_path: Path) -> None:
         bootrun.qemu_command(tmp_path / "x,y", [], "")
 
 
+def test_opt_in_cases_are_left_out_unless_named() -> None:
+    """`doit boot` leaves out a case marked opt-in and one that boots an opt-in input (a debian-ports ramdisk a
+    fresh machine cannot fetch would otherwise fail the whole check), and does not wait for their inputs;
+    HURDXEN_BOOT_CASES names any case."""
+    import dataclasses
+
+    from hurdxen.pipeline import recipes
+    from hurdxen.plan import make_plan
+
+    plan = make_plan(recipes.load(REPO))
+    check = next(s for s in plan.boot if isinstance(s, boot.CheckSpec))
+    default = {c.name for c in check.selected()}
+    assert "hurd-i386-disk" in default and "xen-pae" in default
+    # The stand-in cases boot the stand-in ramdisks the hurd-modules stage builds: on the default recipes, a 64-bit
+    # case whose task makes system calls (issue 20), directly and through pv-grub2.
+    standins = {"xen-pae-standin-task-terminate", "xen-amd64-standin-traps", "pvgrub-x86_64-standin-traps"}
+    assert standins <= default
+    assert "xen-amd64" not in default  # its ramdisk, hurd-amd64 from debian-ports, is opt-in
+    for c in check.cases:
+        if set(c.inputs().values()) & plan.opt_in():
+            assert c.name not in default
+    assert not {c.name for c in check.cases if c.opt_in} & default
+    assert not {p.task for p in check.producers} & plan.opt_in()  # the check does not build an opt-in ramdisk
+    assert {n for n, _ in check.left_out()} == {c.name for c in check.cases} - default
+    assert all(why.startswith("opt-in") for _, why in check.left_out())
+    named = dataclasses.replace(check, only=("xen-amd64", "xen-pae"))
+    assert [c.name for c in named.selected()] == ["xen-pae", "xen-amd64"]  # recipe order
+    assert dict(named.left_out())["hurd-i386-disk"] == "not named in HURDXEN_BOOT_CASES"
+    assert next(c for c in check.cases if c.name == "pvgrub-i386-disk").inputs() == {
+        "pvgrub": "pvgrub2:i386-xen-disk",
+        "disk": "rootdisk:hurd-i386",
+    }
+
+
 def test_recipe_and_stage_inputs() -> None:
     from hurdxen.pipeline import recipes
     from hurdxen.pipeline.context import make_context
@@ -322,6 +356,13 @@ def test_recipe_and_stage_inputs() -> None:
     ctx = make_context(r)
     files = boot.case_inputs(ctx, byname["xen-pae"])
     assert files["kernel"].parent.name == "xen-pae" and files["ramdisk"].name == "hurd-modules"
+    # The stand-in cases boot the stand-in ramdisks by name (hurd-modules' standin source), never hurd-i386's.
+    assert term.ramdisk == "standin-i386-terminate" and not term.opt_in
+    traps = byname["xen-amd64-standin-traps"]
+    assert traps.ramdisk == "standin-amd64-traps" and TRAPS64_OK in traps.expect and not traps.opt_in
+    assert boot.case_inputs(ctx, traps)["ramdisk"].parent.name == "standin-amd64-traps"
+    via_grub = byname["pvgrub-x86_64-standin-traps"]
+    assert via_grub.pvgrub == "x86_64-xen-standin" and TRAPS64_OK in via_grub.expect
     with pytest.raises(HurdxenError, match="is missing"):
         boot.resolve_case(make_context(r), boot.CaseSpec(
             "x", "guest", "no-such-variant", None, None, (), None, None, "", 128, 10.0))  # fmt: skip
@@ -336,28 +377,42 @@ def test_recipe_and_stage_inputs() -> None:
             boot.recipe_from({**r["boot"], "cases": [case]}, 1)
 
 
-def test_an_opt_in_case_boots_and_is_needed_only_when_named(restore_env: Callable[..., None]) -> None:
-    """The 64-bit Hurd's disk case (an hour of toolchain to build): `doit boot` leaves it and its artefacts out;
-    HURDXEN_BOOT_CASES=hurd-amd64-disk boots it and needs its artefacts only (not the i686 Hurd's)."""
-    from hurdxen import tasks_boot
+def test_boot_stages_are_contract_specs_from_the_plan() -> None:
+    """The boot stage's three tasks come from the plan like every stage's: task, doc, identity, outputs, deps; the
+    hypervisor's and the dom0's identities are their builds' (the cache under cache/boot/ keeps its keys); a case
+    naming an output no stage makes fails at plan time as one HurdxenError naming the file and key."""
     from hurdxen.pipeline import recipes
+    from hurdxen.pipeline.context import make_context
+    from hurdxen.plan import make_plan
 
-    rec = boot.recipe_from(recipes.load(REPO)["boot"], 1)
-    byname = {c.name: c for c in rec.cases}
-    hurd64 = byname["hurd-amd64-disk"]
-    assert hurd64.opt_in and (hurd64.kernel, hurd64.ramdisk, hurd64.disk) == ("xen-amd64", "hurd-amd64", "hurd-amd64")
-    assert "hurdxen-shell: six times seven is 42" in hurd64.expect
-    assert not hurd64.selected(()) and hurd64.selected(("hurd-amd64-disk",))
-    assert byname["xen-pae"].selected(()) and not byname["xen-pae"].selected(("hurd-amd64-disk",))
-    seen = {}
-    for only in ("", "hurd-amd64-disk"):
-        restore_env("HURDXEN_BOOT_CASES", only)
-        check = next(t for t in tasks_boot.task_boot() if t.get("name") == "check")
-        seen[only] = set(check["task_dep"])
-    assert "rootdisk:hurd-amd64" not in seen[""] and "rootdisk:hurd-i386" in seen[""]
-    assert seen["hurd-amd64-disk"] == {
-        "boot:hypervisor", "boot:dom0", "gnumach:xen-amd64", "hurd-modules:hurd-amd64", "rootdisk:hurd-amd64"
-    }  # fmt: skip
+    r = recipes.load(REPO)
+    ctx = make_context(r)
+    plan = make_plan(r)
+    hv, dom0, check = plan.boot
+    assert isinstance(hv, boot.HypervisorStageSpec) and isinstance(dom0, boot.Dom0StageSpec)
+    assert isinstance(check, boot.CheckSpec)
+    assert [s.task for s in plan.boot] == ["boot:hypervisor", "boot:dom0", bootcases.CHECK_TASK]
+    assert set(boot.BUILDS) == {type(s) for s in plan.boot}
+    rec = boot.recipe_from(r["boot"], ctx.source_date_epoch)
+    assert hv.identity(ctx) == rec.hypervisor.identity(ctx.image_tag(rec.image))
+    assert dom0.identity(ctx) == rec.dom0.identity(ctx.image_tag(rec.dom0_image))
+    assert boot.hypervisor_dir(ctx, hv.hypervisor, ctx.image_tag(hv.image)).name == f"xen-{hv.identity(ctx)}"
+    assert check.outputs(ctx) == {bootcases.REPORT: ctx.artifacts / "boot" / "check" / bootcases.REPORT_FILE}
+    assert set(hv.outputs(ctx)) == {"xen", "config"} and set(dom0.outputs(ctx)) == {"kernel", "initrd"}
+    deps = check.deps(ctx)
+    assert deps.tasks[:2] == ("boot:hypervisor", "boot:dom0") and "gnumach:xen-pae" in deps.tasks
+    assert ctx.artifacts / "gnumach" / "xen-pae" / "gnumach-xen-pae.gz" in deps.files
+    assert hv.deps(ctx).tasks[-1] == "sources:xen-orig-tarball"
+    # Stable: the same recipes make the same identities; what a case boots, or which cases, changes the check's.
+    assert make_plan(r).boot[2].identity(ctx) == check.identity(ctx)
+    fewer = boot.specs(r, plan.kernels, plan.hurd_modules, plan.pvgrub2, plan.rootdisks, only=("xen-pae",))
+    assert fewer[2].identity(ctx) != check.identity(ctx) and [c.name for c in fewer[2].selected()] == ["xen-pae"]
+    assert fewer[0] == hv and fewer[1] == dom0
+    bad = recipes.load(REPO, overrides={"boot.cases": '[{name = "x", kernel = "no-such-variant"}]'})
+    with pytest.raises(HurdxenError, match=r"recipes/boot.toml: cases\[0\].kernel: no gnumach output named "
+                       r"'no-such-variant'") as e:  # fmt: skip
+        make_plan(bad)
+    assert "xen-pae" in (e.value.hint or "")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from debian_kernels import fetch_kernel
 from gpgkey import Key, drop_key, make_key
 from ociregistry import run_registry
 
-from hurdxen.boot.cases import report_path
+from hurdxen.boot.cases import CHECK_TASK, REPORT, REPORT_FILE
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest, recipes
@@ -141,16 +141,28 @@ def make_stages(artifacts: Path, kernel: Path, boot_verdicts: dict[str, str] | N
     (m / "bin" / "i686-gnu-mig").write_text("#!/bin/sh\n")
     url = "http://deb.debian.org/debian/pool/main/m/mig/mig_1.8+git20231217.orig.tar.xz"
     stage_manifest(m, "mig", "i686-gnu", {"source": {"url": url, "sha256": "6" * 64}}, {"mig": "bin/i686-gnu-mig"})
-    verdicts = boot_verdicts or {"pae-direct": "pass", "nopae-refused": "expected-refusal"}
-    (artifacts / "boot").mkdir()
+    write_boot_report(artifacts, boot_verdicts or {"pae-direct": "pass", "nopae-refused": "expected-refusal"})
+    (artifacts / "logs").mkdir()
+    (artifacts / "logs" / "x.log").write_text(str(time.time()))
+    return artifacts
+
+
+def write_boot_report(
+    artifacts: Path, verdicts: dict[str, str], not_booted: list[dict[str, str]] | None = None
+) -> Path:
+    """What `doit boot:check` publishes: its report (the verdicts) as its output `report`, named in its manifest."""
+    d = artifacts / "boot" / "check"
+    d.mkdir(parents=True, exist_ok=True)
     cases = [
         {"case": c, "kind": "guest", "verdict": v, "seconds": 11.5, "log": f"/tmp/{c}.log", "reason": ""}
         for c, v in verdicts.items()
     ]
-    report_path(artifacts).write_text(json.dumps({"ok": True, "cases": cases}))
-    (artifacts / "logs").mkdir()
-    (artifacts / "logs" / "x.log").write_text(str(time.time()))
-    return artifacts
+    report = {"ok": True, "cases": cases, **({"not_booted": not_booted} if not_booted else {})}
+    (d / REPORT_FILE).write_text(json.dumps(report))
+    step = manifest.in_process("hurdxen.boot.run.run_boot_checks", seconds=time.monotonic() % 100)
+    identity = fsutil.identity(CHECK_TASK, verdicts, not_booted)
+    manifest.write_raw(d, task=CHECK_TASK, identity=identity, inputs={}, step=step, outputs={REPORT: REPORT_FILE})
+    return d
 
 
 def context(root: Path, artifacts: Path) -> Context:
@@ -326,6 +338,47 @@ def test_bundle_contents(built: B.BundleResult) -> None:
     assert members[0].name == "hurdxen-1.2.0"
 
 
+def add_standins(artifacts: Path) -> None:
+    """A stand-in ramdisk (hurd-modules' standin source) and a pv-grub2 image holding its modules, as the stages
+    record them."""
+    h = artifacts / "hurd-modules" / "standin-x"
+    h.mkdir(parents=True)
+    (h / "hurd-modules").write_bytes(b"stand-in modules\n" * 100)
+    ram = {"file": "hurd-modules", "sha256": fsutil.sha256_file(h / "hurd-modules"), "size": 1}
+    described = {"modules": {"ext2fs.static": {"described": "gcc-built stand-in from hurdxen/data/standins/traps64.c"}}}
+    stage_manifest(
+        h, "hurd-modules", "standin-x", {"source": "standin", "standin": described}, {"ramdisk": "hurd-modules"},
+        bits=32, libc_version="stand-in", ramdisk=ram, modules=[],
+    )  # fmt: skip
+    p = artifacts / "pvgrub2" / "i386-standin"
+    p.mkdir(parents=True)
+    (p / "pv-grub-i386-standin.gz").write_bytes(gzip.compress(b"GRUB-standin" * 100, mtime=0))
+    held = {"/hurd/ext2fs.static": {"task": "hurd-modules:standin-x", "sha256": "c" * 64}}
+    stage_manifest(
+        p, "pvgrub2", "i386-standin", {"boot_modules": held}, {"image.gz": "pv-grub-i386-standin.gz"},
+        platform="i386-xen", flavour="standalone",
+    )  # fmt: skip
+
+
+def test_bundle_leaves_standins_out(tmp_path: Path, pae_kernel: Path, built: B.BundleResult) -> None:
+    """Stand-in ramdisks (gcc-built, not the Hurd) and the images that hold them are never shipped: the bundle is
+    the one without them, byte for byte but for its README's line that names them; naming one is refused."""
+    root = make_project(tmp_path / "proj2")
+    art = make_stages(tmp_path / "art", pae_kernel)
+    add_standins(art)
+    b = do_bundle(root, art)
+    assert sorted(files_of(b.directory)) == sorted(files_of(built.directory))
+    text = b.manifest.read_text()
+    assert "standin" not in text and "stand-in" not in text
+    readme = (b.directory / "README.md").read_text()
+    assert "Left out: hurd-modules:standin-x, pvgrub2:i386-standin: gcc-built stand-in boot modules" in readme
+    assert "Left out" not in (built.directory / "README.md").read_text()
+    with pytest.raises(HurdxenError, match=r"hurd-modules/standin-x is a gcc-built stand-in .*not the Hurd"):
+        do_bundle(root, art, {"release.include.hurd_modules": '["libc-2.41-6", "standin-x"]'})
+    with pytest.raises(HurdxenError, match=r"pvgrub2/i386-standin is a gcc-built stand-in"):
+        do_bundle(root, art, {"release.include.pvgrub2": '["i386-xen-hurd", "i386-standin"]'})
+
+
 def test_bundle_bit_identical_across_dirs_umask_tz(tmp_path: Path, pae_kernel: Path) -> None:
     results = []
     for v in (R.FIRST, R.SECOND):
@@ -486,7 +539,16 @@ def test_boot_gate(tmp_path: Path, pae_kernel: Path) -> None:
     }
     assert "did not pass" in (b.directory / "README.md").read_text()
     assert any("allow_unbooted" in w for w in b.warnings)
-    report_path(art).unlink()
+    # A case the check did not boot (opt-in, or not named) is not a verdict: the manifest and README say so.
+    not_booted = [{"case": "pae-direct", "reason": "opt-in: HURDXEN_BOOT_CASES=<name> boots it"}]
+    write_boot_report(art, {"amd64": "known-failure"}, not_booted)
+    b = do_bundle(root, art, {"release.allow_unbooted": "true"})
+    assert json.loads(b.manifest.read_text())["boot"]["not_booted"] == not_booted
+    assert (
+        "- pae-direct: not booted (opt-in: HURDXEN_BOOT_CASES=<name> boots it)"
+        in (b.directory / "README.md").read_text()
+    )
+    shutil.rmtree(art / "boot" / "check")
     with pytest.raises(HurdxenError, match="no boot check"):
         do_bundle(root, art)
 
@@ -533,9 +595,10 @@ def test_version_from_untagged_and_dirty_checkout(tmp_path: Path, pae_kernel: Pa
 
 def test_publish_dir(tmp_path: Path, pae_kernel: Path, key: Key) -> None:
     dest = tmp_path / "pub"
-    art = make_stages(tmp_path / "artifacts", pae_kernel)
-    r1 = do_bundle(make_project(tmp_path / "p1", tag="v1.10.0"), art, signed_overrides(key))
-    r2 = do_bundle(make_project(tmp_path / "p2", tag="v1.9.0"), art)
+    # Two trees: a bundle stage holds one release (this revision's), so a second version replaces the first.
+    r1 = do_bundle(make_project(tmp_path / "p1", tag="v1.10.0"), make_stages(tmp_path / "a1", pae_kernel),
+                   signed_overrides(key))  # fmt: skip
+    r2 = do_bundle(make_project(tmp_path / "p2", tag="v1.9.0"), make_stages(tmp_path / "a2", pae_kernel))
     p1 = P.publish_dir(r1, dest)
     p2 = P.publish_dir(r2, dest)
     assert not p1.unchanged and not p2.unchanged
@@ -569,9 +632,8 @@ def test_interrupted_publish_keeps_previous_release(
     tmp_path: Path, pae_kernel: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest = tmp_path / "pub"
-    art = make_stages(tmp_path / "artifacts", pae_kernel)
-    old = do_bundle(make_project(tmp_path / "p1", tag="v1.0.0"), art)
-    new = do_bundle(make_project(tmp_path / "p2", tag="v2.0.0"), art)
+    old = do_bundle(make_project(tmp_path / "p1", tag="v1.0.0"), make_stages(tmp_path / "a1", pae_kernel))
+    new = do_bundle(make_project(tmp_path / "p2", tag="v2.0.0"), make_stages(tmp_path / "a2", pae_kernel))
     P.publish_dir(old, dest)
     before = {**files_of(dest), "latest": os.readlink(dest / "latest").encode()}
     calls = []
@@ -657,7 +719,7 @@ def test_reproduce_passes_for_a_deterministic_build(tmp_path: Path, pae_kernel: 
 
     res = R.reproduce(build, tmp_path / "work")
     assert res.ok
-    assert "release/hurdxen-1.2.0.tar.gz" in res.compared
+    assert "bundle/hurdxen/hurdxen-1.2.0.tar.gz" in res.compared and "bundle/hurdxen/manifest.json" in res.compared
     assert "gnumach/xen-pae/manifest.json" in res.volatile_only or "gnumach/xen-pae/manifest.json" in res.compared
     assert not any(c.startswith("logs/") or c.startswith("boot/") for c in res.compared)
 
@@ -751,20 +813,20 @@ def test_reproduce_project_rebuilds_with_the_revisions_own_code(tmp_path: Path) 
 
 
 def test_reproduce_project_skips_bundles_of_other_revisions(tmp_path: Path) -> None:
-    """A bundle made at an earlier commit stays under artifacts/release/; the rebuild makes only this revision's."""
+    """Bundles of earlier revisions, kept under artifacts/release/ before the bundle stage, are not compared (the
+    rebuild makes only this revision's); this revision's, in the bundle stage's directory, is."""
     root = _tiny_revision(tmp_path / "rev", with_code=True)
     artifacts = tmp_path / "artifacts"
     (artifacts / "release" / "hurdxen-0.9+gold[1]").mkdir(parents=True)
     (artifacts / "release" / "hurdxen-0.9+gold[1]" / "SHA256SUMS").write_text("old\n")
     (artifacts / "release" / "hurdxen-0.9+gold[1].tar.gz").write_bytes(b"old")
     (artifacts / "code.txt").write_text("the reproduced revision inside=True\n")
-    with pytest.raises(HurdxenError, match=r"release/hurdxen-0.9\+gold\[1\].* \(only in reference\)"):
-        R.reproduce_project(root, artifacts, tmp_path / "cache")
     res = R.reproduce_project(root, artifacts, tmp_path / "cache", release="hurdxen-1.0")
     assert res.ok and res.compared == ("code.txt",)
     # This revision's own bundle is still compared: one missing from the rebuild is a difference.
-    (artifacts / "release" / "hurdxen-1.0.tar.gz").write_bytes(b"this revision")
-    with pytest.raises(HurdxenError, match=r"release/hurdxen-1.0.tar.gz differs between builds \(only in reference\)"):
+    (artifacts / "bundle" / "hurdxen").mkdir(parents=True)
+    (artifacts / "bundle" / "hurdxen" / "hurdxen-1.0.tar.gz").write_bytes(b"this revision")
+    with pytest.raises(HurdxenError, match=r"bundle/hurdxen/hurdxen-1.0.tar.gz differs between builds \(only in refer"):
         R.reproduce_project(root, artifacts, tmp_path / "cache", release="hurdxen-1.0")
 
 
@@ -775,3 +837,81 @@ def test_reproduce_project_refuses_a_revision_without_its_code(tmp_path: Path) -
     (artifacts / "code.txt").write_text("not this revision inside=False\n")  # what the venv's hurdxen would give
     with pytest.raises(HurdxenError, match=r"has no hurdxen/ package"):
         R.reproduce_project(root, artifacts, tmp_path / "cache")
+
+
+# ------------------------------------------------------------------ the bundle stage
+
+
+def test_bundle_stage_is_current_until_what_it_packs_changes(tmp_path: Path, pae_kernel: Path) -> None:
+    """`bundle:<name>` is a contract stage whose task is up to date when nothing it packs changed (its identity and
+    `current`), and bundles again when a boot verdict, a stage it packs or the revision changes — with the same
+    bytes when the change does not reach the bundle."""
+    from hurdxen import tasks
+    from hurdxen.pipeline import stage as pstage
+    from hurdxen.release import stage as S
+
+    root = make_project(tmp_path / "proj")
+    art = make_stages(tmp_path / "artifacts", pae_kernel)
+    r = recipes.load(root, overlay=root / "none.toml")
+    ctx = context(root, art)
+    (spec,) = S.specs(r, SDE, None)
+    assert spec.task == "bundle:hurdxen" and isinstance(spec, pstage.Late)
+    assert S.specs(r, SDE, None)[0].identity(ctx) == spec.identity(ctx)  # stable
+    # Where it is published does not change what it is; what it says (allow_unbooted) or its signing key does.
+    over = {"release.publish.dir": str(tmp_path / "pub")}
+    assert S.specs(recipes.load(root, overrides=over, overlay=root / "none.toml"), SDE, None)[0].identity(ctx) == (
+        spec.identity(ctx)
+    )
+    unbooted = recipes.load(root, overrides={"release.allow_unbooted": "true"}, overlay=root / "none.toml")
+    assert S.specs(unbooted, SDE, None)[0].identity(ctx) != spec.identity(ctx)
+    assert S.specs(r, SDE, "0123456789ABCDEF")[0].identity(ctx) != spec.identity(ctx)
+    group, task = tasks.stage_tasks(pstage.Stage(S.STAGE, "bundle", S.build), [spec], ctx)
+    assert group["name"] is None and task["name"] == "hurdxen"
+    assert task["targets"] == [str(art / "bundle" / "hurdxen" / manifest.MANIFEST)]
+    assert task["task_dep"] == ["build"]  # no boot recipe in this project: the gate reads what is there
+    assert task["uptodate"][1][1] == [ctx] and task["actions"][0][0] is tasks.act_build
+
+    def fresh() -> S.BundleStageSpec:  # what the next doit run plans (the version is read again)
+        return S.specs(recipes.load(root, overlay=root / "none.toml"), SDE, None)[0]
+
+    assert not fresh().current(ctx)  # not built
+    first = S.build(fresh(), ctx)
+    m = manifest.read_task(art, "bundle:hurdxen")
+    assert m.output("tarball") == first.tarball and m.fact("release") == "hurdxen-1.2.0"
+    assert set(m.inputs) == {"release", "stages", "boot"} and "gnumach/xen-pae" in m.inputs["stages"]
+    assert fresh().current(ctx)
+    # An upstream stage rebuilt with the same outputs (only its step's seconds differ): still current.
+    g = art / "gnumach" / "xen-pae"
+    data = json.loads((g / manifest.MANIFEST).read_text())
+    data["step"]["seconds"] = 999.0
+    (g / manifest.MANIFEST).write_text(json.dumps(data))
+    assert fresh().current(ctx)
+    # A boot verdict changed: bundled again, and the bundle says so.
+    write_boot_report(art, {"pae-direct": "known-failure", "nopae-refused": "expected-refusal"})
+    assert not fresh().current(ctx)
+    second = S.build(fresh(), ctx)
+    assert second.tarball_sha256 != first.tarball_sha256 and fresh().current(ctx)
+    # Back to the first verdicts: the first bundle's bytes again.
+    write_boot_report(art, {"pae-direct": "pass", "nopae-refused": "expected-refusal"})
+    assert not fresh().current(ctx)
+    assert S.build(fresh(), ctx).tarball_sha256 == first.tarball_sha256
+    # A stage it packs changed: not current.
+    h = art / "hurd-modules" / "libc-2.41-6"
+    (h / "hurd-modules").write_bytes(b"other modules")
+    stage_manifest(h, "hurd-modules", "libc-2.41-6", {}, {"ramdisk": "hurd-modules"}, bits=32, libc_version="2.41-6")
+    assert not fresh().current(ctx)
+    S.build(fresh(), ctx)
+    assert fresh().current(ctx)
+    # A new commit (the version and revision the bundle records): not current; the old release is replaced.
+    (root / "NEWS").write_text("more\n")
+    git(root, "add", "NEWS")
+    git(root, "commit", "-q", "-m", "more")
+    assert not fresh().current(ctx)
+    third = S.build(fresh(), ctx)
+    assert third.version.startswith("1.2.0.post1") and fresh().current(ctx)
+    assert sorted(p.name for p in (art / "bundle" / "hurdxen").iterdir()) == sorted(
+        [manifest.MANIFEST, third.release, f"{third.release}.tar.gz"]
+    )
+    # A missing output: not current.
+    third.tarball.unlink()
+    assert not fresh().current(ctx)

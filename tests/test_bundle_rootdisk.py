@@ -147,7 +147,7 @@ def test_an_unbuilt_disk_or_its_missing_kernel_is_one_line(tmp_path: Path, pae_k
     root = disk_project(tmp_path / "proj")
     # by default every disk built (`doit build` makes none: the from-source stages are opt-in); named, it must be there
     assert "rootdisk/hurd-i386.img.gz" in do_bundle(root, artifacts).files
-    shutil.rmtree(artifacts / "release")
+    shutil.rmtree(artifacts / "bundle")
     chosen = {"release.include.rootdisks": '["hurd-i386", "hurd-i386-partitioned"]'}
     with pytest.raises(HurdxenError, match=r"^error: bundle: rootdisk/hurd-i386-partitioned has not been built"):
         do_bundle(root, artifacts, chosen)

@@ -59,7 +59,7 @@ def test_build_builds_base_image_and_both_migs(built: tuple[Project, DoitRun]) -
     project, run = built
     assert run.returncode == 0, run.output
     # Base and builder image already exist in the engine (same recipes, same content hash): reused, not rebuilt.
-    for task in ("base", "image:builder"):
+    for task in ("base:bookworm", "image:builder"):
         assert task in run.executed + run.up_to_date
     assert sorted(t for t in run.executed if t.startswith("mig:")) == [f"mig:{t}" for t in TARGETS]
     for target in TARGETS:
@@ -140,7 +140,7 @@ def test_second_build_runs_nothing(built: tuple[Project, DoitRun]) -> None:
     assert run.executed == []
     assert sorted(run.up_to_date) == sorted(
         [
-            "base",
+            "base:bookworm",
             "image:builder",
             *(f"mig:{t}" for t in TARGETS),
             *(t for t in first.up_to_date + first.executed if t.startswith("sources:")),
@@ -256,15 +256,15 @@ def test_unreachable_engine_is_one_line(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "Traceback" not in run.output
     line = (
-        "base: error: no Docker engine answers at unix:///nonexistent.sock (hint: start one with `scripts/setup.sh` "
-        "(it runs `dockerd --bridge=none`), or set HURDXEN_EXECUTOR=host)"
+        "base:bookworm: error: no Docker engine answers at unix:///nonexistent.sock (hint: start one with "
+        "`scripts/setup.sh` (it runs `dockerd --bridge=none`), or set HURDXEN_EXECUTOR=host)"
     )
     # One line as it fails, and once more in the run's summary (shorter: its row names the task, the hint was given).
     progress, summary = run.output.split("summary: ", 1)
     assert [ln for ln in progress.splitlines() if "error:" in ln] == [line]
-    short = line[len("base: ") : line.index(" (hint: ")]
+    short = line[len("base:bookworm: ") : line.index(" (hint: ")]
     assert [ln[ln.index("error:") :] for ln in summary.splitlines() if "error:" in ln] == [short]
-    assert [ln.split()[:2] for ln in summary.splitlines() if "error:" in ln] == [["failed", "base"]]
+    assert [ln.split()[:2] for ln in summary.splitlines() if "error:" in ln] == [["failed", "base:bookworm"]]
     assert "not run" in summary and "UnmetDependency" not in run.output
 
 

@@ -58,7 +58,7 @@ def image(name: str, **changes: Any) -> pvgrub_config.PvGrubImageSpec:
 def test_recipe_resolves_defaults() -> None:
     r = pvgrub.spec_from_recipe(recipe_data(), PRODUCERS)
     assert r.grub.package == "grub-xen-bin" and r.grub.version == "2.06-13+deb12u2" and r.grub.arch == "amd64"
-    assert len(r.images) == 6
+    assert len(r.images) == 7  # and the stand-in image, x86_64-xen-standin (a standalone one)
     assert {(i.platform, i.flavour) for i in r.images} == {
         (p, f) for p in ("i386-xen", "x86_64-xen") for f in ("disk", "hurd", "standalone")
     }
@@ -66,6 +66,28 @@ def test_recipe_resolves_defaults() -> None:
     assert hurd.root == "device:hd0s1"
     assert [m.path for m in hurd.boot_modules] == ["/hurd/ext2fs.static", "/lib/ld.so.1"]
     assert hurd.boot_modules[1].args == ("exec", "/hurd/exec", "$(exec-task=task-create)")
+
+
+def test_an_image_names_its_ramdisk_to_embed_a_standin() -> None:
+    """A stand-in is never the ramdisk for a kernel: x86_64-xen-standalone embeds hurd-amd64's modules, the image
+    that names standin-amd64-traps the stand-in's; `ramdisk` is a standalone image's only, and must fit its kernel."""
+    from hurdxen.plan import make_plan
+
+    plan = make_plan(recipes.load(ROOT))
+    images = {s.image.name: s for s in plan.pvgrub2}
+    held = {n: s.ramdisk.name for n, s in images.items() if s.ramdisk is not None}
+    assert held == {
+        "i386-xen-standalone": "hurd-i386",
+        "x86_64-xen-standalone": "hurd-amd64",
+        "x86_64-xen-standin": "standin-amd64-traps",
+    }
+    for changes, message in (
+        ({"flavour": "hurd"}, r"ramdisk: only a standalone image embeds one"),
+        ({"ramdisk": "no-such"}, r"ramdisk: no hurd-modules variant named 'no-such'"),
+        ({"ramdisk": "standin-i386-terminate"}, r"ramdisk: standin-i386-terminate is not made for kernel 'xen-amd64'"),
+    ):
+        with pytest.raises(HurdxenError, match=message):
+            image("x86_64-xen-standin", **changes)
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def released(tmp_path_factory: pytest.TempPathFactory, repos: dict[int, AptRepo]
     git(proj.root, "tag", "v1.0.0")
     r = proj.doit("bundle")
     assert r.returncode == 0, r.stdout[-5000:]
-    bundle = proj.artifacts / "release" / RELEASE
+    bundle = proj.artifacts / "bundle" / "hurdxen" / RELEASE
     yield Released(proj, bundle, bundle.with_name(RELEASE + ".tar.gz"), r.stdout, fake.repo)
 
 
@@ -133,10 +133,15 @@ def test_doit_verify_passes_and_a_tampered_bundle_fails(released: Released, tmp_
     assert "Traceback" not in r.stdout
 
 
-def test_second_bundle_is_bit_identical(released: Released) -> None:
+def test_second_bundle_is_up_to_date_and_a_forced_one_bit_identical(released: Released) -> None:
     before = released.tarball.read_bytes()
     r = released.proj.doit("bundle")
     assert r.returncode == 0, r.stdout[-3000:]
+    assert "bundle:hurdxen" in r.up_to_date and "bundle:hurdxen" not in r.executed, r.stdout[-3000:]
+    assert released.tarball.read_bytes() == before
+    assert released.proj.doit("forget", "bundle:hurdxen").returncode == 0
+    r = released.proj.doit("bundle")
+    assert r.returncode == 0 and "bundle:hurdxen" in r.executed, r.stdout[-3000:]
     assert released.tarball.read_bytes() == before
 
 

@@ -331,11 +331,11 @@ def test_every_run_command_is_a_user_command() -> None:
     assert not refused, "\n".join(refused)
 
 
-def test_doit_invocations_name_existing_tasks() -> None:
-    known = doit_tasks()
+def unknown_tasks(commands: list[tuple[RunBlock, str, Path]], known: frozenset[str]) -> tuple[int, list[str]]:
+    """(doit invocations, one line per task an invocation names that `known` lacks)."""
     unknown = []
     invocations = 0
-    for block, cmd, path in all_commands():
+    for block, cmd, path in commands:
         v = classify(cmd, path)
         if v.kind != "doit":
             continue
@@ -348,8 +348,36 @@ def test_doit_invocations_name_existing_tasks() -> None:
                 unknown.append(f"{block.workflow}:{block.line}: {t.split(':')[0]} exists but has no task {t!r}")
             else:
                 unknown.append(f"{block.workflow}:{block.line}: doit task {t!r} does not exist")
+    return invocations, unknown
+
+
+def test_doit_invocations_name_existing_tasks() -> None:
+    invocations, unknown = unknown_tasks(all_commands(), doit_tasks())
     assert invocations >= 5
     assert not unknown, "\n".join(unknown)
+
+
+def test_a_workflow_naming_a_missing_task_fails(tmp_path: Path) -> None:
+    """The check above can fail: against the real `doit list --all`, a workflow that runs a task doit does not have
+    (or a variant a stage does not have) is reported, with its file and line; one that runs real ones is not."""
+    wf = tmp_path / "made-up.yml"
+    wf.write_text(
+        "jobs:\n  j:\n    steps:\n"
+        "      - run: .venv/bin/doit boot:check bundle verify\n"
+        "      - run: .venv/bin/doit no-such-task\n"
+        "      - run: |\n          .venv/bin/doit -n 2 gnumach:no-such-variant publish\n"
+    )
+    commands = [(block, cmd, wf) for block in run_blocks(wf) for cmd in split_commands(block.script)]
+    invocations, unknown = unknown_tasks(commands, doit_tasks())
+    assert invocations == 3
+    assert unknown == [
+        "made-up.yml:5: doit task 'no-such-task' does not exist",
+        "made-up.yml:6: gnumach exists but has no task 'gnumach:no-such-variant'",
+    ]
+    # Every task the release and boot stages are run by in the workflows is one `doit list --all` has.
+    assert {"boot", "boot:hypervisor", "boot:dom0", "boot:check", "bundle", "verify", "publish", "reproduce"} <= (
+        doit_tasks()
+    )
 
 
 def test_ci_runs_the_readme_test_command_and_lints_like_it() -> None:

@@ -16,6 +16,7 @@ last line before a timeout):
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any, Literal
 
 from hurdxen.boot import diag as bootdiag
 from hurdxen.boot import log as bootlog
+from hurdxen.core.errors import HurdxenError
+from hurdxen.pipeline import manifest
 
 Kind = Literal["guest", "pvgrub", "dom0"]
 Verdict = Literal["pass", "fail", "known-failure", "expected-refusal", "xpass"]
@@ -184,10 +187,28 @@ class BootReport:
         return t
 
 
-def report_path(artifacts: Path) -> Path:
-    """Where the boot check writes its report's `summary()` ({"ok", "hypervisor", "dom0", "sessions", "cases"}) and
-    the bundle's boot gate reads it: here, below the boot stage, so that the release (its sibling) may ask too."""
-    return Path(artifacts) / "boot" / "boot-report.json"
+# The boot check's task and its one output: the report's `summary()` ({"ok", "hypervisor", "dom0", "sessions",
+# "cases"}), named in the check's manifest. Defined here, not in boot.stage, so the release (beside the boot stage in
+# the layers) reads it by name through the manifest reader too.
+CHECK_TASK = "boot:check"
+REPORT = "report"
+REPORT_FILE = "boot-report.json"
+
+
+def read_report(artifacts: Path) -> dict[str, Any] | None:
+    """The boot check's report, read through its manifest (the output `report`, sha256 checked); None when the check
+    has not run. A manifest or report that does not match is a HurdxenError naming `doit boot:check`."""
+    stage, name = CHECK_TASK.split(":", 1)
+    if not (Path(artifacts) / stage / name / manifest.MANIFEST).is_file():
+        return None
+    path = manifest.read_task(Path(artifacts), CHECK_TASK).output(REPORT)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HurdxenError(f"{CHECK_TASK}: cannot read {path}: {e}", hint=f"run `doit {CHECK_TASK}` again") from None
+    if not isinstance(data, dict):
+        raise HurdxenError(f"{CHECK_TASK}: {path} is not a report", hint=f"run `doit {CHECK_TASK}` again")
+    return data
 
 
 # ------------------------------------------------------------------ reading a case's output

@@ -11,63 +11,130 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
 from hurdxen.core.monitor import Monitor, NullMonitor
 from hurdxen.pipeline import executors
 from hurdxen.pipeline.executors import connect_docker, engine_error
+from hurdxen.pipeline.recipes import Recipes
+from hurdxen.pipeline.stage import Deps
+from hurdxen.sources.fetch import DEFAULT_SNAPSHOT, Network, Pin
+
+if TYPE_CHECKING:
+    from hurdxen.pipeline.context import Context
 
 BASE_REPOSITORY = "hurdxen/base"
 IMAGE_REPOSITORY = "hurdxen"
+BASE_STAGE, IMAGE_STAGE = "base", "image"  # the doit basenames, and the directories of their manifests
 
 
 @dataclass(frozen=True)
 class BaseSpec:
+    """The base recipe (recipes/base.toml [base]): what the rootfs is. How its bytes arrive (a proxy, the snapshot
+    service's address) is the network's (`ctx.cache.network`), not the spec's: it changes neither tag nor identity."""
+
     suite: str
     mirror: str
     variant: str
     components: tuple[str, ...]
     include: tuple[str, ...]
     source_date_epoch: int
-    proxy: str | None = None
     snapshot: str | None = None  # a snapshot.debian.org timestamp: the rootfs (and pinned packages) come from it
-    snapshot_service: str = "https://snapshot.debian.org"
 
     @property
-    def identity(self) -> str:
-        # The proxy and the snapshot service's address change how bytes arrive, not what the image is. An unset
-        # snapshot leaves the identity as it was before snapshots existed.
-        d = {k: v for k, v in self.__dict__.items() if k not in ("proxy", "snapshot_service")}
+    def task(self) -> str:
+        return f"{BASE_STAGE}:{self.suite}"
+
+    @property
+    def doc(self) -> str:
+        return f"the Debian {self.suite} base rootfs (mmdebstrap, docker import) as {self.tag}"
+
+    def identity(self, ctx: Context | None = None) -> str:
+        """A hash of the recipe; the tag carries its first 16 digits. An unset snapshot leaves it as it was before
+        snapshots existed."""
+        d = dict(self.__dict__)
         if d["snapshot"] is None:
             del d["snapshot"]
-        return fsutil.identity("base", d)[:16]
+        return fsutil.identity("base", d)
 
     @property
-    def snapshot_mirror(self) -> str | None:
-        """The archive as the snapshot service kept it at `snapshot` (/archive/debian/<ts>/)."""
-        if not self.snapshot:
-            return None
-        return f"{self.snapshot_service.rstrip('/')}/archive/debian/{self.snapshot}"
+    def tag_hash(self) -> str:
+        return self.identity()[:16]
 
     @property
     def tag(self) -> str:
-        return f"{BASE_REPOSITORY}:{self.suite}-{self.identity}"
+        return f"{BASE_REPOSITORY}:{self.suite}-{self.tag_hash}"
+
+    def snapshot_mirror(self, service: str = DEFAULT_SNAPSHOT) -> str | None:
+        """The archive as the snapshot service kept it at `snapshot` (/archive/debian/<ts>/)."""
+        if not self.snapshot:
+            return None
+        return f"{service.rstrip('/')}/archive/debian/{self.snapshot}"
+
+    def outputs(self, ctx: Context) -> dict[str, Path]:
+        return {}  # an image in the engine (and the rootfs tarball in the cache): the manifest records them
+
+    def deps(self, ctx: Context) -> Deps:
+        return Deps()
+
+    def pins(self) -> tuple[Pin, ...]:
+        return ()  # mmdebstrap reads the suite's signed index itself
 
 
 @dataclass(frozen=True)
 class ImageSpec:
+    """A builder image: containers/<name>/ (its Dockerfile and packages.lock) on the base image."""
+
     name: str
     context: Path  # containers/<name>
     base: BaseSpec
 
     @property
-    def identity(self) -> str:
-        return fsutil.identity("image", self.name, self.base.identity, context_digest(self.context))[:16]
+    def task(self) -> str:
+        return f"{IMAGE_STAGE}:{self.name}"
+
+    @property
+    def doc(self) -> str:
+        return f"builder image {self.tag}"
+
+    def identity(self, ctx: Context | None = None) -> str:
+        """A hash of the name, the base's tag hash and every file of the build context; the tag carries its first
+        16 digits."""
+        return fsutil.identity("image", self.name, self.base.tag_hash, context_digest(self.context))
 
     @property
     def tag(self) -> str:
-        return f"{IMAGE_REPOSITORY}/{self.name}:{self.identity}"
+        return f"{IMAGE_REPOSITORY}/{self.name}:{self.identity()[:16]}"
+
+    def outputs(self, ctx: Context) -> dict[str, Path]:
+        return {}  # an image in the engine: the manifest records its tag and id
+
+    def deps(self, ctx: Context) -> Deps:
+        return Deps((self.base.task,))
+
+    def pins(self) -> tuple[Pin, ...]:
+        return ()  # its packages are pinned by packages.lock, installed by apt in `docker build`
+
+
+def base_spec(recipes: Recipes) -> BaseSpec:
+    """The base recipe as its spec."""
+    b = recipes["base"]["base"]
+    return BaseSpec(
+        suite=b["suite"],
+        mirror=b["mirror"],
+        variant=b.get("variant", "minbase"),
+        components=tuple(b.get("components", ["main"])),
+        include=tuple(b.get("include", [])),
+        source_date_epoch=int(b["source_date_epoch"]),
+        snapshot=b.get("snapshot"),
+    )
+
+
+def image_specs(recipes: Recipes, base: BaseSpec) -> tuple[ImageSpec, ...]:
+    """Every image of recipes/images.toml, by name."""
+    return tuple(ImageSpec(n, recipes.root / "containers" / n, base) for n in sorted(recipes["images"]["image"]))
 
 
 @dataclass(frozen=True)
@@ -93,7 +160,14 @@ def image_exists(tag: str) -> bool:
     return executors.image_id(connect_docker(), tag) is not None
 
 
-def ensure_base(spec: BaseSpec, cache_dir: Path, log_path: Path, monitor: Monitor | None = None) -> ImageResult:
+def rootfs_tarball(spec: BaseSpec, cache_dir: Path) -> Path:
+    """Where the base rootfs is kept in the cache, by its tag hash."""
+    return cache_dir / "rootfs" / f"base-{spec.suite}-{spec.tag_hash}.tar"
+
+
+def ensure_base(
+    spec: BaseSpec, cache_dir: Path, log_path: Path, monitor: Monitor | None = None, network: Network | None = None
+) -> ImageResult:
     """mmdebstrap the base rootfs (cached as a tarball by identity) and import it into the engine."""
     mon = monitor or NullMonitor()
     client = connect_docker()
@@ -101,9 +175,9 @@ def ensure_base(spec: BaseSpec, cache_dir: Path, log_path: Path, monitor: Monito
     existing = executors.image_id(client, spec.tag)
     if existing:
         return ImageResult(spec.tag, existing, 0.0, True)
-    tarball = cache_dir / "rootfs" / f"base-{spec.suite}-{spec.identity}.tar"
+    tarball = rootfs_tarball(spec, cache_dir)
     if not tarball.exists():
-        _mmdebstrap(spec, tarball, log_path, mon)
+        _mmdebstrap(spec, tarball, log_path, mon, network or Network())
     try:
         with open(tarball, "rb") as f:
             repo, tag = spec.tag.split(":")
@@ -116,7 +190,7 @@ def ensure_base(spec: BaseSpec, cache_dir: Path, log_path: Path, monitor: Monito
     return ImageResult(spec.tag, image_id, time.monotonic() - start, False)
 
 
-def _mmdebstrap(spec: BaseSpec, tarball: Path, log_path: Path, mon: Monitor) -> None:
+def _mmdebstrap(spec: BaseSpec, tarball: Path, log_path: Path, mon: Monitor, network: Network) -> None:
     if not shutil.which("mmdebstrap"):
         raise HurdxenError("mmdebstrap is not installed", hint="apt-get install mmdebstrap (scripts/setup.sh does)")
     tarball.parent.mkdir(parents=True, exist_ok=True)
@@ -130,12 +204,13 @@ def _mmdebstrap(spec: BaseSpec, tarball: Path, log_path: Path, mon: Monitor) -> 
     ]
     if spec.include:
         cmd.append(f"--include={','.join(spec.include)}")
-    if spec.proxy:
-        cmd.append(f'--aptopt=Acquire::http::Proxy "{spec.proxy}"')
-    if spec.snapshot_mirror:
+    if network.proxy:
+        cmd.append(f'--aptopt=Acquire::http::Proxy "{network.proxy}"')
+    snapshot_mirror = spec.snapshot_mirror(network.snapshot)
+    if snapshot_mirror:
         # A snapshot's InRelease is past its Valid-Until; apt still requires its good signature.
         cmd.append('--aptopt=Acquire::Check-Valid-Until "false"')
-    cmd += [spec.suite, str(tmp), spec.snapshot_mirror or spec.mirror]
+    cmd += [spec.suite, str(tmp), snapshot_mirror or spec.mirror]
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(spec.source_date_epoch))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -157,7 +232,9 @@ def _mmdebstrap(spec: BaseSpec, tarball: Path, log_path: Path, mon: Monitor) -> 
     os.replace(tmp, tarball)
 
 
-def ensure_image(spec: ImageSpec, log_path: Path, monitor: Monitor | None = None) -> ImageResult:
+def ensure_image(
+    spec: ImageSpec, log_path: Path, monitor: Monitor | None = None, network: Network | None = None
+) -> ImageResult:
     """Build containers/<name>/Dockerfile on the base image, unless an image with that content hash exists."""
     import docker.errors
 
@@ -168,9 +245,14 @@ def ensure_image(spec: ImageSpec, log_path: Path, monitor: Monitor | None = None
         return ImageResult(spec.tag, existing, 0.0, True)
     start = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    buildargs = {"BASE": spec.base.tag, "SUITE": spec.base.suite, "SNAPSHOT_MIRROR": spec.base.snapshot_mirror or ""}
-    if spec.base.proxy:
-        buildargs.update(http_proxy=spec.base.proxy, https_proxy=spec.base.proxy)
+    net = network or Network()
+    buildargs = {
+        "BASE": spec.base.tag,
+        "SUITE": spec.base.suite,
+        "SNAPSHOT_MIRROR": spec.base.snapshot_mirror(net.snapshot) or "",
+    }
+    if net.proxy:
+        buildargs.update(http_proxy=net.proxy, https_proxy=net.proxy)
     error: str | None = None
     try:
         with open(log_path, "ab") as log:
@@ -202,6 +284,68 @@ def ensure_image(spec: ImageSpec, log_path: Path, monitor: Monitor | None = None
     if image_id is None:
         raise HurdxenError(f"image:{spec.name}: build produced no image {spec.tag}", hint=f"see {log_path}")
     return ImageResult(spec.tag, image_id, time.monotonic() - start, False)
+
+
+# ------------------------------------------------------------------ the stages: base and image
+
+
+def present(spec: BaseSpec | ImageSpec, ctx: Context) -> bool:
+    """The image is in the engine; else its task runs again (no engine: it runs and fails with its own line)."""
+    try:
+        return image_exists(spec.tag)
+    except HurdxenError:
+        return False
+
+
+def _image_fact(made: ImageResult) -> dict[str, Any]:
+    return {"image": {"tag": made.tag, "id": made.image_id}}
+
+
+def build_base(spec: BaseSpec, ctx: Context) -> ImageResult:
+    """Entry point: the base image (mmdebstrap and `docker import`, unless its tag exists), and its manifest in
+    artifacts/base/<suite>/: the recipe, the image's tag and id, and where the rootfs tarball is kept."""
+    from hurdxen.pipeline import manifest, stage
+
+    made = ensure_base(spec, ctx.cache.root, ctx.log(spec.task), ctx.monitor(), ctx.cache.network)
+    tarball = rootfs_tarball(spec, ctx.cache.root)
+    facts = _image_fact(made)
+    if tarball.is_file():  # kept to import again; gone when the cache was cleaned (the image is what counts)
+        facts["rootfs"] = {"path": tarball.relative_to(ctx.cache.root).as_posix()}
+    with fsutil.atomic_dir(stage.out_dir(ctx, spec.task)) as out:
+        manifest.write(
+            out,
+            spec,
+            ctx,
+            inputs={"recipe": {k: v for k, v in spec.__dict__.items() if v is not None}},
+            step=manifest.in_process(
+                "hurdxen.pipeline.containers.ensure_base", reused=made.reused, seconds=round(made.seconds, 2)
+            ),
+            extra=facts,
+        )
+    return made
+
+
+def build_image(spec: ImageSpec, ctx: Context) -> ImageResult:
+    """Entry point: a builder image (`docker build` on the base image, unless its tag exists), and its manifest in
+    artifacts/image/<name>/: the build context's digest (Dockerfile, packages.lock), the base, the tag and id."""
+    from hurdxen.pipeline import manifest, stage
+
+    made = ensure_image(spec, ctx.log(spec.task), ctx.monitor(), ctx.cache.network)
+    with fsutil.atomic_dir(stage.out_dir(ctx, spec.task)) as out:
+        manifest.write(
+            out,
+            spec,
+            ctx,
+            inputs={
+                "context": {"path": f"containers/{spec.context.name}", "digest": context_digest(spec.context)},
+                "base": {"task": spec.base.task, "tag": spec.base.tag},
+            },
+            step=manifest.in_process(
+                "hurdxen.pipeline.containers.ensure_image", reused=made.reused, seconds=round(made.seconds, 2)
+            ),
+            extra=_image_fact(made),
+        )
+    return made
 
 
 PACKAGES_FORMAT = "${binary:Package} ${Version} ${Architecture}\\n"

@@ -9,6 +9,7 @@ from typing import Any
 
 from hurdxen.cache.config import CacheConfig, from_settings
 from hurdxen.core.monitor import Monitor, default_monitor
+from hurdxen.pipeline import containers
 from hurdxen.pipeline.containers import BaseSpec, ImageSpec
 from hurdxen.pipeline.executors import Executor, make_executor
 from hurdxen.pipeline.recipes import Recipes
@@ -73,21 +74,8 @@ def make_context(recipes: Recipes) -> Context:
     cache_dir = settings.get("cache") or os.environ.get("HURDXEN_CACHE")
     lock = pinlock.path_for(recipes.root)
     cache = Cache(Path(cache_dir) if cache_dir else recipes.root / "cache", network, lock)
-    b = recipes["base"]["base"]
-    base = BaseSpec(
-        suite=b["suite"],
-        mirror=b["mirror"],
-        variant=b.get("variant", "minbase"),
-        components=tuple(b.get("components", ["main"])),
-        include=tuple(b.get("include", [])),
-        source_date_epoch=int(b["source_date_epoch"]),
-        proxy=network.proxy,
-        snapshot=b.get("snapshot"),
-        snapshot_service=network.snapshot,
-    )
-    images = tuple(
-        (name, ImageSpec(name, recipes.root / "containers" / name, base)) for name in sorted(recipes["images"]["image"])
-    )
+    base = containers.base_spec(recipes)
+    images = tuple((spec.name, spec) for spec in containers.image_specs(recipes, base))
     artifacts = artifacts_dir(recipes.root)
     return Context(
         root=recipes.root,

@@ -1,4 +1,5 @@
-"""The release bundle: artifacts/release/<name>-<version>/ plus one deterministic <name>-<version>.tar.gz.
+"""The release bundle: <name>-<version>/ plus one deterministic <name>-<version>.tar.gz, in the bundle stage's
+directory artifacts/bundle/<name>/ (hurdxen.release.stage).
 
 Contents: kernels/ (gnumach .gz per variant), hurd-modules/ (one per libc pin), pvgrub2/ (images), domains/ (xl
 configs), README.md, manifest.json (every pin and hash from the stage manifests, minus volatile fields),
@@ -142,8 +143,8 @@ def deterministic_tarball(src: Path, prefix: str, mtime: int, exclude: Iterable[
 class BundleResult:
     name: str
     version: str
-    directory: Path  # artifacts/release/<name>-<version>/
-    tarball: Path  # artifacts/release/<name>-<version>.tar.gz (without the signature)
+    directory: Path  # artifacts/bundle/<name>/<name>-<version>/
+    tarball: Path  # artifacts/bundle/<name>/<name>-<version>.tar.gz (without the signature)
     tarball_sha256: str
     sums: Path
     signature: Path | None
@@ -158,12 +159,8 @@ class BundleResult:
         return f"{self.name}-{self.version}"
 
 
-def release_dir(artifacts: Path) -> Path:
-    return artifacts / "release"
-
-
-def build_bundle(artifacts: Path, spec: BundleSpec) -> BundleResult:
-    """Gather, gate on the boot check, write the bundle directory atomically, then its tarball."""
+def build_bundle(artifacts: Path, spec: BundleSpec, out_root: Path) -> BundleResult:
+    """Gather, gate on the boot check, write the bundle directory (atomically) in `out_root`, then its tarball."""
     gate = boot_gate(artifacts, spec)
     g = gather(artifacts, spec)
     cfgs = domain_configs(spec, g)
@@ -189,7 +186,6 @@ def build_bundle(artifacts: Path, spec: BundleSpec) -> BundleResult:
     sums = provenance.sums_text(all_files).encode()
     all_files[SUMS] = fsutil.sha256_bytes(sums)
 
-    out_root = release_dir(artifacts)
     final = out_root / spec.release
     tarball = out_root / f"{spec.release}.tar.gz"
     signed_by = None
@@ -227,13 +223,15 @@ def build_bundle(artifacts: Path, spec: BundleSpec) -> BundleResult:
     )
 
 
-def bundle(ctx: Context, recipes: Recipes, *, allow_unbooted: bool | None = None) -> BundleResult:
-    """Entry point (`doit bundle`): the release bundle from ctx.artifacts' stage outputs."""
-    spec = spec_from_recipes(recipes, ctx.source_date_epoch, allow_unbooted)
-    return build_bundle(ctx.artifacts, spec)
+def bundle(ctx: Context, recipes: Recipes) -> BundleResult:
+    """What `doit bundle` does, for the recipes' release: the bundle stage's entry point on its one spec."""
+    from hurdxen.release import stage
+
+    (spec,) = stage.specs(recipes, ctx.source_date_epoch, None)
+    return stage.build(spec, ctx)
 
 
-def load_result(directory: Path) -> BundleResult:
+def load_result(directory: Path, warnings: tuple[str, ...] = ()) -> BundleResult:
     """A BundleResult for an existing bundle directory (for `publish` without rebuilding)."""
     m = read_json(directory / MANIFEST, "bundle")
     tarball = directory.parent / f"{m['release']}.tar.gz"
@@ -254,4 +252,5 @@ def load_result(directory: Path) -> BundleResult:
         files=sums,
         signed_by=m.get("signing_key"),
         boot_passed=bool(m.get("boot", {}).get("passed")),
+        warnings=warnings,
     )

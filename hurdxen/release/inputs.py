@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hurdxen.boot.cases import report_path
+from hurdxen.boot.cases import CHECK_TASK, read_report
 from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest
 from hurdxen.release import domains
@@ -18,6 +18,8 @@ from hurdxen.release.spec import KNOWN_FAILURE, OK_VERDICTS, VOLATILE_KEYS, Bund
 # Keys of stage manifests that describe this machine, not the release: where bytes were fetched from, and the stage
 # cache entry a stage was pulled from (a bundle is the same byte for byte whether its stages were built or pulled).
 LOCAL_KEYS = frozenset({"fetched_from", "archive", "cached_from"})
+# Stages whose manifests describe this machine's cache and engine rather than what a release was built from.
+NOT_RECORDED = frozenset({"sources", "base", "image"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,34 @@ def _built(artifacts: Path, stage: str, wanted: tuple[str, ...] | None, output: 
     return out
 
 
+def is_standin(m: manifest.Manifest, standins: frozenset[str]) -> bool:
+    """A stand-in ramdisk (hurd-modules' `standin` source: gcc-built, not the Hurd) or a pv-grub2 image that holds
+    one's modules (`standins`: those ramdisks' tasks). Users want the real modules: the bundle never ships these."""
+    if m.stage == "hurd-modules":
+        return m.inputs.get("source") == "standin"
+    held = m.inputs.get("boot_modules") or {}
+    return any(isinstance(b, Mapping) and b.get("task") in standins for b in held.values())
+
+
+def _without_standins(
+    found: list[manifest.Manifest], wanted: tuple[str, ...] | None, standins: frozenset[str]
+) -> tuple[list[manifest.Manifest], list[str]]:
+    """`found` without the stand-ins, and their tasks; a stand-in named in [include] is refused."""
+    keep, left = [], []
+    for m in found:
+        if not is_standin(m, standins):
+            keep.append(m)
+        elif wanted is not None:
+            raise HurdxenError(
+                f"bundle: {m.stage}/{m.variant} is a gcc-built stand-in (hurdxen/data/standins/), not the Hurd: a "
+                "release does not ship it",
+                hint="drop it from recipes/release.toml [include]",
+            )
+        else:
+            left.append(m.task)
+    return keep, left
+
+
 def _stage_output(m: manifest.Manifest) -> StageOutput:
     return StageOutput(m.stage, m.variant, m.directory, strip_volatile(m.raw))
 
@@ -91,6 +121,7 @@ class Gathered:
     pvgrubs: tuple[domains.PvGrubInput, ...]
     extra_stages: tuple[StageOutput, ...]  # tools the outputs were built with (mig, …): recorded, not shipped
     disks: tuple[domains.DiskInput, ...] = ()
+    standins: tuple[str, ...] = ()  # the stand-in ramdisks and images built here, left out (tasks)
 
 
 def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
@@ -109,7 +140,9 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
         kernels.append(domains.KernelInput(m.variant, rel, bits, pae))
         strict = bool((m.facts.get("verify") or {}).get("strict", False))
         expect[rel] = {"variant": m.variant, "bits": bits, "pae": pae, "strict": strict}
-    hm = _built(artifacts, "hurd-modules", spec.hurd_modules, "ramdisk")
+    hm, standins = _without_standins(
+        _built(artifacts, "hurd-modules", spec.hurd_modules, "ramdisk"), spec.hurd_modules, frozenset()
+    )
     if not hm:
         raise HurdxenError(
             f"bundle: no hurd-modules in {artifacts / 'hurd-modules'}", hint="run `doit hurd-modules` first"
@@ -119,7 +152,9 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
         rel = f"hurd-modules/hurd-modules-{m.variant}"
         payload.append(Payload(rel, m.output("ramdisk"), f"{m.stage}/{m.variant}"))
         modules.append(domains.ModulesInput(m.variant, rel, int(m.fact("bits")), str(m.fact("libc_version"))))
-    pg = _built(artifacts, "pvgrub2", spec.pvgrub2, "image.gz")
+    standin_ramdisks = frozenset(standins)
+    pg, left = _without_standins(_built(artifacts, "pvgrub2", spec.pvgrub2, "image.gz"), spec.pvgrub2, standin_ramdisks)
+    standins += left
     pvgrubs: list[domains.PvGrubInput] = []
     for m in pg:
         f = m.output("image.gz")
@@ -132,8 +167,11 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
     disks = [_disk(m) for m in rd]
     payload += [Payload(d.path, m.output("image.gz"), f"{m.stage}/{m.variant}") for d, m in zip(disks, rd, strict=True)]
     # Tools (mig, …): every other stage with a manifest, so the release records what built the kernels (and the
-    # from-source stages the disks were made from).
-    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "release", "logs", "work"} | (
+    # from-source stages the disks were made from). Not tools: the boot stage (its verdicts are the gate), the bundle
+    # stage itself (and "release", where bundles were published before they were a stage), logs and scratch; nor the
+    # sources, base and image stages: every stage manifest already names its pins (with the hashes of the bytes
+    # used) and its step's image tag and id.
+    shipped = {"gnumach", "hurd-modules", "pvgrub2", "boot", "bundle", "release", "logs", "work", *NOT_RECORDED} | (
         {"rootdisk"} if rd else set()
     )
     extra: list[StageOutput] = []
@@ -152,6 +190,7 @@ def gather(artifacts: Path, spec: BundleSpec) -> Gathered:
         tuple(pvgrubs),
         tuple(extra),
         tuple(disks),
+        tuple(standins),
     )
 
 
@@ -190,6 +229,7 @@ class BootGate:
     passed: bool
     allow_unbooted: bool
     cases: tuple[tuple[str, str, str], ...]  # (case, verdict, reason)
+    not_booted: tuple[tuple[str, str], ...] = ()  # (case, why): the recipe's cases this check did not boot
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -197,18 +237,18 @@ class BootGate:
             "passed": self.passed,
             "allow_unbooted": self.allow_unbooted,
             "cases": [{"case": c, "verdict": v, "reason": r} for c, v, r in self.cases],
+            **({"not_booted": [{"case": c, "reason": r} for c, r in self.not_booted]} if self.not_booted else {}),
         }
 
 
 def boot_gate(artifacts: Path, spec: BundleSpec) -> BootGate:
     """Only a booted release is bundled: every case pass / expected (known failures if the recipe accepts them)."""
-    path = report_path(artifacts)
     hint = "run `doit boot`, or bundle anyway with `doit bundle release.allow_unbooted=true` (the manifest says so)"
-    if not path.is_file():
+    data = read_report(artifacts)
+    if data is None:
         if spec.allow_unbooted:
             return BootGate(False, False, True, ())
-        raise HurdxenError(f"bundle: no boot check ({path} is missing)", hint=hint)
-    data = read_json(path, "boot")
+        raise HurdxenError(f"bundle: no boot check ({CHECK_TASK} has not run)", hint=hint)
     raw = data.get("cases", []) if isinstance(data, Mapping) else []
     items = raw.items() if isinstance(raw, Mapping) else ((None, c) for c in raw)
     cases: list[tuple[str, str, str]] = []
@@ -223,4 +263,10 @@ def boot_gate(artifacts: Path, spec: BundleSpec) -> BootGate:
         first = f"case {bad[0][0]}: {bad[0][1]}" + (f" ({bad[0][2]})" if bad[0][2] else "") if bad else "no cases"
         more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
         raise HurdxenError(f"bundle: the boot check did not pass: {first}{more}", hint=hint)
-    return BootGate(True, passed, spec.allow_unbooted, tuple(sorted(cases)))
+    left = data.get("not_booted", []) if isinstance(data, Mapping) else []
+    not_booted = tuple(
+        sorted((str(n.get("case", "?")), str(n.get("reason", ""))) for n in left if isinstance(n, Mapping))
+        if isinstance(left, list)
+        else ()
+    )
+    return BootGate(True, passed, spec.allow_unbooted, tuple(sorted(cases)), not_booted)

@@ -304,6 +304,14 @@ def make_readme(
         f"| {PROVENANCE} | in-toto / SLSA v1 provenance |",
         f"| {SUMS} | sha256 of every file |",
         "",
+    ]
+    if g.standins:
+        lines += [
+            f"Left out: {', '.join(g.standins)}: gcc-built stand-in boot modules (hurdxen/data/standins/), not the "
+            "Hurd. They prove kernel paths in the boot check's stand-in cases; a release ships the real modules only.",
+            "",
+        ]
+    lines += [
         "## Verify",
         "",
         "```sh",
@@ -337,6 +345,8 @@ def make_readme(
         lines.append("**The boot check did not pass**; bundled anyway with allow_unbooted:")
     for case, verdict, why in gate.cases:
         lines.append(f"- {case}: {verdict}" + (f" ({why})" if why else ""))
+    for case, why in gate.not_booted:
+        lines.append(f"- {case}: not booted ({why})")
     lines += [
         "",
         "## Boot",

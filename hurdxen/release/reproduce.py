@@ -359,14 +359,12 @@ def rebuild(root: Path, art: Path, cache: Path) -> Path:
 
 
 def other_releases(artifacts: Path, release: str) -> tuple[str, ...]:
-    """Exclusion patterns for the bundles of other revisions under artifacts/release/: a bundle made at an earlier
-    commit stays there, and the rebuild makes only this revision's (`release`)."""
+    """Exclusion patterns for bundles the rebuild does not make: those of other revisions, which an artifacts tree
+    from before the bundle stage kept under artifacts/release/ (the stage's directory, artifacts/bundle/<name>/,
+    holds only this revision's, `release`)."""
     d = artifacts / "release"
-    keep = {release, f"{release}.tar.gz"}
     names = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
-    return tuple(
-        pat for n in names if n not in keep for pat in (f"release/{glob.escape(n)}", f"release/{glob.escape(n)}/*")
-    )
+    return tuple(pat for n in names for pat in (f"release/{glob.escape(n)}", f"release/{glob.escape(n)}/*"))
 
 
 def reproduce_project(root: Path, artifacts: Path, cache: Path, release: str | None = None) -> ReproduceResult:

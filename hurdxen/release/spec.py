@@ -119,28 +119,44 @@ def version_from_describe(describe: str | None, commit: str | None, dirty: bool 
     return ReleaseVersion(str(Version(text)), "git describe")
 
 
-def _rootdisks(recipes: Recipes, chosen: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """The disks to ship: none without recipes/rootdisk.toml (a bundle of stand-ins has none), else those chosen in
-    [include] or (None) every one built: `doit build` does not make them (the from-source stages take hours)."""
-    return chosen if "rootdisk" in recipes else ()
-
-
 def spec_from_recipes(recipes: Recipes, source_date_epoch: int, allow_unbooted: bool | None = None) -> BundleSpec:
-    r = recipes["release"]
-    rev = project_revision(recipes.root)
+    return spec_from(
+        recipes["release"],
+        recipes.data.get("domains", {}),
+        recipes.root,
+        source_date_epoch,
+        "rootdisk" in recipes,
+        recipes.files.get("release", "recipes/release.toml"),
+        allow_unbooted,
+    )
+
+
+def spec_from(
+    r: Mapping[str, Any],
+    domains: Mapping[str, Any],
+    root: Path,
+    source_date_epoch: int,
+    has_rootdisk: bool,
+    shown: str = "recipes/release.toml",
+    allow_unbooted: bool | None = None,
+    signing_key: str | None = None,
+) -> BundleSpec:
+    """The release from recipes/release.toml (`r`) and domains.toml, its version from the recipe or `git describe`
+    of `root`; the signing key from the recipe, else `signing_key`, else HURDXEN_SIGNING_KEY."""
+    rev = project_revision(root)
     if r.get("version"):
         try:
             version = ReleaseVersion(str(Version(r["version"])), "recipe")
         except InvalidVersion:
             raise HurdxenError(
-                f"{recipes.files.get('release', 'recipes/release.toml')}: version {r['version']!r} is not PEP 440",
+                f"{shown}: version {r['version']!r} is not PEP 440",
                 hint="write it like 1.2.0 or 1.2.0rc1, or leave it out to use git describe",
             ) from None
     else:
         version = version_from_describe(rev.describe, rev.commit, rev.dirty)
     inc = r.get("include", {})
     signing = r.get("signing", {})
-    key = signing.get("key") or os.environ.get("HURDXEN_SIGNING_KEY") or None
+    key = signing.get("key") or signing_key or os.environ.get("HURDXEN_SIGNING_KEY") or None
     home = signing.get("gnupghome") or None
 
     def names(k: str) -> tuple[str, ...] | None:
@@ -158,6 +174,8 @@ def spec_from_recipes(recipes: Recipes, source_date_epoch: int, allow_unbooted: 
         accept_known_failures=bool(r.get("accept_known_failures", True)),
         signing_key=key,
         gnupghome=home,
-        domains=recipes.data.get("domains", {}),
-        rootdisks=_rootdisks(recipes, names("rootdisks")),
+        domains=domains,
+        # The disks to ship: none without recipes/rootdisk.toml (a bundle of stand-ins has none), else those chosen
+        # in [include] or (None) every one built: `doit build` does not make them (the from-source stages take hours).
+        rootdisks=names("rootdisks") if has_rootdisk else (),
     )

@@ -65,7 +65,7 @@ def _read_record(rec: Path) -> dict[str, Any] | None:
     return known if ok else None
 
 
-def _known_sha256(pin: DebPin, cache: Cache) -> str | None:
+def known_sha256(pin: DebPin, cache: Cache) -> str | None:
     from hurdxen.sources import pinlock
 
     if pin.sha256:
@@ -79,7 +79,7 @@ def _known_sha256(pin: DebPin, cache: Cache) -> str | None:
 
 def is_cached_deb(pin: DebPin, cache: Cache) -> bool:
     """The pin's .deb is in the cache and is that package (else the task runs, and fetch_deb says what is wrong)."""
-    sha = _known_sha256(pin, cache)
+    sha = known_sha256(pin, cache)
     if sha is None or not cache.has(sha):
         return False
     try:
@@ -110,7 +110,7 @@ def fetch_deb(pin: DebPin, cache: Cache) -> Path:
     from hurdxen.sources import pinlock
 
     rec = _deb_record(cache, pin)
-    sha = _known_sha256(pin, cache)
+    sha = known_sha256(pin, cache)
     if sha and cache.verified(sha):  # re-hashed: an edited cached blob is refetched
         check_identity(cache.blob(sha), pin, "the cached")
         if cache.lock and pinlock.lookup(cache.lock, pin) is None and pinlock.committed(cache.lock, pin):
@@ -177,6 +177,31 @@ def lock_entry(pin: DebPin, res: Resolution) -> dict[str, Any]:
         # When a live archive served it: a snapshot taken around then carries it too, once the archive drops it.
         "resolved": datetime.now(UTC).strftime(SNAPSHOT_TS) if res.snapshot is None else res.snapshot,
     }
+
+
+def manifest_record(pin: DebPin, deb: Path, cache: Cache) -> dict[str, Any]:
+    """What a stage manifest records of a Debian package it used — the one record, whatever the stage: the package,
+    version, architecture and suite the recipe pins and the sha256 of the bytes used. Where they came from is a local
+    fact, kept apart as `archive` (the recipe's archive) and `fetched_from` (the URL that served the .deb, and the
+    snapshot when one did, as the lock recorded it); bundles and stage-cache entries leave both out."""
+    record: dict[str, Any] = {
+        "package": pin.package,
+        "version": pin.version,
+        "arch": pin.arch,
+        "suite": pin.suite,
+        "sha256": fsutil.sha256_file(deb),
+        "archive": pin.archive,
+    }
+    from hurdxen.sources import pinlock
+
+    locked = pinlock.lookup(cache.lock, pin) if cache.lock else None
+    known = locked or _read_record(_deb_record(cache, pin)) or {}
+    if isinstance(known.get("url"), str) and known.get("sha256") == record["sha256"]:
+        served = {"url": known["url"]}
+        if isinstance(known.get("snapshot"), str):
+            served["snapshot"] = known["snapshot"]
+        record["fetched_from"] = served
+    return record
 
 
 def resolve_deb(pin: DebPin, cache: Cache, *, strict: bool = True, newest: bool = False) -> Resolution:

@@ -128,6 +128,10 @@ class DebPin:
         return f"{self.archive.rstrip('/')} {self.suite}/{self.component} {self.arch} {self.package}"
 
 
+# A pinned input of any kind: what a spec's `pins()` lists and a `sources:` task fetches.
+Pin = TarballPin | GitPin | DebPin
+
+
 def toml_key(name: str) -> str:
     """`name` as one TOML key: bare when it can be, else quoted (libc0.3 → "libc0.3")."""
     return name if name and all(c.isalnum() or c in "_-" for c in name) and name.isascii() else json.dumps(name)

@@ -14,7 +14,7 @@ from hurdxen.core.errors import HurdxenError
 from hurdxen.sources.fetch import Cache, GitPin, unreachable
 
 
-def _git_mirror_dir(cache: Cache, url: str) -> Path:
+def mirror_dir(cache: Cache, url: str) -> Path:
     return cache.root / "git" / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".git")
 
 
@@ -22,7 +22,7 @@ def fetch_git(pin: GitPin, cache: Cache) -> Path:
     """A bare mirror of `pin.url` in the cache that contains `pin.commit`; returns its git dir."""
     import git
 
-    mirror = _git_mirror_dir(cache, pin.url)
+    mirror = mirror_dir(cache, pin.url)
     if not mirror.exists():
         tmp = mirror.with_name(fsutil.TMP_PREFIX + mirror.name)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -100,7 +100,7 @@ def _full_commit(repo: object, commit: str) -> str:
 def is_cached_git(pin: GitPin, cache: Cache) -> bool:
     import git
 
-    mirror = _git_mirror_dir(cache, pin.url)
+    mirror = mirror_dir(cache, pin.url)
     return mirror.exists() and _has_commit(git.Repo(mirror), pin.commit)
 
 

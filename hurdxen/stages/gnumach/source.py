@@ -16,7 +16,7 @@ from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
 from hurdxen.pipeline.recipes import Recipes
-from hurdxen.sources.fetch import GitPin, TarballPin, fetch_tarball
+from hurdxen.sources.fetch import GitPin, Pin, TarballPin, fetch_tarball
 from hurdxen.sources.git import export_git
 from hurdxen.stages.gnumach import STAGE
 
@@ -70,11 +70,12 @@ class SourceSpec:
     def outputs(self, ctx: Context) -> dict[str, Path]:
         return {}  # the tree itself, which variants mount; its manifest records what it was made from
 
+    def pins(self) -> tuple[Pin, ...]:
+        return tuple(p for p in (self.git, self.tarball) if p is not None)
+
     def deps(self, ctx: Context) -> stage.Deps:
-        pin = self.git or self.tarball
         return stage.Deps(
-            (*stage.image_deps(ctx, self.image), *([stage.pin_task(pin)] if pin else [])),
-            tuple(p.path for p in self.patches),
+            (*stage.image_deps(ctx, self.image), *stage.pin_tasks(self.pins())), tuple(p.path for p in self.patches)
         )
 
     def describe(self) -> dict[str, Any]:

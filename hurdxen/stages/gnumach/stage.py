@@ -19,8 +19,8 @@ from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step, StepResult
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.pipeline.stage import Build
-from hurdxen.sources.deb import extract_deb, fetch_deb
-from hurdxen.sources.fetch import DebPin
+from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
+from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages.gnumach import STAGE
 from hurdxen.stages.gnumach.source import SourceSpec, prepare, source_dir, source_spec
 from hurdxen.stages.mig import stage as mig
@@ -110,6 +110,9 @@ class VariantSpec:
             "verify.txt": d / "verify.txt",
         }
 
+    def pins(self) -> tuple[Pin, ...]:
+        return ()  # it reads its producers (the prepared source tree, MIG), which fetch their own
+
     def deps(self, ctx: Context) -> stage.Deps:
         return stage.Deps((*stage.image_deps(ctx, self.image), self.source.task, self.mig.task))
 
@@ -141,8 +144,11 @@ class PrebuiltSpec:
             "verify.txt": d / "verify.txt",
         }
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (self.deb,)
+
     def deps(self, ctx: Context) -> stage.Deps:
-        return stage.Deps((stage.pin_task(self.deb),))
+        return stage.Deps(stage.pin_tasks(self.pins()))
 
 
 @dataclass(frozen=True)
@@ -343,16 +349,7 @@ def fetch_prebuilt(spec: PrebuiltSpec, ctx: Context) -> KernelResult:
             out,
             spec,
             ctx,
-            inputs={
-                "debian": {
-                    "package": spec.deb.package,
-                    "version": spec.deb.version,
-                    "arch": spec.deb.arch,
-                    "suite": spec.deb.suite,
-                    "sha256": fsutil.sha256_file(deb),
-                    "path": spec.path,
-                }
-            },
+            inputs={"debian": {**manifest_record(spec.deb, deb, ctx.cache), "path": spec.path}},
             step=manifest.in_process("hurdxen.gnumach.fetch_prebuilt"),
             extra={
                 "bits": spec.bits,

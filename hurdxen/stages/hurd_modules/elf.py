@@ -26,6 +26,11 @@ _LDSO_SOURCE_BANNER = re.compile(
     rb"ld\.so \([^)\x00\n]{1,100}\) stable release version ([0-9]{1,3}\.[0-9]{1,3}(?:\.[0-9]{1,3})?)\."
 )
 
+# A gcc-built stand-in (hurdxen/data/standins/ldso.c): `ld.so (hurdxen stand-in) libc version stand-in: …` — no
+# glibc at all; its version is STANDIN_LIBC, which only a stand-in variant pins.
+STANDIN_LIBC = "stand-in"
+_LDSO_STANDIN_BANNER = re.compile(rb"ld\.so \(hurdxen stand-in\) libc version (stand-in)\b")
+
 # libc.so's: `GNU C Library (Debian GLIBC 2.41-6) stable release version 2.41.` (or a from-source pkgversion)
 _LIBC_SOURCE_BANNER = re.compile(
     rb"GNU C Library \([^)\x00\n]{1,100}\) stable release version ([0-9]{1,3}\.[0-9]{1,3}(?:\.[0-9]{1,3})?)\."
@@ -67,11 +72,13 @@ class ElfInfo:
 
 
 def ldso_version(data: bytes, where: str = "ld.so") -> str | None:
-    """The glibc version in ld.so's banner (Debian's package version, else the release of a from-source glibc), or
-    None when there is no banner."""
-    found = {m.group(1).decode("ascii", "replace") for m in _LDSO_BANNER.finditer(data)}
-    if not found:
-        found = {m.group(1).decode("ascii", "replace") for m in _LDSO_SOURCE_BANNER.finditer(data)}
+    """The glibc version in ld.so's banner (Debian's package version, else the release of a from-source glibc, else
+    STANDIN_LIBC for a stand-in's), or None when there is no banner."""
+    found: set[str] = set()
+    for banner in (_LDSO_BANNER, _LDSO_SOURCE_BANNER, _LDSO_STANDIN_BANNER):
+        found = {m.group(1).decode("ascii", "replace") for m in banner.finditer(data)}
+        if found:
+            break
     if len(found) > 1:
         raise HurdxenError(f"{where} carries several glibc versions: {', '.join(sorted(found))}")
     return found.pop() if found else None

@@ -1,6 +1,8 @@
 """Where a hurd-modules variant's modules come from, and what its manifest says about that: `build` (the from-source
 Hurd's root stage, read by output name through its manifest), `debian` (pinned packages), `disk` (a user's installed
-Hurd, read without mounting by the diskread step) or `files` (pinned local files, which an overlay adds).
+Hurd, read without mounting by the diskread step), `standin` (gcc-built stand-in modules from the C sources in
+hurdxen/data/standins/, compiled in the builder image: they prove kernel paths, they are not the Hurd) or `files`
+(pinned local files, which an overlay adds).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any
 
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
+from hurdxen.core.quoting import shell_word
 from hurdxen.pipeline import manifest
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
-from hurdxen.sources.deb import extract_deb, fetch_deb
+from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
 from hurdxen.sources.fetch import DebPin
 from hurdxen.stages.hurd_modules import diskread, ramdisk
 from hurdxen.stages.hurd_modules.elf import ldso_version, libc_version
@@ -26,6 +29,42 @@ SUPERBLOCK = 1024  # the ext2 superblock's offset in the filesystem; its magic s
 SECTOR = 512
 # The step: diskread.py's own text, run by the image's python3 (its text is in the stage's identity).
 DISK_SCRIPT = "python3 - <<'HURDXEN_DISKREAD'\n" + Path(diskread.__file__).read_text() + "HURDXEN_DISKREAD\n"
+
+
+# The stand-in modules' C sources: package data, read by the stage and by the tests (one copy).
+STANDIN_DIR = Path(__file__).resolve().parent.parent.parent / "data" / "standins"
+STANDIN_REL = "hurdxen/data/standins"  # how manifests and messages name that directory (no host paths)
+# The step: one gcc per module, its words from the recipe ($COMMANDS: a line of shell-quoted words per module, the
+# output's file name first), in the source directory (mounted read-only), so no path but the file's name is compiled in.
+STANDIN_SCRIPT = r"""
+gcc --version | sed -n 1p
+printf '%s\n' "$COMMANDS" | while IFS= read -r line; do
+  [ -n "$line" ] || continue
+  eval "set -- $line"
+  out=$1
+  shift
+  echo "gcc $*"
+  (cd "$SRC" && gcc "$@" -o "$OUT/$out")
+done
+"""
+
+
+@dataclass(frozen=True)
+class StandinModule:
+    module: str  # the ramdisk module it stands in for (ext2fs.static, ld.so.1, …)
+    source: str  # its C source's file name in STANDIN_DIR
+    sha256: str  # of that source (the stage's identity covers the bytes)
+    flags: tuple[str, ...]  # gcc's words before the source (the recipe's)
+
+    @property
+    def described(self) -> str:
+        return f"gcc-built stand-in from {STANDIN_REL}/{self.source}, not the Hurd"
+
+
+@dataclass(frozen=True)
+class StandinSource:
+    modules: tuple[StandinModule, ...]
+    image: str  # the builder image gcc runs in
 
 
 @dataclass(frozen=True)
@@ -71,16 +110,7 @@ def debian_inputs(debs: tuple[DebPin, ...], ctx: Context) -> tuple[ramdisk.Input
     for pin in debs:
         deb = fetch_deb(pin, ctx.cache)
         trees.append(extract_deb(deb, ctx.cache))
-        info.append(
-            {
-                "package": pin.package,
-                "version": pin.version,
-                "arch": pin.arch,
-                "suite": pin.suite,
-                "archive": pin.archive,
-                "sha256": fsutil.sha256_file(deb),
-            }
-        )
+        info.append(manifest_record(pin, deb, ctx.cache))
     return trees, {"debian": info}
 
 
@@ -206,3 +236,45 @@ def disk_inputs(
         }
     }
     return pinned, version, described
+
+
+def standin_inputs(src: StandinSource, ctx: Context, task: str, work: Path) -> tuple[ramdisk.Inputs, dict[str, Any]]:
+    """Compile each stand-in module from its source (sha256 checked) in the builder image; the files and their
+    provenance (each module's source, its sha256, the gcc words and the step)."""
+    for m in src.modules:
+        got = fsutil.sha256_file(STANDIN_DIR / m.source)
+        if got != m.sha256:
+            raise HurdxenError(
+                f"{task}: {STANDIN_REL}/{m.source} changed while the plan was made (sha256 {got})", hint="run again"
+            )
+    outs = work / "standins"
+    outs.mkdir()
+    commands = "\n".join(
+        " ".join(shell_word(w) for w in (f"m{i}", *m.flags, m.source)) for i, m in enumerate(src.modules)
+    )
+    step = Step(
+        name=task,
+        script=STANDIN_SCRIPT,
+        image=ctx.image_tag(src.image),
+        mounts=(Mount(STANDIN_DIR, "SRC", "/in/standins"), Mount(outs, "OUT", "/out", writable=True)),
+        env=(("COMMANDS", commands),),
+    )
+    ran = ctx.executor().run(step, ctx.log(task), ctx.monitor())
+    pinned: dict[str, ramdisk.PinnedFile] = {}
+    for i, m in enumerate(src.modules):
+        out = outs / f"m{i}"
+        if not out.is_file():
+            raise HurdxenError(f"{task}: gcc left no {m.module} from {m.source}", hint=f"see {ctx.log(task)}")
+        pinned[m.module] = ramdisk.PinnedFile(out, fsutil.sha256_file(out))
+    described = {
+        "standin": {
+            "what": "gcc-built stand-in boot modules: they prove kernel paths, they are not the Hurd",
+            "modules": {
+                m.module: {"described": m.described, "source": f"{STANDIN_REL}/{m.source}", "sha256": m.sha256,
+                           "flags": list(m.flags)}
+                for m in src.modules
+            },
+            "step": manifest.step_record(ran),
+        }
+    }  # fmt: skip
+    return pinned, described

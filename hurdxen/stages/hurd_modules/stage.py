@@ -1,7 +1,11 @@
 """Stage: hurd-modules, the one ramdisk Xen hands GNU Mach, from the Hurd binaries of one libc version.
 
-The format and the module checks live in `ramdisk`, the four sources in `sources`; this module turns the recipe into
+The format and the module checks live in `ramdisk`, the five sources in `sources`; this module turns the recipe into
 a spec and publishes `artifacts/hurd-modules/<variant>/` (the ramdisk, the modules as files, its one manifest).
+
+"The ramdisk for a kernel" (what a pv-grub2 image embeds, a root disk's GRUB menu lists, Plan.hurd_modules_for) is
+`ramdisk_for`: the first variant that lists the kernel and is a `default_ramdisk`. A stand-in never is one: only a
+boot case that names it boots it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from hurdxen.core.errors import HurdxenError, labelled
 from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.recipes import Recipes
-from hurdxen.sources.fetch import DebPin
+from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages.hurd_modules import ramdisk, sources
+from hurdxen.stages.hurd_modules.elf import STANDIN_LIBC
 from hurdxen.stages.toolchain.chain import TreeSpec, UpstreamFile
 
 STAGE = "hurd-modules"
 LIBC_PACKAGE = "libc0.3"
-Source = Literal["build", "debian", "disk", "files"]
+Source = Literal["build", "debian", "disk", "standin", "files"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,10 @@ class HurdModulesSpec:
     files: tuple[tuple[str, str, str], ...] = ()  # (module name, path, sha256)
     upstream: tuple[UpstreamFile, ...] = ()  # build: each module as the producer's output of its name
     disk: sources.DiskSource | None = None
+    standin: sources.StandinSource | None = None
     opt_in: bool = False  # built only when asked for by name, not by `doit build` (no byte depends on it)
+    # the ramdisk that images, disks and the plan take for its kernels (ramdisk_for); never a stand-in
+    default_ramdisk: bool = True
 
     @property
     def task(self) -> str:
@@ -66,6 +74,8 @@ class HurdModulesSpec:
 
     @property
     def doc(self) -> str:
+        if self.source == "standin":
+            return f"stand-ins, {self.bits}-bit, for {', '.join(self.kernels)}: gcc-built, not the Hurd (no glibc)"
         libc = f"libc {self.libc_version}" if self.libc_version else "the disk's libc"
         origin = {
             "build": "the Hurd built here",
@@ -86,23 +96,37 @@ class HurdModulesSpec:
         if self.disk is not None:
             own["disk"] = self.disk
             return fsutil.identity(STAGE, own, ctx.image_tag(self.disk.image), sources.DISK_SCRIPT)
+        if self.standin is not None:  # each source's sha256 and gcc words, the image gcc runs in, the step
+            own["standin"] = self.standin.modules
+            return fsutil.identity(STAGE, own, ctx.image_tag(self.standin.image), sources.STANDIN_SCRIPT)
         return fsutil.identity(STAGE, own)
 
     def outputs(self, ctx: Context) -> dict[str, Path]:
         d = out_dir(ctx, self.name)
         return {"ramdisk": d / ramdisk.RAMDISK_NAME, **{module_output(m): d / module_file(m) for m in self.modules}}
 
+    def pins(self) -> tuple[Pin, ...]:
+        return self.debs
+
     def deps(self, ctx: Context) -> stage.Deps:
-        tasks = [*(stage.pin_task(p) for p in self.debs), *dict.fromkeys(u.producer.task for u in self.upstream)]
+        tasks = [*stage.pin_tasks(self.pins()), *dict.fromkeys(u.producer.task for u in self.upstream)]
         files = [Path(p) for _, p, _ in self.files]
         if self.disk is not None:
             tasks += stage.image_deps(ctx, self.disk.image)
             files.append(Path(self.disk.path))
+        if self.standin is not None:
+            tasks += stage.image_deps(ctx, self.standin.image)
+            files += [sources.STANDIN_DIR / m.source for m in self.standin.modules]
         return stage.Deps(tuple(tasks), tuple(files))
 
     def boot_modules(self) -> tuple[BootModule, ...]:
         """The ramdisk's modules as a boot loader loads them one by one (pv-grub2): path, words, output name."""
         return boot_modules_of(self.modules)
+
+
+def ramdisk_for(variants: Sequence[HurdModulesSpec], kernel: str) -> HurdModulesSpec | None:
+    """The ramdisk made for `kernel`: the first default ramdisk (never a stand-in) whose `kernels` list it."""
+    return next((h for h in variants if h.default_ramdisk and kernel in h.kernels), None)
 
 
 def specs(recipes: Recipes, system: Sequence[TreeSpec] | None = None) -> list[HurdModulesSpec]:
@@ -121,13 +145,14 @@ def specs(recipes: Recipes, system: Sequence[TreeSpec] | None = None) -> list[Hu
             )
         else:
             modules = ramdisk.default_modules(bits)
-        base: dict[str, Any] = {
-            "name": name, "bits": bits, "kernels": tuple(v["kernels"]), "modules": modules,
-            "opt_in": bool(v.get("opt_in", False)),
-        }  # fmt: skip
         # Pinned local files win over every source: an overlay adds them to switch a variant to the user's own build.
         source = "files" if "files" in v else v.get("source", "debian")
         at = f"variants.{name}"
+        base: dict[str, Any] = {
+            "name": name, "bits": bits, "kernels": tuple(v["kernels"]), "modules": modules,
+            "opt_in": bool(v.get("opt_in", False)),
+            "default_ramdisk": _default_ramdisk(recipes, at, v, source),
+        }  # fmt: skip
         if source != "files" and source not in v:
             raise HurdxenError(
                 f"{recipes.where('hurd-modules', f'{at}.source')}: {source!r}, but there is no [{at}.{source}]",
@@ -142,11 +167,61 @@ def specs(recipes: Recipes, system: Sequence[TreeSpec] | None = None) -> list[Hu
             spec = HurdModulesSpec(**base, source="debian", **_debian(recipes, at, v))
         elif source == "build":
             spec = HurdModulesSpec(**base, source="build", **_build(recipes, at, v, modules, system))
+        elif source == "standin":
+            standin = _standin(recipes, at, v, modules)
+            spec = HurdModulesSpec(**base, source="standin", libc_version=STANDIN_LIBC, standin=standin)
         else:
             disk = _disk(recipes, at, v)
             spec = HurdModulesSpec(**base, source="disk", libc_version=v.get("libc_version"), disk=disk)
         out.append(spec)
     return out
+
+
+def _default_ramdisk(recipes: Recipes, at: str, v: dict[str, Any], source: str) -> bool:
+    """A real source's variant is its kernels' ramdisk unless it says otherwise; a stand-in never is."""
+    if source != "standin":
+        return bool(v.get("default_ramdisk", True))
+    if v.get("default_ramdisk", False):
+        raise HurdxenError(
+            f"{recipes.where('hurd-modules', f'{at}.default_ramdisk')}: true, but a stand-in is never the ramdisk of "
+            "a real image or disk",
+            hint="set default_ramdisk = false: boot cases that name this variant boot it",
+        )
+    return False
+
+
+def _standin(
+    recipes: Recipes, at: str, v: dict[str, Any], modules: tuple[ramdisk.ModuleSpec, ...]
+) -> sources.StandinSource:
+    """Each module's C source in hurdxen/data/standins/ (its sha256 now: the identity covers its bytes) and gcc's
+    words (the recipe's, with -m32/-m64 from `bits`); the libc version is STANDIN_LIBC, never a glibc's."""
+    where = recipes.where("hurd-modules", f"{at}.standin")
+    if "libc_version" in v:
+        raise HurdxenError(
+            f"{recipes.where('hurd-modules', f'{at}.libc_version')}: a stand-in has no glibc (its ld.so says "
+            f"{STANDIN_LIBC!r})",
+            hint="drop libc_version",
+        )
+    given = v["standin"]["modules"]
+    names = [m.name for m in modules]
+    odd = sorted(set(given) ^ set(names))
+    if odd:
+        raise HurdxenError(
+            f"{where}.modules: {', '.join(odd)}: the stand-ins must be the variant's modules, one each",
+            hint=f"give exactly {', '.join(names)}",
+        )
+    out = []
+    for m in modules:
+        g = given[m.name]
+        path = sources.STANDIN_DIR / g["source"]
+        if not path.is_file():
+            known = ", ".join(sorted(p.name for p in sources.STANDIN_DIR.glob("*.c")))
+            raise HurdxenError(
+                f"{where}.modules.{m.name}.source: no {sources.STANDIN_REL}/{g['source']}", hint=f"one of: {known}"
+            )
+        flags = (f"-m{v['bits']}", *g["flags"])
+        out.append(sources.StandinModule(m.name, g["source"], fsutil.sha256_file(path), flags))
+    return sources.StandinSource(tuple(out), recipes["hurd-modules"].get("image", "builder"))
 
 
 def _system(recipes: Recipes) -> list[TreeSpec]:
@@ -254,6 +329,9 @@ def build(spec: HurdModulesSpec, ctx: Context) -> ramdisk.RamdiskResult:
             inputs, described = sources.debian_inputs(spec.debs, ctx)
         elif spec.source == "files":
             inputs, described = sources.files_inputs(spec.files)
+        elif spec.source == "standin":
+            assert spec.standin is not None
+            inputs, described = sources.standin_inputs(spec.standin, ctx, spec.task, work)
         else:
             assert spec.disk is not None
             inputs, libc, described = sources.disk_inputs(spec.disk, spec.modules, libc, ctx, spec.task, work)

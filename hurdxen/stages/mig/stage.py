@@ -16,8 +16,8 @@ from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
 from hurdxen.pipeline.recipes import Recipes
-from hurdxen.sources.deb import extract_deb, fetch_deb
-from hurdxen.sources.fetch import DebPin, TarballPin, fetch_tarball
+from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
+from hurdxen.sources.fetch import DebPin, Pin, TarballPin, fetch_tarball
 
 STAGE = "mig"
 
@@ -77,9 +77,11 @@ class MigSpec:
             "gcc": d / "bin" / f"{self.target}-gcc",  # the compiler wrapper mig runs as its cpp
         }
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (self.source, self.patches, self.headers)
+
     def deps(self, ctx: Context) -> stage.Deps:
-        pins = (self.source, self.patches, self.headers)
-        return stage.Deps((*stage.image_deps(ctx, self.image), *(stage.pin_task(p) for p in pins)))
+        return stage.Deps((*stage.image_deps(ctx, self.image), *stage.pin_tasks(self.pins())))
 
 
 @dataclass(frozen=True)
@@ -160,12 +162,7 @@ def build(spec: MigSpec, ctx: Context) -> MigResult:
             inputs={
                 "source": {"url": spec.source.url, "sha256": spec.source.sha256},
                 "patches": {"url": spec.patches.url, "sha256": spec.patches.sha256},
-                "headers": {
-                    "package": spec.headers.package,
-                    "version": spec.headers.version,
-                    "arch": spec.headers.arch,
-                    "sha256": fsutil.sha256_file(fetch_deb(spec.headers, ctx.cache)),
-                },
+                "headers": manifest_record(spec.headers, fetch_deb(spec.headers, ctx.cache), ctx.cache),
                 "configure": f"--target={spec.target} TARGET_CC={shell_word(spec.compiler)}",
             },
             step=result,

@@ -23,7 +23,7 @@ from hurdxen.pipeline.executors import Step, StepResult
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources import deb as sources_deb
 from hurdxen.sources import fetch as sources
-from hurdxen.sources.fetch import DebPin
+from hurdxen.sources.fetch import DebPin, Pin
 from hurdxen.stages.gnumach import stage as gnumach
 from hurdxen.stages.hurd_modules import ramdisk
 from hurdxen.stages.hurd_modules import stage as hurdmodules
@@ -63,14 +63,41 @@ class Producers:
         return next((k for k in self.kernels if k.name == name), None)
 
     def ramdisk_for(self, kernel: str) -> hurdmodules.HurdModulesSpec | None:
-        return next((h for h in self.hurd_modules if kernel in h.kernels), None)
+        return hurdmodules.ramdisk_for(self.hurd_modules, kernel)
 
-    def boot_modules(self, kernel: KernelFacts) -> tuple[BootModule, ...]:
-        """The Hurd's boot modules for `kernel`: the hurd-modules spec made for it, else the stage's default
-        layout for the kernel's word size (a `hurd` image reads them from the guest disk)."""
-        hm = self.ramdisk_for(kernel.name)
+    def boot_modules(
+        self, kernel: KernelFacts, named: hurdmodules.HurdModulesSpec | None = None
+    ) -> tuple[BootModule, ...]:
+        """The Hurd's boot modules for `kernel`: those of the ramdisk an image names, else of the hurd-modules spec
+        made for it, else the stage's default layout for the kernel's word size (a `hurd` image reads them from the
+        guest disk)."""
+        hm = named or self.ramdisk_for(kernel.name)
         made = hm.boot_modules() if hm else hurdmodules.boot_modules_of(ramdisk.default_modules(kernel.bits))
         return tuple(BootModule(m.path, m.args) for m in made)
+
+    def named_ramdisk(
+        self, img: Mapping[str, Any], kernel: KernelFacts, where: str
+    ) -> hurdmodules.HurdModulesSpec | None:
+        """The hurd-modules variant an image's `ramdisk` names (a standalone image's only: a stand-in, which is
+        never the ramdisk for a kernel, is embedded only so), checked against its kernel; None when it names none."""
+        name = img.get("ramdisk")
+        if name is None:
+            return None
+        hm = next((h for h in self.hurd_modules if h.name == name), None)
+        if img["flavour"] != "standalone":
+            raise HurdxenError(f"{where}: ramdisk: only a standalone image embeds one", hint="drop `ramdisk`")
+        if hm is None:
+            raise HurdxenError(
+                f"{where}: ramdisk: no hurd-modules variant named {name!r}",
+                hint=f"one of: {', '.join(h.name for h in self.hurd_modules) or '(none)'}",
+            )
+        if kernel.name not in hm.kernels:
+            raise HurdxenError(
+                f"{where}: ramdisk: {name} is not made for kernel {kernel.name!r} (its kernels: "
+                f"{', '.join(hm.kernels)})",
+                hint="name a variant that lists the image's kernel",
+            )
+        return hm
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,7 @@ def spec_from_recipe(
             return img.get(key, d.get(key, default))
 
         kernels = tuple(_kernel(producers, name, f"{where}: kernels") for name in img["kernels"])
+        named = producers.named_ramdisk(img, kernels[0], where)
         spec = PvGrubImageSpec(
             name=img["name"],
             platform=img["platform"],
@@ -132,7 +160,7 @@ def spec_from_recipe(
             root=pick("root", None),
             kernel_path=pick("kernel_path", "/boot/gnumach.gz"),
             kernel_args=tuple(pick("kernel_args", ["console=hyp0"])),
-            boot_modules=producers.boot_modules(kernels[0]) if img["flavour"] != "disk" else (),
+            boot_modules=producers.boot_modules(kernels[0], named) if img["flavour"] != "disk" else (),
             modules=tuple(dict.fromkeys([*d.get("modules", []), *img.get("modules", [])])),
             module_limit=int(pick("module_limit", 40)),
             search_disks=tuple(pick("search_disks", ["xen/xvda"])),
@@ -141,7 +169,7 @@ def spec_from_recipe(
             description=img.get("description", ""),
         )
         check_kernel_variants(spec, where)
-        if spec.flavour == "standalone" and producers.ramdisk_for(kernels[0].name) is None:
+        if spec.flavour == "standalone" and (named or producers.ramdisk_for(kernels[0].name)) is None:
             raise HurdxenError(
                 f"{where}: no hurd-modules variant lists kernel {kernels[0].name!r}",
                 hint="a standalone image embeds that ramdisk's modules: add the kernel to its `kernels`",
@@ -219,8 +247,11 @@ class PvGrubSpec:
         d = stage.out_dir(ctx, self.task)
         return {name: d / f for name, f in output_files(self.image.name).items()}
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (self.grub,)
+
     def deps(self, ctx: Context) -> stage.Deps:
-        tasks = [*stage.image_deps(ctx, self.builder), stage.pin_task(self.grub)]
+        tasks = [*stage.image_deps(ctx, self.builder), *stage.pin_tasks(self.pins())]
         files: list[Path] = []
         if self.kernel is not None:
             tasks.append(self.kernel.task)
@@ -234,9 +265,11 @@ class PvGrubSpec:
 
 def specs(recipes: Recipes, producers: Producers, source_date_epoch: int) -> list[PvGrubSpec]:
     r = spec_from_recipe(recipes["pvgrub2"], producers, recipes.files["pvgrub2"])
+    raw = {i["name"]: i for i in recipes["pvgrub2"]["images"]}
     out = []
     for img in r.images:
         standalone = img.flavour == "standalone"
+        named = producers.named_ramdisk(raw[img.name], img.kernels[0], img.name) if standalone else None
         out.append(
             PvGrubSpec(
                 image=img,
@@ -244,7 +277,7 @@ def specs(recipes: Recipes, producers: Producers, source_date_epoch: int) -> lis
                 builder=r.image,
                 source_date_epoch=source_date_epoch,
                 kernel=producers.kernel(img.kernels[0].name) if standalone else None,
-                ramdisk=producers.ramdisk_for(img.kernels[0].name) if standalone else None,
+                ramdisk=(named or producers.ramdisk_for(img.kernels[0].name)) if standalone else None,
             )
         )
     return out
@@ -255,9 +288,7 @@ def read_inputs(spec: PvGrubSpec, ctx: Context) -> tuple[Inputs, dict[str, Any]]
     their record for the manifest."""
     pin = spec.grub
     deb = sources_deb.fetch_deb(pin, ctx.cache)
-    record: dict[str, Any] = {
-        "grub": {"package": pin.package, "version": pin.version, "arch": pin.arch, "sha256": fsutil.sha256_file(deb)}
-    }
+    record: dict[str, Any] = {"grub": sources_deb.manifest_record(pin, deb, ctx.cache)}
     kernel: Path | None = None
     modules: dict[str, Path] = {}
     if spec.kernel is not None:

@@ -23,8 +23,8 @@ from hurdxen.core.errors import HurdxenError
 from hurdxen.pipeline import manifest, stage
 from hurdxen.pipeline.context import Context
 from hurdxen.pipeline.executors import Mount, Step
-from hurdxen.sources.deb import extract_deb, fetch_deb
-from hurdxen.sources.fetch import DebPin, GitPin, TarballPin, fetch_tarball
+from hurdxen.sources.deb import extract_deb, fetch_deb, manifest_record
+from hurdxen.sources.fetch import DebPin, GitPin, Pin, TarballPin, fetch_tarball
 from hurdxen.sources.git import export_git
 
 TREE = "tree"  # the output every tree stage has: its installed files as one tarball
@@ -123,11 +123,13 @@ class TreeSpec:
         d = stage.out_dir(ctx, self.task)
         return {TREE: d / TREE_FILE, **{n: d / rel for n, rel in self.files}}
 
+    def pins(self) -> tuple[Pin, ...]:
+        return (*(p for _, p in self.tarballs), *(p for _, p in self.debs), *(p for _, p, _ in self.git))
+
     def deps(self, ctx: Context) -> stage.Deps:
-        pins = [p for _, p in self.tarballs] + [p for _, p in self.debs] + [p for _, p, _ in self.git]
         tasks = [la.producer.task for la in self.layers] + [u.producer.task for u in self.upstream]
         tasks += [f.producer.task for f in self.upstream_files]
-        return stage.Deps((*stage.image_deps(ctx, self.image), *(stage.pin_task(p) for p in pins), *tasks))
+        return stage.Deps((*stage.image_deps(ctx, self.image), *stage.pin_tasks(self.pins()), *tasks))
 
 
 @dataclass(frozen=True)
@@ -166,13 +168,7 @@ def fetch_inputs(spec: TreeSpec, ctx: Context) -> tuple[list[Mount], dict[str, A
     for env, deb in spec.debs:
         blob = fetch_deb(deb, ctx.cache)
         mounts.append(Mount(extract_deb(blob, ctx.cache), env, _mount_name(env)))
-        described[env.lower()] = {
-            "package": deb.package,
-            "version": deb.version,
-            "arch": deb.arch,
-            "suite": deb.suite,
-            "sha256": fsutil.sha256_file(blob),
-        }
+        described[env.lower()] = manifest_record(deb, blob, ctx.cache)
     return mounts, described
 
 
