@@ -376,7 +376,7 @@ task_pvgrub2 = stage_task(
 task_toolchain = stage_task(
     stage.Stage(
         "toolchain",
-        "toolchain: the i686-gnu cross toolchain from source (binutils, gcc, Mach headers, glibc)",
+        "toolchain: the cross toolchains from source, per target (binutils, gcc, Mach headers, glibc)",
         chain.build,
     ),
     lambda p: [s for s in p.system if s.stage_name == "toolchain"],

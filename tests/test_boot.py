@@ -323,6 +323,19 @@ def test_opt_in_cases_are_left_out_unless_named() -> None:
     }
 
 
+def test_the_64_bit_hurd_case_is_opt_in_and_boots_the_x86_64_disk() -> None:
+    """hurd-amd64-disk (an hour of 64-bit toolchain, cold): left out of `doit boot` unless named; it boots the
+    xen-amd64 kernel with hurd-amd64's ramdisk and the x86_64-gnu root disk, to the shell's lines."""
+    from hurdxen.pipeline import recipes
+
+    rec = boot.recipe_from(recipes.load(REPO)["boot"], 1)
+    case = next(c for c in rec.cases if c.name == "hurd-amd64-disk")
+    assert case.opt_in and "hurdxen-shell: six times seven is 42" in case.expect and case.alive_after >= 1
+    assert case.inputs() == {
+        "kernel": "gnumach:xen-amd64", "ramdisk": "hurd-modules:hurd-amd64", "disk": "rootdisk:hurd-amd64"
+    }  # fmt: skip
+
+
 def test_recipe_and_stage_inputs() -> None:
     from hurdxen.pipeline import recipes
     from hurdxen.pipeline.context import make_context

@@ -37,7 +37,17 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="no host gcc
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    return copy_project(tmp_path / "project", ("recipes", "containers"), RECIPES)
+    root = copy_project(tmp_path / "project", ("recipes", "containers"), RECIPES)
+    amd64_from_debian(root)
+    return root
+
+
+def amd64_from_debian(root: Path) -> None:
+    """hurd-amd64 from its Debian pins: these recipes have no toolchain for its default, hurd:root-amd64."""
+    path = root / "recipes" / "hurd-modules.toml"
+    text = path.read_text()
+    at = text.index("[variants.hurd-amd64]")
+    path.write_text(text[:at] + text[at:].replace('source = "build"', 'source = "debian"', 1))
 
 
 def fake_root() -> TreeSpec:
@@ -151,8 +161,9 @@ def test_a_standin_is_never_the_ramdisk_for_a_kernel() -> None:
     assert standalone is not None and standalone.name == "hurd-amd64"
     standalone = images["i386-xen-standalone"].ramdisk
     assert standalone is not None and standalone.name == "hurd-i386"
-    for d in plan.rootdisks:  # their GRUB menus list hurd-i386's boot modules, not a stand-in's
-        assert dict(d.facts)["hurd_modules"] == "hurd-modules:hurd-i386"
+    for d in plan.rootdisks:  # their GRUB menus list hurd-i386's (the 64-bit disk hurd-amd64's) modules, no stand-in's
+        arch = "hurd-amd64" if d.name == "hurd-amd64" else "hurd-i386"
+        assert dict(d.facts)["hurd_modules"] == f"hurd-modules:{arch}"
     # Only stand-ins list a kernel: no ramdisk for it, and a standalone image that needs one is refused.
     only = tuple(h for h in plan.hurd_modules if h.name != "hurd-amd64")
     assert stage.ramdisk_for(only, "xen-amd64") is None

@@ -3,6 +3,8 @@
     HURD_SOURCE=/path/or/url/of/hurd.git GNUMACH_SOURCE=/path/or/url/of/gnumach.git \
         pytest -m realsource -s tests/test_hurd_real.py          # HURD_TWICE=1: a second cold build, compared
 
+HURD_TARGET=x86_64-gnu builds and checks the 64-bit Hurd (hurd:root-amd64, binutils from source too) instead.
+
 Checks the root tree's boot modules (a static i386 ext2fs, ld.so.1 with the recipe's banner), that a second `doit`
 reuses every stage, and with HURD_TWICE=1 that a cold build in another directory gives the same bytes (the files
 that differ are printed). Times, sizes and hashes go to the output and to `hurd-real.json` in the test's tmp dir.
@@ -26,7 +28,10 @@ pytestmark = [pytest.mark.realsource, pytest.mark.docker, pytest.mark.slow]
 
 HURD = os.environ.get("HURD_SOURCE")
 GNUMACH = os.environ.get("GNUMACH_SOURCE")
-TASK = "hurd:root"
+# per target: the stages' suffix, ext2fs.static's ELF class and machine, ld.so's name
+TARGETS = {"i686-gnu": ("", 1, 3, "ld.so.1"), "x86_64-gnu": ("-amd64", 2, 62, "ld-x86-64.so.1")}
+SUFFIX, ELF_CLASS, ELF_MACHINE, LDSO = TARGETS[os.environ.get("HURD_TARGET", "i686-gnu")]
+TASK = "hurd:root" + SUFFIX
 
 
 def project(root: Path, name: str) -> Project:
@@ -72,9 +77,9 @@ def test_root_holds_the_boot_modules(built: dict[str, object]) -> None:
     assert isinstance(proj, Project)
     m = manifest.read_task(proj.artifacts, TASK)
     ext2fs = m.output("ext2fs.static").read_bytes()
-    assert ext2fs[:4] == b"\x7fELF" and ext2fs[4] == 1 and ext2fs[18] == 3  # ELF32, EM_386
-    assert b"PT_INTERP" not in ext2fs and b"/lib/ld.so" not in ext2fs[:4096]  # static: no interpreter
-    glibc = manifest.read_task(proj.artifacts, "toolchain:glibc")
+    assert ext2fs[:4] == b"\x7fELF" and ext2fs[4] == ELF_CLASS and ext2fs[18] == ELF_MACHINE  # e.g. ELF32, EM_386
+    assert b"PT_INTERP" not in ext2fs and b"/lib/ld" not in ext2fs[:4096]  # static: no interpreter
+    glibc = manifest.read_task(proj.artifacts, "toolchain:glibc" + SUFFIX)
     banner = glibc.output("ld.so-banner.txt").read_text()
     assert banner.startswith("ld.so (hurdxen glibc 2.43)"), banner
     names = set(tree_hashes(m.output("tree")))
@@ -85,7 +90,7 @@ def test_root_holds_the_boot_modules(built: dict[str, object]) -> None:
         "./hurd/proc",
         "./hurd/auth",
         "./hurd/term",
-        "./lib/ld.so.1",
+        f"./lib/{LDSO}",
         "./lib/libc.so.0.3",
         "./libexec/console-run",
         "./bin/sh",

@@ -32,6 +32,7 @@ ORDER = [
     "hurd:root",
     "toolchain:gcc",
 ]
+AMD64 = [t + "-amd64" for t in ORDER]  # the x86_64-gnu target's stages, after i686-gnu's
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def context(root: Path, artifacts: Path, set_env: Callable[[str, str], None]) ->
 
 def test_the_stages_come_in_build_order_each_reading_the_one_before(root: Path) -> None:
     specs = system(root)
-    assert list(specs) == ORDER
+    assert list(specs) == ORDER + AMD64
     glibc = specs["toolchain:glibc"]
     assert [la.producer.task for la in glibc.layers] == ["toolchain:gcc1", "toolchain:mach-headers", "hurd:headers"]
     assert [u.producer.task for u in glibc.upstream] == ["mig:i686-gnu"]
@@ -82,9 +83,16 @@ def test_identity_follows_inputs_downstream_only(root: Path, tmp_path: Path, res
     before = {t: s.identity(ctx) for t, s in system(root).items()}
     moved = system(root, {"toolchain.glibc.pkgversion": "other banner"})
     after = {t: s.identity(ctx) for t, s in moved.items()}
-    changed = {t for t in ORDER if before[t] != after[t]}
-    # glibc and everything built on it; not gcc stage 1, the headers, nor the Hurd's headers
-    assert changed == {"toolchain:glibc", "hurd:system", "hurd:dash", "hurd:root", "toolchain:gcc"}
+    changed = {t for t in ORDER + AMD64 if before[t] != after[t]}
+    # glibc and everything built on it (a shared key: both targets); not gcc stage 1, the headers, nor the Hurd's
+    downstream = {"toolchain:glibc", "hurd:system", "hurd:dash", "hurd:root", "toolchain:gcc"}
+    assert changed == downstream | {t + "-amd64" for t in downstream}
+    # a target's own key moves its own stages only
+    moved = system(root, {"toolchain.targets.x86_64-gnu.ldso": "ld-other.so.1"})
+    after = {t: s.identity(ctx) for t, s in moved.items()}
+    assert {t for t in ORDER + AMD64 if before[t] != after[t]} == {
+        "toolchain:glibc-amd64", "hurd:system-amd64", "hurd:dash-amd64", "hurd:root-amd64", "toolchain:gcc-amd64"
+    }  # fmt: skip
 
 
 def test_the_hurd_mirror_changes_no_identity_but_the_commit_does(
@@ -114,7 +122,15 @@ def test_the_hurd_mirror_changes_no_identity_but_the_commit_does(
             "a path inside",
         ),
         ("toolchain.glibc.source.sha256", "abc", "toolchain.glibc.source.sha256", "64 lower-case hex digits"),
-        ("toolchain.target", "x86_64-gnu", "toolchain.target", "expected one of 'i686-gnu'"),
+        ("toolchain.targets.sparc-gnu.ldso", "ld.so.1", "toolchain.targets.sparc-gnu", "unknown name (expected one of"),
+        ("toolchain.targets.x86_64-gnu.ldso", "/lib/ld.so", "toolchain.targets.x86_64-gnu.ldso", "ld.so's file"),
+        ("toolchain.targets.x86_64-gnu.suffix", "_64", "toolchain.targets.x86_64-gnu.suffix", "such as -amd64"),
+        (
+            "toolchain.targets.x86_64-gnu.gcc.edits",
+            '[{file = "gcc/t", match = "a b", from = "x", to = "y"}]',
+            "toolchain.targets.x86_64-gnu.gcc.edits[0].match",
+            "letters, digits",
+        ),
     ],
 )
 def test_recipe_errors_name_the_file_and_the_key(root: Path, word: str, value: str, where: str, what: str) -> None:
@@ -136,10 +152,103 @@ def test_a_target_without_mig_or_gnumach_is_one_line(root: Path) -> None:
 
     r = recipes.load(root, overrides={})
     plan = make_plan(r)
-    with pytest.raises(HurdxenError, match=r"^error: recipes/toolchain.toml: target: recipes/mig.toml builds no MIG"):
-        toolchain.specs(r, [m for m in plan.mig if m.target != "i686-gnu"], plan.gnumach_source)
+    with pytest.raises(
+        HurdxenError,
+        match=r"^error: recipes/toolchain.toml: targets.x86_64-gnu: recipes/mig.toml builds no MIG for x86_64-gnu",
+    ):
+        toolchain.specs(r, [m for m in plan.mig if m.target != "x86_64-gnu"], plan.gnumach_source)
     with pytest.raises(HurdxenError, match=r"GNU Mach's headers need recipes/gnumach\.toml's source"):
         toolchain.specs(r, plan.mig, None)
+
+
+def cut_from_table(path: Path, table: str) -> None:
+    """Drop a recipe's last block: from the blank line before `table` (its comment, then its tables) to the end."""
+    head = path.read_text()
+    head = head[: head.index(table)]
+    path.write_text(head[: head.rindex("\n\n") + 1])
+
+
+def test_a_second_target_leaves_the_first_ones_stages_as_they_were(
+    root: Path, tmp_path: Path, restore_env: Callable[..., None]
+) -> None:
+    """The i686-gnu stages' identities (a 30-minute build) do not depend on the x86_64-gnu tables being there."""
+    ctx = context(root, tmp_path / "a", restore_env)
+    both = {t: s.identity(ctx) for t, s in system(root).items()}
+    for name, table in (("toolchain", "[targets.x86_64-gnu]"), ("hurd", "[per_target.x86_64-gnu")):
+        cut_from_table(root / "recipes" / f"{name}.toml", table)
+    alone = {t: s.identity(ctx) for t, s in system(root).items()}
+    assert list(alone) == ORDER
+    assert alone == {t: both[t] for t in ORDER}
+
+
+def test_the_x86_64_target_is_data_its_scripts_the_same_templates(root: Path) -> None:
+    specs = system(root)
+    i686, amd64 = specs["toolchain:gcc1"], specs["toolchain:gcc1-amd64"]
+    # binutils: Debian's package for i686-gnu, its source tarball for x86_64-gnu
+    assert [e for e, _ in i686.debs] == ["BINUTILS"] and not amd64.debs
+    assert [e for e, _ in amd64.tarballs] == ["BINUTILS_ORIG", "GCC_ORIG", "GCC_DEBIAN"]
+    opts = dict(amd64.options)
+    assert opts["TARGET"] == "x86_64-gnu" and "--disable-werror" in opts["BINUTILS_CONFIGURE"].split()
+    assert opts["GCC_EDITS"] == "gcc/config/i386/t-gnu64 m64= lib64 lib"
+    assert "GCC_EDITS" not in dict(i686.options) and "GCC_EDITS" not in i686.script  # no edits: no fragment
+    # every layer and upstream of a target's stage is its own target's
+    for t in AMD64:
+        s = specs[t]
+        assert all(la.producer.task in AMD64 for la in s.layers), t
+        assert [u.producer.task for u in s.upstream] in ([], ["gnumach:source"], ["mig:x86_64-gnu"]), t
+        assert dict(s.options).get("TARGET", "x86_64-gnu") == "x86_64-gnu", t
+        assert "@" not in s.script.replace('"$@"', ""), t  # every marker filled
+    mach = specs["toolchain:mach-headers-amd64"]
+    assert 'CC="gcc" LD="ld"' in mach.script and 'CC="gcc -m32"' in specs["toolchain:mach-headers"].script
+    assert 'CC="gcc"' in specs["hurd:headers-amd64"].script
+    assert dict(specs["toolchain:glibc-amd64"].files)["ld-x86-64.so.1"] == "ld-x86-64.so.1"
+    assert "ld-x86-64.so*" in specs["hurd:root-amd64"].script
+    root_files = dict(specs["hurd:root-amd64"].files)
+    assert "ld-x86-64.so.1" in root_files and "ld.so.1" not in root_files
+    make_targets = [dict(specs[t].options)["HURD_TARGETS"] for t in ("hurd:system", "hurd:system-amd64")]
+    assert make_targets[0] == make_targets[1]
+
+
+def test_the_64_bit_ramdisk_and_disk_are_made_from_the_x86_64_root(root: Path) -> None:
+    """hurd-modules:hurd-amd64 (opt-in: `doit build` stays as it was) takes its modules from hurd:root-amd64."""
+    full = copy_project(root.parent / "full", ("recipes", "containers"), None)
+    plan = make_plan(recipes.load(full, overrides={}))
+    hm = {h.name: h for h in plan.hurd_modules}["hurd-amd64"]
+    assert hm.source == "build" and hm.opt_in and hm.libc_version == "2.43"
+    assert [(u.producer.task, u.output) for u in hm.upstream] == [
+        ("hurd:root-amd64", "ext2fs.static"),
+        ("hurd:root-amd64", "ld-x86-64.so.1"),
+    ]
+    assert {h.name: h for h in plan.hurd_modules}["hurd-i386"].upstream[0].producer.task == "hurd:root"
+
+
+def test_the_gcc_edit_fragment_edits_the_line_it_names_or_fails(tmp_path: Path) -> None:
+    import subprocess
+
+    from hurdxen.stages.toolchain import gcc
+
+    t = tmp_path / "gcc" / "config" / "i386"
+    t.mkdir(parents=True)
+    (t / "t-gnu64").write_text("MULTILIB_OSDIRNAMES = m64=../lib64$(call if_multiarch,:x86_64-gnu)\nx32=../lib64\n")
+    env = {"PATH": "/usr/bin:/bin", "GCC_EDITS": "gcc/config/i386/t-gnu64 m64= lib64 lib"}
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", gcc.EDIT_GCC], cwd=tmp_path, env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert (t / "t-gnu64").read_text().splitlines() == [
+        "MULTILIB_OSDIRNAMES = m64=../lib$(call if_multiarch,:x86_64-gnu)",
+        "x32=../lib64",
+    ]
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", gcc.EDIT_GCC], cwd=tmp_path, env=env, capture_output=True)
+    assert r.returncode != 0 and b"no line of gcc/config/i386/t-gnu64 holds m64= and lib64" in r.stdout
+
+
+def test_two_targets_with_one_suffix_or_an_unknown_per_target_table_are_one_line(root: Path) -> None:
+    with pytest.raises(HurdxenError, match=r"targets.x86_64-gnu.suffix: '', as i686-gnu's"):
+        system(root, {"toolchain.targets.x86_64-gnu.suffix": ""})
+    cut_from_table(root / "recipes" / "toolchain.toml", "[targets.x86_64-gnu]")
+    with pytest.raises(
+        HurdxenError, match=r"^error: recipes/hurd.toml: per_target.x86_64-gnu: recipes/toolchain.toml has no target"
+    ):
+        system(root)
 
 
 # ------------------------------------------------------------------ the tree step, for real on small fakes

@@ -145,7 +145,12 @@ def size_mib(root: Path) -> int:
 def test_the_plan_makes_one_disk_per_recipe_entry_reading_hurd_root_and_the_kernel(root: Path) -> None:
     plan = make_plan(recipes.load(root, overrides={}))
     disks = {d.name: d for d in plan.rootdisks}
-    assert set(disks) == {"hurd-i386", "hurd-i386-partitioned"}
+    assert set(disks) == {"hurd-i386", "hurd-i386-partitioned", "hurd-amd64"}
+    # the 64-bit disk: the x86_64-gnu root, the 64-bit kernel, hurd-amd64's boot modules in its menu
+    amd64 = disks["hurd-amd64"]
+    assert [la.producer.task for la in amd64.layers] == ["hurd:root-amd64"]
+    assert [(u.producer.task, u.output) for u in amd64.upstream_files] == [("gnumach:xen-amd64", "kernel.gz")]
+    assert "module /lib/ld-x86-64.so.1 exec /hurd/exec" in dict(amd64.options)["GRUB_MENU"]
     d = disks["hurd-i386"]
     assert [la.producer.task for la in d.layers] == ["hurd:root"]
     assert [(u.producer.task, u.output) for u in d.upstream_files] == [("gnumach:xen-pae", "kernel.gz")]

@@ -6,9 +6,9 @@ and the ramdisk are made from it), with the boot modules also as named files.
 
 from __future__ import annotations
 
-from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources.fetch import TarballPin
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec, option_words
+from hurdxen.stages.toolchain.target import Target
 
 DASH_SCRIPT = r"""
 mkdir -p dash build
@@ -21,14 +21,14 @@ cp "$DEST/bin/dash" "$OUT/dash"
 """
 
 
-def dash_spec(recipes: Recipes, gcc1: TreeSpec, sysroot: tuple[TreeSpec, ...]) -> TreeSpec:
-    r = recipes["hurd"]["dash"]
+def dash_spec(t: Target, gcc1: TreeSpec, sysroot: tuple[TreeSpec, ...]) -> TreeSpec:
+    r = t.hurd["dash"]
     return TreeSpec(
         stage_name="hurd",
-        name="dash",
-        description=f"dash {r['version']} for {recipes['toolchain']['target']}, against the new glibc (/bin/sh)",
+        name=t.name("dash"),
+        description=f"dash {r['version']} for {t.triplet}, against the new glibc (/bin/sh)",
         script=DASH_SCRIPT,
-        image=recipes["hurd"].get("image", "toolchain"),
+        image=t.hurd.get("image", "toolchain"),
         tarballs=(
             (
                 "DASH_ORIG",
@@ -36,27 +36,28 @@ def dash_spec(recipes: Recipes, gcc1: TreeSpec, sysroot: tuple[TreeSpec, ...]) -
             ),
         ),
         layers=(Layer(gcc1, "tools"), *(Layer(s) for s in sysroot)),
-        options=(("TARGET", recipes["toolchain"]["target"]), ("CONFIGURE", option_words(r, "configure"))),
+        options=(("TARGET", t.triplet), ("CONFIGURE", option_words(r, "configure"))),
         files=(("dash", "dash"),),
-        jobs=int(recipes["hurd"].get("jobs", 2)),
+        jobs=int(t.hurd.get("jobs", 2)),
         facts=(("dash_version", r["version"]),),
     )
 
 
 # The layers are unpacked into $SYSROOT; the root takes the runtime parts of them (no headers, static archives or
-# object files). Executables are stripped of everything, shared libraries of what they do not need.
+# object files). Executables are stripped of everything, shared libraries of what they do not need. @LDSO@ is the
+# target's ld.so (ld.so.1, ld-x86-64.so.1), @LDSO_GLOB@ its name and versions.
 ROOT_SCRIPT = r"""
 R="$DEST"
 mkdir -p "$R/lib" "$R/bin" "$R/hurd" "$R/libexec" "$R/dev" "$R/tmp" "$R/etc" "$R/servers/socket"
 chmod 1777 "$R/tmp"
-(cd "$SYSROOT/lib" && find . -maxdepth 1 \( -name 'ld.so*' -o -name 'lib*.so.*' \) | sort) | while read -r f; do
+(cd "$SYSROOT/lib" && find . -maxdepth 1 \( -name '@LDSO_GLOB@' -o -name 'lib*.so.*' \) | sort) | while read -r f; do
   cp -a "$SYSROOT/lib/$f" "$R/lib/"
 done
 cp -a "$SYSROOT/hurd/." "$R/hurd/"
 cp -a "$SYSROOT/libexec/." "$R/libexec/"
 cp -a "$SYSROOT/bin/dash" "$R/bin/dash"
 ln -sf dash "$R/bin/sh"
-[ -e "$R/lib/ld.so" ] || ln -sf ld.so.1 "$R/lib/ld.so"
+[ -e "$R/lib/ld.so" ] || ln -sf @LDSO@ "$R/lib/ld.so"
 for n in $SERVER_NODES; do
   mkdir -p "$(dirname "$R/servers/$n")"
   : > "$R/servers/$n"
@@ -77,21 +78,21 @@ echo "root: $(find "$R" | wc -l) entries, $(du -sh "$R" | cut -f1)"
 """
 
 
-def root_spec(recipes: Recipes, gcc1: TreeSpec, parts: tuple[TreeSpec, ...]) -> TreeSpec:
-    r = recipes["hurd"]["root"]
+def root_spec(t: Target, gcc1: TreeSpec, parts: tuple[TreeSpec, ...]) -> TreeSpec:
+    r = t.hurd["root"]
     modules = tuple(r["files"])
     return TreeSpec(
         stage_name="hurd",
-        name="root",
-        description="the installed Hurd root (glibc, the servers, /libexec, /bin/sh), stripped: for the disks",
-        script=ROOT_SCRIPT,
-        image=recipes["hurd"].get("image", "toolchain"),
+        name=t.name("root"),
+        description=f"the installed {t.triplet} Hurd root (glibc, the servers, /libexec, /bin/sh), stripped",
+        script=t.fill(ROOT_SCRIPT),
+        image=t.hurd.get("image", "toolchain"),
         layers=(Layer(gcc1, "tools"), *(Layer(p) for p in parts)),
         options=(
-            ("TARGET", recipes["toolchain"]["target"]),
+            ("TARGET", t.triplet),
             ("SERVER_NODES", option_words(r, "server_nodes")),
             ("ROOT_FILES", " ".join(modules)),
         ),
         files=(*((m.rsplit("/", 1)[-1], m.rsplit("/", 1)[-1]) for m in modules), ("files.sha256", "files.sha256")),
-        jobs=int(recipes["hurd"].get("jobs", 2)),
+        jobs=int(t.hurd.get("jobs", 2)),
     )

@@ -3,7 +3,8 @@
 toolchain, against the new glibc.
 
 The Hurd's configure cannot run its link tests with the stage-1 compiler before glibc exists, so the headers'
-configure runs with the host's compiler (only headers are installed); the system's runs with the cross compiler.
+configure runs with the host's compiler for the target's word size (@PROBE_CC@; only headers are installed); the
+system's runs with the cross compiler.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources.fetch import GitPin
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec, Upstream, option_words
+from hurdxen.stages.toolchain.target import Target
 
 # The exported tree is read-only: autoreconf runs on a copy (autom4te's cache differs from run to run: dropped).
 PREPARE = r"""
@@ -26,7 +28,7 @@ cd build
 HEADERS_SCRIPT = (
     PREPARE
     + r"""
-"$WORK/hurd/configure" --host="$TARGET" $CONFIGURE CC="gcc -m32"
+"$WORK/hurd/configure" --host="$TARGET" $CONFIGURE CC="@PROBE_CC@"
 make no_deps=t install-headers DESTDIR="$DEST"
 find "$DEST" -type f | wc -l | sed 's/$/ header files/'
 """
@@ -72,37 +74,37 @@ def upstream_url(recipes: Recipes) -> str | None:
     return url if isinstance(url, str) else None
 
 
-def headers_spec(recipes: Recipes, mig: Any) -> TreeSpec:
-    r = recipes["hurd"]
+def headers_spec(recipes: Recipes, t: Target, mig: Any) -> TreeSpec:
+    r = t.hurd
     pin, canonical = hurd_pin(recipes)
     return TreeSpec(
         stage_name="hurd",
-        name="headers",
-        description=f"the Hurd's headers at {pin.commit[:12]} (make install-headers), for glibc",
-        script=HEADERS_SCRIPT,
+        name=t.name("headers"),
+        description=f"the Hurd's headers at {pin.commit[:12]} for {t.triplet} (make install-headers), for glibc",
+        script=t.fill(HEADERS_SCRIPT),
         image=r.get("image", "toolchain"),
         git=(("HURD_SRC", pin, canonical),),
         upstream=(Upstream("MIG_DIR", mig),),
-        options=(("TARGET", recipes["toolchain"]["target"]), ("CONFIGURE", option_words(r, "configure"))),
+        options=(("TARGET", t.triplet), ("CONFIGURE", option_words(r, "configure"))),
         jobs=int(r.get("jobs", 2)),
         facts=(("hurd_commit", pin.commit),),
     )
 
 
-def system_spec(recipes: Recipes, gcc1: TreeSpec, sysroot: tuple[TreeSpec, ...], mig: Any) -> TreeSpec:
-    r = recipes["hurd"]
+def system_spec(recipes: Recipes, t: Target, gcc1: TreeSpec, sysroot: tuple[TreeSpec, ...], mig: Any) -> TreeSpec:
+    r = t.hurd
     pin, canonical = hurd_pin(recipes)
     return TreeSpec(
         stage_name="hurd",
-        name="system",
-        description=f"the Hurd at {pin.commit[:12]}: {', '.join(r['targets'])} and their libraries",
+        name=t.name("system"),
+        description=f"the Hurd at {pin.commit[:12]} for {t.triplet}: {', '.join(r['targets'])} and their libraries",
         script=SYSTEM_SCRIPT,
         image=r.get("image", "toolchain"),
         git=(("HURD_SRC", pin, canonical),),
         layers=(Layer(gcc1, "tools"), *(Layer(s) for s in sysroot)),
         upstream=(Upstream("MIG_DIR", mig),),
         options=(
-            ("TARGET", recipes["toolchain"]["target"]),
+            ("TARGET", t.triplet),
             ("CONFIGURE", option_words(r, "configure")),
             ("HURD_TARGETS", option_words(r, "targets")),
             ("INSTALL_FLAGS", option_words(r, "install_flags")),

@@ -11,29 +11,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from hurdxen.pipeline.recipes import Recipes
 from hurdxen.sources.fetch import TarballPin
 from hurdxen.stages.toolchain.chain import Layer, TreeSpec, Upstream, option_words
+from hurdxen.stages.toolchain.target import Target
 
 # Only headers are installed, so the host compiler passes configure's checks (the prepared source was probed the same
-# way); MIG is not run by install-data. install-data also updates doc/version.texi: it runs on a copy of the source.
+# way: @PROBE_CC@ and @PROBE_LD@ are the target's, e.g. `gcc -m32`); MIG is not run by install-data. install-data also
+# updates doc/version.texi: it runs on a copy of the source.
 MACH_HEADERS_SCRIPT = r"""
 cp -a "$GNUMACH/." gnumach
 rm -f gnumach/manifest.json
 mkdir -p build && cd build
-"$WORK/gnumach/configure" $CONFIGURE CC="gcc -m32" LD="ld -melf_i386" MIG=true
+"$WORK/gnumach/configure" $CONFIGURE CC="@PROBE_CC@" LD="@PROBE_LD@" MIG=true
 make install-data DESTDIR="$DEST"
 find "$DEST" -type f | wc -l | sed 's/$/ header files/'
 """
 
 
-def mach_headers_spec(recipes: Recipes, gnumach_source: Any) -> TreeSpec:
-    r = recipes["toolchain"]
+def mach_headers_spec(t: Target, gnumach_source: Any) -> TreeSpec:
+    r = t.toolchain
     return TreeSpec(
         stage_name="toolchain",
-        name="mach-headers",
-        description="GNU Mach's headers (make install-data) from the pinned gnumach source, for the sysroot",
-        script=MACH_HEADERS_SCRIPT,
+        name=t.name("mach-headers"),
+        description=f"GNU Mach's headers for {t.triplet} (make install-data) from the pinned gnumach source",
+        script=t.fill(MACH_HEADERS_SCRIPT),
         image=r.get("image", "toolchain"),
         upstream=(Upstream("GNUMACH", gnumach_source),),
         options=(("CONFIGURE", option_words(r["mach_headers"], "configure")),),
@@ -43,6 +44,7 @@ def mach_headers_spec(recipes: Recipes, gnumach_source: Any) -> TreeSpec:
 
 # CXX: without a target C++ compiler glibc's configure would take the host's g++ for support/links-dso-program.cc.
 # MIG's directory comes after /tools/bin on PATH: its `<target>-gcc` wrapper must not shadow the cross compiler.
+# @LDSO@ is the target's ld.so (ld.so.1, ld-x86-64.so.1).
 GLIBC_SCRIPT = r"""
 export PATH="$PATH:$MIG_DIR/bin"
 mkdir -p glibc build
@@ -58,24 +60,25 @@ BUILD_CC=gcc CXX=cxx-not-found CC="$TARGET-gcc" AR="$TARGET-ar" RANLIB="$TARGET-
   --with-pkgversion="$GLIBC_PKGVERSION" $CONFIGURE
 make -j"$JOBS" MAKEINFO=:
 make MAKEINFO=: DESTDIR="$DEST" install
-ldso="$(find "$DEST" -name ld.so.1 | sort | head -n 1)"
-test -n "$ldso" || { echo "glibc installed no ld.so.1"; exit 1; }
-echo "ld.so.1 installed as ${ldso#"$DEST"}"
-cp -L "$ldso" "$OUT/ld.so.1"
-strings "$OUT/ld.so.1" > "$WORK/ld.so.strings"
+ldso="$(find "$DEST" -name @LDSO@ | sort | head -n 1)"
+test -n "$ldso" || { echo "glibc installed no @LDSO@"; exit 1; }
+echo "@LDSO@ installed as ${ldso#"$DEST"}"
+cp -L "$ldso" "$OUT/@LDSO@"
+strings "$OUT/@LDSO@" > "$WORK/ld.so.strings"
 { grep -m1 '^ld.so (' "$WORK/ld.so.strings" || echo "(no ld.so banner found)"; } | tee "$OUT/ld.so-banner.txt"
 """
 
 
-def glibc_spec(recipes: Recipes, gcc1: TreeSpec, headers: tuple[TreeSpec, ...], mig: Any) -> TreeSpec:
-    r = recipes["toolchain"]
+def glibc_spec(t: Target, gcc1: TreeSpec, headers: tuple[TreeSpec, ...], mig: Any) -> TreeSpec:
+    r = t.toolchain
     g = r["glibc"]
     version = g["version"]
+    ldso = str(r["ldso"])
     return TreeSpec(
         stage_name="toolchain",
-        name="glibc",
-        description=f"glibc {version} for {r['target']} (libc.so.0.3, ld.so.1, libpthread) with the stage-1 gcc",
-        script=GLIBC_SCRIPT,
+        name=t.name("glibc"),
+        description=f"glibc {version} for {r['target']} (libc.so.0.3, {ldso}, libpthread) with the stage-1 gcc",
+        script=t.fill(GLIBC_SCRIPT),
         image=r.get("image", "toolchain"),
         tarballs=(
             (
@@ -99,7 +102,7 @@ def glibc_spec(recipes: Recipes, gcc1: TreeSpec, headers: tuple[TreeSpec, ...], 
             ("GLIBC_PKGVERSION", g.get("pkgversion", "GNU libc")),
             ("CONFIGURE", option_words(g, "configure")),
         ),
-        files=(("ld.so.1", "ld.so.1"), ("ld.so-banner.txt", "ld.so-banner.txt")),
+        files=((ldso, ldso), ("ld.so-banner.txt", "ld.so-banner.txt")),
         jobs=int(r.get("jobs", 2)),
         facts=(("glibc_version", version),),
     )
