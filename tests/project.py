@@ -54,6 +54,15 @@ def copy_project(
     return dest
 
 
+def amd64_from_debian(root: Path) -> None:
+    """hurd-modules' hurd-amd64 from its Debian pins: a project copy without the toolchain recipes has no
+    hurd:root-amd64 to build its default from."""
+    path = root / "recipes" / "hurd-modules.toml"
+    text = path.read_text()
+    at = text.index("[variants.hurd-amd64]")
+    path.write_text(text[:at] + text[at:].replace('source = "build"', 'source = "debian"', 1))
+
+
 def edit(path: Path, old: str, new: str) -> None:
     """Replace one exact occurrence of `old` (the test fails if the file no longer has it)."""
     text = path.read_text()

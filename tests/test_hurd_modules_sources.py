@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from elfstandins import ElfFactory, elves
-from project import SHARED_CACHE, copy_project, docker_answers, to_toml
+from project import SHARED_CACHE, amd64_from_debian, copy_project, docker_answers, to_toml
 
 from hurdxen.core import fsutil
 from hurdxen.core.errors import HurdxenError
@@ -39,14 +39,6 @@ def root(tmp_path: Path) -> Path:
     root = copy_project(tmp_path / "project", ("recipes", "containers"), RECIPES)
     amd64_from_debian(root)
     return root
-
-
-def amd64_from_debian(root: Path) -> None:
-    """hurd-amd64 from its Debian pins: these recipes have no toolchain for its default, hurd:root-amd64."""
-    path = root / "recipes" / "hurd-modules.toml"
-    text = path.read_text()
-    at = text.index("[variants.hurd-amd64]")
-    path.write_text(text[:at] + text[at:].replace('source = "build"', 'source = "debian"', 1))
 
 
 def load(root: Path, tmp_path: Path, variant: dict[str, Any]) -> recipes.Recipes:
