@@ -17,6 +17,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from debian_kernels import fetch_kernel
@@ -573,6 +574,11 @@ def test_boot_gate(tmp_path: Path, pae_kernel: Path) -> None:
         "- pae-direct: not booted (opt-in: HURDXEN_BOOT_CASES=<name> boots it)"
         in (b.directory / "README.md").read_text()
     )
+    # A crafted list (not objects, a missing reason): entries that are not objects are dropped, no traceback.
+    crafted: Any = [1, "x", None, {"case": "c"}]
+    write_boot_report(art, {"amd64": "known-failure"}, crafted)
+    b = do_bundle(root, art, {"release.allow_unbooted": "true"})
+    assert json.loads(b.manifest.read_text())["boot"]["not_booted"] == [{"case": "c", "reason": ""}]
     shutil.rmtree(art / "boot" / "check")
     with pytest.raises(HurdxenError, match="no boot check"):
         do_bundle(root, art)
