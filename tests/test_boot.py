@@ -289,6 +289,20 @@ def test_guest_config_and_bad_names(tmp_path: Path) -> None:
         bootrun.qemu_command(tmp_path / "x,y", [], "")
 
 
+def test_an_unknown_name_in_boot_cases_is_one_error_line() -> None:
+    """HURDXEN_BOOT_CASES with a typo used to boot nothing and publish an empty report over the last one."""
+    from hurdxen.pipeline import recipes
+    from hurdxen.stages.gnumach import stage as gnumach
+
+    r = recipes.load(REPO)
+    kernels = [*gnumach.variant_specs(r), *gnumach.prebuilt_specs(r)]
+    with pytest.raises(
+        HurdxenError, match=r"^error: HURDXEN_BOOT_CASES: no case named 'xen-pea' in recipes/boot.toml"
+    ) as e:
+        boot.specs(r, kernels, [], [], [], ("xen-pae", "xen-pea"))
+    assert "xen-pae" in (e.value.hint or "")
+
+
 def test_opt_in_cases_are_left_out_unless_named() -> None:
     """`doit boot` leaves out a case marked opt-in and one that boots an opt-in input (a debian-ports ramdisk a
     fresh machine cannot fetch would otherwise fail the whole check), and does not wait for their inputs;

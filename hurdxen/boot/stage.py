@@ -357,6 +357,13 @@ def specs(
         return []
     shown = recipes.files.get("boot", "recipes/boot.toml")
     recipe = recipe_from(recipes["boot"], int(recipes["base"]["base"]["source_date_epoch"]), shown)
+    unknown = sorted(set(only) - {c.name for c in recipe.cases})
+    if unknown:
+        # Else a typo boots nothing and publishes an empty report over the last one.
+        raise HurdxenError(
+            f"HURDXEN_BOOT_CASES: no case named {unknown[0]!r} in {shown}",
+            hint=f"one of: {', '.join(c.name for c in recipe.cases)}",
+        )
     hv = HypervisorStageSpec(recipe.hypervisor, recipe.image)
     dom0 = Dom0StageSpec(recipe.dom0, recipe.dom0_image)
     known: dict[str, dict[str, Any]] = {
